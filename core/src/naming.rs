@@ -1,0 +1,87 @@
+//! Every name warmfleet gives to something outside itself, defined once.
+//!
+//! Runner names, labels, secret ids, tag keys, hook names and metric names are read by
+//! several programs (agent, Lambdas, Terraform, the testbed); they must agree, so they live
+//! here and nowhere else.
+
+/// Label carried by every runner warmfleet registers.
+pub const FLEET_LABEL: &str = "warmfleet";
+
+/// Prefix of every per-instance secret: `warmfleet/<asg>/<instance-id>`.
+pub const SECRET_PREFIX: &str = "warmfleet";
+
+/// Tag on a per-instance secret naming the instance it belongs to. The instance role's IAM
+/// policy compares it with `ec2:SourceInstanceARN`, so an instance reads only its own secret.
+pub const TAG_INSTANCE_ID: &str = "warmfleet:instance-id";
+/// Tag on a per-instance secret naming its Auto Scaling group.
+pub const TAG_ASG_NAME: &str = "warmfleet:asg-name";
+
+/// Launch hook completed by the registration Lambda.
+pub const HOOK_REGISTRATION: &str = "registration";
+/// Launch hook completed by the agent once the runner listens.
+pub const HOOK_BOOTSTRAP: &str = "bootstrap";
+/// Terminate hook completed after the drain.
+pub const HOOK_DEREGISTRATION: &str = "deregistration";
+
+/// CloudWatch namespace of the fleet's metrics.
+pub const METRIC_NAMESPACE: &str = "Warmfleet";
+pub const METRIC_IDLE_RUNNERS: &str = "IdleRunners";
+pub const METRIC_BUSY_RUNNERS: &str = "BusyRunners";
+pub const METRIC_OFFLINE_RUNNERS: &str = "OfflineRunners";
+pub const METRIC_GITHUB_API_CALLS: &str = "GitHubApiCalls";
+/// The one dimension of every metric.
+pub const METRIC_DIMENSION_ASG: &str = "AutoScalingGroupName";
+
+/// The runner's name: the EC2 instance id, so that GitHub, AWS and logs share one key.
+pub fn runner_name(instance_id: &str) -> String {
+    instance_id.to_owned()
+}
+
+/// Labels of a runner: the fleet label, the group, the instance, then the operator's own,
+/// without duplicates, in that order.
+pub fn runner_labels(asg_name: &str, instance_id: &str, extra: &[String]) -> Vec<String> {
+    let mut labels: Vec<String> = Vec::with_capacity(3 + extra.len());
+    let fixed = [FLEET_LABEL, asg_name, instance_id];
+    for label in fixed.into_iter().chain(extra.iter().map(String::as_str)) {
+        if !label.is_empty() && !labels.iter().any(|l| l.eq_ignore_ascii_case(label)) {
+            labels.push(label.to_owned());
+        }
+    }
+    labels
+}
+
+/// The id of an instance's secret in Secrets Manager.
+pub fn instance_secret_id(asg_name: &str, instance_id: &str) -> String {
+    format!("{SECRET_PREFIX}/{asg_name}/{instance_id}")
+}
+
+/// The instance id a per-instance secret id names, if it is one of this group's.
+pub fn instance_of_secret<'a>(asg_name: &str, secret_id: &'a str) -> Option<&'a str> {
+    let rest = secret_id.strip_prefix(SECRET_PREFIX)?.strip_prefix('/')?;
+    let id = rest.strip_prefix(asg_name)?.strip_prefix('/')?;
+    (!id.is_empty() && !id.contains('/')).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_start_with_fleet_group_instance_and_skip_duplicates() {
+        let extra = vec!["gpu".to_owned(), "WARMFLEET".to_owned(), String::new()];
+        assert_eq!(
+            runner_labels("ci-asg", "i-0abc", &extra),
+            ["warmfleet", "ci-asg", "i-0abc", "gpu"]
+        );
+    }
+
+    #[test]
+    fn secret_ids_round_trip() {
+        let id = instance_secret_id("ci-asg", "i-0abc");
+        assert_eq!(id, "warmfleet/ci-asg/i-0abc");
+        assert_eq!(instance_of_secret("ci-asg", &id), Some("i-0abc"));
+        assert_eq!(instance_of_secret("other", &id), None);
+        assert_eq!(instance_of_secret("ci-asg", "warmfleet/ci-asg/"), None);
+        assert_eq!(instance_of_secret("ci-asg", "warmfleet/ci-asg/a/b"), None);
+    }
+}

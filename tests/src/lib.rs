@@ -1,0 +1,10 @@
+//! The warmfleet testbed: the local world warmfleet runs in without AWS or GitHub.
+//!
+//! - `github`: a stateful fake of GitHub's REST API (and the runner protocol of the fake
+//!   runner), with test controls, fault injection and a request log.
+//! - `runner`: a fake GitHub Actions runner with the real one's layout, flags and exit codes.
+//! - `demo`: the README's main job, run on these parts.
+
+pub mod demo;
+pub mod github;
+pub mod runner;

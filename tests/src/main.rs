@@ -1,0 +1,209 @@
+//! `warmfleet-testbed`: runs the parts of the local world. See docs/development/testbed.md.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+use warmfleet_testbed::github::{self, state::Settings};
+use warmfleet_testbed::{demo, runner};
+
+#[derive(Parser)]
+#[command(name = "warmfleet-testbed", version, about = "The local world warmfleet is tested in")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the fake GitHub.
+    Github(GithubArgs),
+    /// The fake actions runner.
+    #[command(subcommand)]
+    Runner(RunnerCommand),
+    /// Run the main job: a runner's round trip through registration, jobs and removal.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct GithubArgs {
+    /// Address to listen on; port 0 picks a free one (the address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// An organisation that exists (repeatable).
+    #[arg(long = "org")]
+    orgs: Vec<String>,
+    /// A repository that exists, OWNER/NAME (repeatable).
+    #[arg(long = "repo")]
+    repos: Vec<String>,
+    /// An enterprise that exists, by slug (repeatable).
+    #[arg(long = "enterprise")]
+    enterprises: Vec<String>,
+    /// A personal access token the fake accepts (repeatable).
+    #[arg(long = "pat", env = "WARMFLEET_TESTBED_PAT", hide_env_values = true)]
+    pats: Vec<String>,
+    /// A GitHub App id (repeatable; pairs with --app-key in order).
+    #[arg(long = "app-id")]
+    app_ids: Vec<u64>,
+    /// The PEM private key of the app given by the matching --app-id.
+    #[arg(long = "app-key")]
+    app_keys: Vec<PathBuf>,
+    /// Life of registration, remove and installation tokens.
+    #[arg(long, default_value = "1h", value_parser = duration)]
+    token_ttl: chrono::Duration,
+    /// A runner that has not polled for this long shows offline.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    offline_after: chrono::Duration,
+    /// An offline persistent runner is deleted after this long.
+    #[arg(long, default_value = "14d", value_parser = duration)]
+    offline_max_age: chrono::Duration,
+    /// An offline ephemeral runner is deleted after this long.
+    #[arg(long, default_value = "1d", value_parser = duration)]
+    ephemeral_offline_max_age: chrono::Duration,
+    /// A running job not renewed for this long fails as lost.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    job_lock_timeout: chrono::Duration,
+    /// Requests per hour per credential.
+    #[arg(long, default_value_t = 5000)]
+    rate_limit: u32,
+    /// How long a listener's poll waits for a job.
+    #[arg(long, default_value = "20s", value_parser = std_duration)]
+    poll_wait: std::time::Duration,
+    /// Send `workflow_job` webhooks here.
+    #[arg(long, requires = "webhook_secret")]
+    webhook_url: Option<String>,
+    /// Sign webhooks with this secret (X-Hub-Signature-256).
+    #[arg(long, env = "WARMFLEET_TESTBED_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum RunnerCommand {
+    /// Lay out a runner directory (config.sh, run.sh, bin/...).
+    Install {
+        /// The directory to create.
+        dir: PathBuf,
+    },
+    /// What bin/Runner.Listener runs (config.sh and run.sh call it).
+    Listener {
+        #[arg(long)]
+        root: PathBuf,
+        #[command(subcommand)]
+        command: ListenerCommand,
+    },
+    /// What bin/Runner.Worker runs: one job, read from standard input.
+    Worker {
+        #[arg(long)]
+        root: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ListenerCommand {
+    /// config.sh
+    Configure(runner::ConfigureArgs),
+    /// config.sh remove
+    Remove(runner::RemoveArgs),
+    /// run.sh
+    Run(runner::RunArgs),
+}
+
+fn std_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s, 5m, 1h, 14d: {e}"))
+}
+
+fn duration(s: &str) -> Result<chrono::Duration, String> {
+    chrono::Duration::from_std(std_duration(s)?).map_err(|e| e.to_string())
+}
+
+async fn serve_github(args: GithubArgs) -> anyhow::Result<i32> {
+    if args.app_ids.len() != args.app_keys.len() {
+        anyhow::bail!("give one --app-key per --app-id ({} ids, {} keys)", args.app_ids.len(), args.app_keys.len());
+    }
+    if args.orgs.is_empty() && args.repos.is_empty() && args.enterprises.is_empty() {
+        anyhow::bail!("name at least one --org, --repo or --enterprise");
+    }
+    if let Some(bad) = args.repos.iter().find(|r| r.split('/').count() != 2) {
+        anyhow::bail!("--repo {bad:?}: expected OWNER/NAME");
+    }
+    let config = github::Config {
+        listen: args.listen,
+        orgs: args.orgs,
+        repos: args.repos,
+        enterprises: args.enterprises,
+        pats: args.pats,
+        apps: args.app_ids.into_iter().zip(args.app_keys).collect(),
+        settings: Settings {
+            token_ttl: args.token_ttl,
+            offline_after: args.offline_after,
+            offline_max_age: args.offline_max_age,
+            ephemeral_offline_max_age: args.ephemeral_offline_max_age,
+            job_lock_timeout: args.job_lock_timeout,
+            rate_limit: args.rate_limit,
+        },
+        poll_wait: args.poll_wait,
+        webhook: args
+            .webhook_url
+            .zip(args.webhook_secret)
+            .map(|(url, secret)| github::Webhook { url, secret }),
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    github::serve(config, shutdown, |addr| {
+        println!("warmfleet-testbed github listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    Ok(0)
+}
+
+async fn stop_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    token.cancel();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Github(args) => serve_github(args).await,
+        Command::Runner(RunnerCommand::Install { dir }) => {
+            let me = std::env::current_exe().context("finding this program's path")?;
+            runner::install(&dir, &me)?;
+            println!("runner installed in {}", dir.display());
+            Ok(0)
+        }
+        Command::Runner(RunnerCommand::Listener { root, command }) => match command {
+            ListenerCommand::Configure(a) => runner::configure(&root, a).await,
+            ListenerCommand::Remove(a) => runner::remove(&root, a).await,
+            ListenerCommand::Run(a) => runner::run(&root, a).await,
+        },
+        Command::Runner(RunnerCommand::Worker { root }) => runner::work(&root).await,
+        Command::Demo(args) => demo::run(args).await,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("warmfleet-testbed: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
