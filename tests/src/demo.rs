@@ -3,7 +3,11 @@
 //! registers with it (token through the environment, never argv), takes jobs, is stopped and
 //! removed with a remove token; a report says what happened.
 
-use crate::github::{self, control::NewJob, state::{JobRec, Outcome, Settings}};
+use crate::github::{
+    self,
+    control::NewJob,
+    state::{JobRec, Outcome, Settings},
+};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -117,7 +121,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     }));
     let addr = addr_rx.await.context("the GitHub fake did not start")?;
     let base = format!("http://{addr}");
-    step(&format!("GitHub fake serving organisation demo-org at {base}"));
+    step(&format!(
+        "GitHub fake serving organisation demo-org at {base}"
+    ));
 
     let result = round_trip(&args, &base, &pat).await;
     shutdown.cancel();
@@ -136,7 +142,10 @@ async fn round_trip(args: &DemoArgs, base: &str, pat: &str) -> anyhow::Result<Re
     let dir = tempfile::tempdir().context("creating the runner directory")?;
     let me = std::env::current_exe().context("finding this program's path")?;
     crate::runner::install(dir.path(), &me)?;
-    step(&format!("fake runner installed in {}", dir.path().display()));
+    step(&format!(
+        "fake runner installed in {}",
+        dir.path().display()
+    ));
 
     let deadline = || Instant::now() + Duration::from_secs(30);
     let target = GithubTarget::parse(&format!("{base}/demo-org"), None)?;
@@ -148,12 +157,29 @@ async fn round_trip(args: &DemoArgs, base: &str, pat: &str) -> anyhow::Result<Re
     )
     .await?;
     let token = client.registration_token(deadline()).await?;
-    step(&format!("registration token minted, expires {}", token.expires_at));
+    step(&format!(
+        "registration token minted, expires {}",
+        token.expires_at
+    ));
 
     let status = tokio::process::Command::new(dir.path().join("config.sh"))
-        .args(["--unattended", "--url", &format!("{base}/demo-org"), "--name", "demo-runner"])
-        .args(["--labels", "warmfleet,demo", "--no-default-labels", "--replace"])
-        .env("ACTIONS_RUNNER_INPUT_TOKEN", secrecy::ExposeSecret::expose_secret(&token.token))
+        .args([
+            "--unattended",
+            "--url",
+            &format!("{base}/demo-org"),
+            "--name",
+            "demo-runner",
+        ])
+        .args([
+            "--labels",
+            "warmfleet,demo",
+            "--no-default-labels",
+            "--replace",
+        ])
+        .env(
+            "ACTIONS_RUNNER_INPUT_TOKEN",
+            secrecy::ExposeSecret::expose_secret(&token.token),
+        )
         .stdout(Stdio::null())
         .status()
         .await
@@ -203,8 +229,16 @@ async fn round_trip(args: &DemoArgs, base: &str, pat: &str) -> anyhow::Result<Re
     step(&format!("{} jobs queued", args.jobs));
     let started = Instant::now();
     let jobs = loop {
-        let jobs: Vec<JobRec> = http.get(format!("{base}/_testbed/jobs")).send().await?.json().await?;
-        let done = jobs.iter().filter(|j| !matches!(j.outcome, Outcome::Queued | Outcome::Running)).count();
+        let jobs: Vec<JobRec> = http
+            .get(format!("{base}/_testbed/jobs"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let done = jobs
+            .iter()
+            .filter(|j| !matches!(j.outcome, Outcome::Queued | Outcome::Running))
+            .count();
         print!("\r    jobs done {done}/{}", jobs.len());
         use std::io::Write;
         let _ = std::io::stdout().flush();
@@ -212,7 +246,10 @@ async fn round_trip(args: &DemoArgs, base: &str, pat: &str) -> anyhow::Result<Re
             println!();
             break jobs;
         }
-        if started.elapsed() > Duration::from_secs(60) + Duration::from_secs_f64(args.job_seconds * f64::from(args.jobs)) {
+        if started.elapsed()
+            > Duration::from_secs(60)
+                + Duration::from_secs_f64(args.job_seconds * f64::from(args.jobs))
+        {
             println!();
             bail!("jobs did not finish in time");
         }
@@ -221,11 +258,17 @@ async fn round_trip(args: &DemoArgs, base: &str, pat: &str) -> anyhow::Result<Re
 
     let runners = client.list_runners(Some("warmfleet"), deadline()).await?;
     for r in &runners {
-        step(&format!("GitHub lists runner {} ({:?}, busy: {})", r.name, r.status, r.busy));
+        step(&format!(
+            "GitHub lists runner {} ({:?}, busy: {})",
+            r.name, r.status, r.busy
+        ));
     }
 
     if let Some(pid) = listener.id() {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
     }
     let code = listener.wait().await?;
     step(&format!("listener stopped ({code})"));
@@ -233,7 +276,10 @@ async fn round_trip(args: &DemoArgs, base: &str, pat: &str) -> anyhow::Result<Re
     let remove = client.remove_token(deadline()).await?;
     let status = tokio::process::Command::new(dir.path().join("config.sh"))
         .arg("remove")
-        .env("ACTIONS_RUNNER_INPUT_TOKEN", secrecy::ExposeSecret::expose_secret(&remove.token))
+        .env(
+            "ACTIONS_RUNNER_INPUT_TOKEN",
+            secrecy::ExposeSecret::expose_secret(&remove.token),
+        )
         .stdout(Stdio::null())
         .status()
         .await?;
@@ -241,7 +287,10 @@ async fn round_trip(args: &DemoArgs, base: &str, pat: &str) -> anyhow::Result<Re
         bail!("config.sh remove failed: {status}");
     }
     let left = client.list_runners(None, deadline()).await?;
-    step(&format!("runner removed; GitHub lists {} runners", left.len()));
+    step(&format!(
+        "runner removed; GitHub lists {} runners",
+        left.len()
+    ));
 
     let (counts, waits) = summarize(&jobs);
     Ok(Report {

@@ -10,7 +10,11 @@ use warmfleet_testbed::github::{self, state::Settings};
 use warmfleet_testbed::{demo, runner};
 
 #[derive(Parser)]
-#[command(name = "warmfleet-testbed", version, about = "The local world warmfleet is tested in")]
+#[command(
+    name = "warmfleet-testbed",
+    version,
+    about = "The local world warmfleet is tested in"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -111,7 +115,8 @@ enum ListenerCommand {
 }
 
 fn std_duration(s: &str) -> Result<std::time::Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s, 5m, 1h, 14d: {e}"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 30s, 5m, 1h, 14d: {e}"))
 }
 
 fn duration(s: &str) -> Result<chrono::Duration, String> {
@@ -120,7 +125,11 @@ fn duration(s: &str) -> Result<chrono::Duration, String> {
 
 async fn serve_github(args: GithubArgs) -> anyhow::Result<i32> {
     if args.app_ids.len() != args.app_keys.len() {
-        anyhow::bail!("give one --app-key per --app-id ({} ids, {} keys)", args.app_ids.len(), args.app_keys.len());
+        anyhow::bail!(
+            "give one --app-key per --app-id ({} ids, {} keys)",
+            args.app_ids.len(),
+            args.app_keys.len()
+        );
     }
     if args.orgs.is_empty() && args.repos.is_empty() && args.enterprises.is_empty() {
         anyhow::bail!("name at least one --org, --repo or --enterprise");
@@ -161,7 +170,10 @@ async fn serve_github(args: GithubArgs) -> anyhow::Result<i32> {
 
 async fn stop_on_signal(token: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    if let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}

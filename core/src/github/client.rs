@@ -96,10 +96,13 @@ impl GithubClient {
                             .into(),
                     ));
                 }
-                let key = octocrab::EncodingKey::from_rsa_pem(private_key.expose_secret().as_bytes())
-                    .map_err(|_| {
-                        GithubError::Config("the GitHub App private key is not an RSA PEM key".into())
-                    })?;
+                let key =
+                    octocrab::EncodingKey::from_rsa_pem(private_key.expose_secret().as_bytes())
+                        .map_err(|_| {
+                            GithubError::Config(
+                                "the GitHub App private key is not an RSA PEM key".into(),
+                            )
+                        })?;
                 builder.app(AppId(*app_id), key).build().map_err(config)?
             }
         };
@@ -112,12 +115,16 @@ impl GithubClient {
         };
         if let GithubCredential::App { .. } = credential {
             let path = format!("{}/installation", client.target.scope.api_prefix());
-            let installation: Installation = client.json(Method::GET, &path, None, deadline).await?;
+            let installation: Installation =
+                client.json(Method::GET, &path, None, deadline).await?;
             client.crab = client
                 .crab
                 .installation(InstallationId(installation.id))
                 .map_err(config)?;
-            debug!(installation = installation.id, "GitHub App installation found");
+            debug!(
+                installation = installation.id,
+                "GitHub App installation found"
+            );
         }
         Ok(client)
     }
@@ -188,7 +195,11 @@ impl GithubClient {
     }
 
     /// Deletes a runner. A busy runner yields `RunnerBusy`, one already gone `NotFound`.
-    pub async fn delete_runner(&self, runner_id: u64, deadline: Instant) -> Result<(), GithubError> {
+    pub async fn delete_runner(
+        &self,
+        runner_id: u64,
+        deadline: Instant,
+    ) -> Result<(), GithubError> {
         let path = format!("{}/{runner_id}", self.runners_path());
         match self.call(Method::DELETE, &path, None, None, deadline).await {
             Err(GithubError::Rejected { status, .. })
@@ -223,7 +234,9 @@ impl GithubClient {
             let mut path = format!("{}?per_page={PER_PAGE}&page={page}", self.runners_path());
             if let Some(name) = name {
                 path.push_str("&name=");
-                path.push_str(&url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>());
+                path.push_str(
+                    &url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>(),
+                );
             }
             let (body, link) = self.get_conditional(&path, deadline).await?;
             let parsed: RunnerPage = decode(&Method::GET, &path, &body)?;
@@ -249,7 +262,9 @@ impl GithubClient {
     ) -> Result<(String, Option<String>), GithubError> {
         let cached = self.lock_pages().get(path).cloned();
         let condition = cached.as_ref().map(|c| c.etag.clone());
-        let reply = self.call(Method::GET, path, None, condition, deadline).await?;
+        let reply = self
+            .call(Method::GET, path, None, condition, deadline)
+            .await?;
         let link_text = |v: &HeaderValue| v.to_str().ok().map(str::to_owned);
         if reply.status == StatusCode::NOT_MODIFIED {
             if let Some(c) = cached {
@@ -282,7 +297,9 @@ impl GithubClient {
         body: Option<&serde_json::Value>,
         deadline: Instant,
     ) -> Result<T, GithubError> {
-        let reply = self.call(method.clone(), path, body, None, deadline).await?;
+        let reply = self
+            .call(method.clone(), path, body, None, deadline)
+            .await?;
         decode(&method, path, &reply.body)
     }
 
@@ -301,7 +318,10 @@ impl GithubClient {
         loop {
             attempts += 1;
             self.calls.fetch_add(1, Ordering::Relaxed);
-            let reply = match self.attempt(&method, path, body, if_none_match.clone()).await {
+            let reply = match self
+                .attempt(&method, path, body, if_none_match.clone())
+                .await
+            {
                 Ok(reply) => reply,
                 Err(Failure::Transport(reason)) => {
                     let delay = backoff.next().filter(|d| Instant::now() + *d < deadline);
@@ -330,9 +350,13 @@ impl GithubClient {
                 return Ok(reply);
             }
             let message = github_message(&reply.body);
-            let delay = if let Some(wait) =
-                rate_limit_wait(reply.status, &reply.headers, &message, epoch_secs(), &self.policy)
-            {
+            let delay = if let Some(wait) = rate_limit_wait(
+                reply.status,
+                &reply.headers,
+                &message,
+                epoch_secs(),
+                &self.policy,
+            ) {
                 if Instant::now() + wait > deadline {
                     return Err(GithubError::RateLimited {
                         method,
@@ -491,7 +515,10 @@ mod tests {
 
     #[test]
     fn github_message_prefers_the_json_message() {
-        assert_eq!(github_message(r#"{"message":"Bad credentials"}"#), "Bad credentials");
+        assert_eq!(
+            github_message(r#"{"message":"Bad credentials"}"#),
+            "Bad credentials"
+        );
         assert_eq!(github_message("<html>502</html>"), "<html>502</html>");
     }
 }

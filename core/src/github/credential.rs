@@ -22,13 +22,8 @@ pub enum GithubCredential {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum SecretJson {
-    Token {
-        token: String,
-    },
-    App {
-        app_id: AppId,
-        private_key: String,
-    },
+    Token { token: String },
+    App { app_id: AppId, private_key: String },
 }
 
 /// App ids appear as numbers or strings in operators' secrets; take both.

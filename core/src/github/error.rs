@@ -40,7 +40,9 @@ pub enum GithubError {
         message: String,
     },
 
-    #[error("GitHub rate limit on {method} {path}: it lifts in {wait:?}, past the caller's deadline")]
+    #[error(
+        "GitHub rate limit on {method} {path}: it lifts in {wait:?}, past the caller's deadline"
+    )]
     RateLimited {
         method: Method,
         path: String,

@@ -64,7 +64,9 @@ pub(crate) fn rate_limit_wait(
         if let Some(reset) = header("x-ratelimit-reset").and_then(|v| v.trim().parse::<u64>().ok())
         {
             // One second more: the reset time is rounded down to whole seconds.
-            return Some(Duration::from_secs(reset.saturating_sub(now_epoch_secs) + 1));
+            return Some(Duration::from_secs(
+                reset.saturating_sub(now_epoch_secs) + 1,
+            ));
         }
     }
     if status == StatusCode::TOO_MANY_REQUESTS || message.to_lowercase().contains("rate limit") {
@@ -89,13 +91,25 @@ mod tests {
     fn reads_githubs_rate_limit_signals() {
         let p = RetryPolicy::default();
         let wait = |status: u16, h: &[(&'static str, &'static str)], msg: &str| {
-            rate_limit_wait(StatusCode::from_u16(status).unwrap(), &headers(h), msg, 1000, &p)
+            rate_limit_wait(
+                StatusCode::from_u16(status).unwrap(),
+                &headers(h),
+                msg,
+                1000,
+                &p,
+            )
         };
-        assert_eq!(wait(429, &[("retry-after", "7")], ""), Some(Duration::from_secs(7)));
+        assert_eq!(
+            wait(429, &[("retry-after", "7")], ""),
+            Some(Duration::from_secs(7))
+        );
         assert_eq!(
             wait(
                 403,
-                &[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1030")],
+                &[
+                    ("x-ratelimit-remaining", "0"),
+                    ("x-ratelimit-reset", "1030")
+                ],
                 ""
             ),
             Some(Duration::from_secs(31))
@@ -105,7 +119,10 @@ mod tests {
             Some(Duration::from_secs(60))
         );
         assert_eq!(wait(429, &[], ""), Some(Duration::from_secs(60)));
-        assert_eq!(wait(403, &[("x-ratelimit-remaining", "12")], "Forbidden"), None);
+        assert_eq!(
+            wait(403, &[("x-ratelimit-remaining", "12")], "Forbidden"),
+            None
+        );
         assert_eq!(wait(502, &[("retry-after", "1")], ""), None);
     }
 
@@ -120,6 +137,9 @@ mod tests {
         let delays: Vec<Duration> = p.backoff().collect();
         assert_eq!(delays.len(), 3);
         // Jitter adds up to one more delay on top of each capped step.
-        assert!(delays.iter().all(|d| *d <= Duration::from_millis(600)), "{delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_millis(600)),
+            "{delays:?}"
+        );
     }
 }

@@ -42,7 +42,9 @@ impl GithubTarget {
         let bad = |reason: &str| GithubError::Config(format!("GitHub URL {url:?}: {reason}"));
         let html_url = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
         if !matches!(html_url.scheme(), "https" | "http") {
-            return Err(bad("the scheme must be https (or http for a local test server)"));
+            return Err(bad(
+                "the scheme must be https (or http for a local test server)",
+            ));
         }
         let host = html_url.host_str().ok_or_else(|| bad("it has no host"))?;
         let segments: Vec<&str> = html_url
@@ -65,9 +67,8 @@ impl GithubTarget {
         let api_url = match api_url {
             Some(api) => Url::parse(api)
                 .map_err(|e| GithubError::Config(format!("GitHub API URL {api:?}: {e}")))?,
-            None if host == "github.com" => Url::parse("https://api.github.com").map_err(|e| {
-                GithubError::Config(format!("GitHub API URL for github.com: {e}"))
-            })?,
+            None if host == "github.com" => Url::parse("https://api.github.com")
+                .map_err(|e| GithubError::Config(format!("GitHub API URL for github.com: {e}")))?,
             None => {
                 let mut api = html_url.clone();
                 api.set_path("/api/v3");
@@ -106,8 +107,8 @@ mod tests {
     fn ghes_derives_api_v3_and_accepts_an_explicit_api_url() {
         let t = GithubTarget::parse("https://ghe.example.com/acme", None).unwrap();
         assert_eq!(t.api_url.as_str(), "https://ghe.example.com/api/v3");
-        let t = GithubTarget::parse("https://ghe.example.com/acme", Some("https://api.x/v3"))
-            .unwrap();
+        let t =
+            GithubTarget::parse("https://ghe.example.com/acme", Some("https://api.x/v3")).unwrap();
         assert_eq!(t.api_url.as_str(), "https://api.x/v3");
     }
 

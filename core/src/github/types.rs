@@ -24,7 +24,9 @@ pub struct Runner {
 impl Runner {
     /// Whether the runner carries `label` (GitHub compares labels case-insensitively).
     pub fn has_label(&self, label: &str) -> bool {
-        self.labels.iter().any(|l| l.name.eq_ignore_ascii_case(label))
+        self.labels
+            .iter()
+            .any(|l| l.name.eq_ignore_ascii_case(label))
     }
 }
 

@@ -2,8 +2,8 @@
 //! its private key) or one of its installations (an installation token that expires).
 
 use super::state::random_token;
-use chrono::{DateTime, Duration, Utc};
 use axum::http::HeaderMap;
+use chrono::{DateTime, Duration, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rsa::pkcs1::{DecodeRsaPrivateKey, EncodeRsaPublicKey};
 use rsa::pkcs8::DecodePrivateKey;
@@ -104,7 +104,12 @@ pub enum AuthError {
 
 impl Credentials {
     /// Each app is installed on every account named (organisations and repository owners).
-    pub fn new(pats: Vec<String>, apps: Vec<App>, accounts: &[String], token_ttl: Duration) -> Self {
+    pub fn new(
+        pats: Vec<String>,
+        apps: Vec<App>,
+        accounts: &[String],
+        token_ttl: Duration,
+    ) -> Self {
         let mut installations = Vec::new();
         for app in &apps {
             for account in accounts {
@@ -124,7 +129,11 @@ impl Credentials {
         }
     }
 
-    pub fn authenticate(&self, headers: &HeaderMap, now: DateTime<Utc>) -> Result<Caller, AuthError> {
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        now: DateTime<Utc>,
+    ) -> Result<Caller, AuthError> {
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
             return Ok(Caller::Anonymous);
         };
@@ -168,21 +177,32 @@ impl Credentials {
                 Issuer::Text(s) => s.parse().ok(),
             };
             if issuer != Some(app.id) {
-                return Err(AuthError::BadJwt("'Issuer' claim ('iss') must be the app id".into()));
+                return Err(AuthError::BadJwt(
+                    "'Issuer' claim ('iss') must be the app id".into(),
+                ));
             }
             let now = now.timestamp();
             if claims.exp <= now {
-                return Err(AuthError::BadJwt("'Expiration time' claim ('exp') is too far in the past".into()));
+                return Err(AuthError::BadJwt(
+                    "'Expiration time' claim ('exp') is too far in the past".into(),
+                ));
             }
             if claims.exp - claims.iat > 600 + 60 {
-                return Err(AuthError::BadJwt("'Expiration time' claim ('exp') is too far in the future".into()));
+                return Err(AuthError::BadJwt(
+                    "'Expiration time' claim ('exp') is too far in the future".into(),
+                ));
             }
             if claims.iat > now + 60 {
-                return Err(AuthError::BadJwt("'Issued at' claim ('iat') must be an Integer representing a time in the past".into()));
+                return Err(AuthError::BadJwt(
+                    "'Issued at' claim ('iat') must be an Integer representing a time in the past"
+                        .into(),
+                ));
             }
             return Ok(app.id);
         }
-        Err(AuthError::BadJwt("A JSON web token could not be decoded".into()))
+        Err(AuthError::BadJwt(
+            "A JSON web token could not be decoded".into(),
+        ))
     }
 
     pub fn installation_for(&self, app_id: u64, account: &str) -> Option<&Installation> {
@@ -191,7 +211,11 @@ impl Credentials {
             .find(|i| i.app_id == app_id && i.account.eq_ignore_ascii_case(account))
     }
 
-    pub fn issue_token(&self, installation: &Installation, now: DateTime<Utc>) -> (String, DateTime<Utc>) {
+    pub fn issue_token(
+        &self,
+        installation: &Installation,
+        now: DateTime<Utc>,
+    ) -> (String, DateTime<Utc>) {
         let token = random_token("ghs_", 36);
         let expires_at = now + self.token_ttl;
         self.lock().insert(

@@ -51,17 +51,34 @@ async fn enqueue(
 ) -> Result<(StatusCode, Json<JobRec>), ApiError> {
     let scope = match job.scope {
         Some(s) => s,
-        None => format!("orgs/{}", shared.orgs.first().ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "no organisation: give \"scope\""))?),
+        None => format!(
+            "orgs/{}",
+            shared.orgs.first().ok_or_else(|| ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "no organisation: give \"scope\""
+            ))?
+        ),
     };
     if !shared.scope_exists(&scope) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("unknown scope {scope}")));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("unknown scope {scope}"),
+        ));
     }
     if !(job.duration_secs.is_finite() && job.duration_secs >= 0.0) {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "duration_secs must be a number >= 0"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "duration_secs must be a number >= 0",
+        ));
     }
-    let rec = shared
-        .world()
-        .enqueue_job(&scope, job.name, job.labels, job.duration_secs, job.fail, now());
+    let rec = shared.world().enqueue_job(
+        &scope,
+        job.name,
+        job.labels,
+        job.duration_secs,
+        job.fail,
+        now(),
+    );
     shared.changed.notify_waiters();
     Ok((StatusCode::CREATED, Json(rec)))
 }
@@ -70,8 +87,17 @@ async fn jobs(State(shared): State<Arc<Shared>>) -> Json<Vec<JobRec>> {
     Json(shared.world().jobs.values().cloned().collect())
 }
 
-async fn job(State(shared): State<Arc<Shared>>, Path(id): Path<u64>) -> Result<Json<JobRec>, ApiError> {
-    shared.world().jobs.get(&id).cloned().map(Json).ok_or_else(ApiError::not_found)
+async fn job(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<u64>,
+) -> Result<Json<JobRec>, ApiError> {
+    shared
+        .world()
+        .jobs
+        .get(&id)
+        .cloned()
+        .map(Json)
+        .ok_or_else(ApiError::not_found)
 }
 
 async fn requests(State(shared): State<Arc<Shared>>) -> Json<Vec<LoggedRequest>> {
@@ -83,12 +109,21 @@ async fn clear_requests(State(shared): State<Arc<Shared>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn add_fault(State(shared): State<Arc<Shared>>, Json(fault): Json<Fault>) -> Result<StatusCode, ApiError> {
+async fn add_fault(
+    State(shared): State<Arc<Shared>>,
+    Json(fault): Json<Fault>,
+) -> Result<StatusCode, ApiError> {
     if fault.count == 0 {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "count must be at least 1"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "count must be at least 1",
+        ));
     }
     if fault.status.is_none() && fault.latency_ms.is_none() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "a fault needs a status or latency_ms"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "a fault needs a status or latency_ms",
+        ));
     }
     shared.gate.add_fault(fault);
     Ok(StatusCode::NO_CONTENT)
@@ -102,7 +137,12 @@ async fn runners(State(shared): State<Arc<Shared>>) -> Json<Vec<RunnerView>> {
             .runners
             .values()
             .map(|r| RunnerView {
-                status: if r.online(at, &world.settings) { "online" } else { "offline" }.into(),
+                status: if r.online(at, &world.settings) {
+                    "online"
+                } else {
+                    "offline"
+                }
+                .into(),
                 busy: r.busy(),
                 runner: r.clone(),
             })
@@ -110,7 +150,10 @@ async fn runners(State(shared): State<Arc<Shared>>) -> Json<Vec<RunnerView>> {
     )
 }
 
-async fn request_update(State(shared): State<Arc<Shared>>, Path(id): Path<u64>) -> Result<StatusCode, ApiError> {
+async fn request_update(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<u64>,
+) -> Result<StatusCode, ApiError> {
     let mut world = shared.world();
     let runner = world.runners.get_mut(&id).ok_or_else(ApiError::not_found)?;
     runner.update_pending = true;

@@ -171,11 +171,18 @@ fn fault_response(fault: &Fault, status: StatusCode, at: DateTime<Utc>, limit: u
     ApiError::new(status, message).into_response()
 }
 
-pub(crate) async fn gate(State(shared): State<Arc<Shared>>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn gate(
+    State(shared): State<Arc<Shared>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let at = now();
     let method = req.method().to_string();
     let full_path = req.uri().path().to_owned();
-    let path = full_path.strip_prefix("/api/v3").unwrap_or(&full_path).to_owned();
+    let path = full_path
+        .strip_prefix("/api/v3")
+        .unwrap_or(&full_path)
+        .to_owned();
     let query = req.uri().query().map(str::to_owned);
     let gate = &shared.gate;
     let log = |caller: &'static str, status: StatusCode| {

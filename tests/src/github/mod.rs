@@ -12,7 +12,7 @@ pub mod gate;
 pub mod rest;
 pub mod runner_api;
 pub mod state;
-mod webhooks;
+pub mod webhooks;
 
 use anyhow::Context;
 use auth::{App, Credentials};
@@ -149,7 +149,12 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         world: Mutex::new(World::new(config.settings.clone())),
         changed: Notify::new(),
-        credentials: Credentials::new(config.pats.clone(), apps, &accounts, config.settings.token_ttl),
+        credentials: Credentials::new(
+            config.pats.clone(),
+            apps,
+            &accounts,
+            config.settings.token_ttl,
+        ),
         gate: Gate::new(config.settings.rate_limit),
         orgs: config.orgs.clone(),
         repos: config.repos.clone(),
@@ -162,7 +167,11 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     on_ready(addr);
 
-    tokio::spawn(housekeeping(shared.clone(), config.webhook.clone(), shutdown.clone()));
+    tokio::spawn(housekeeping(
+        shared.clone(),
+        config.webhook.clone(),
+        shutdown.clone(),
+    ));
     let app = router(shared);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())

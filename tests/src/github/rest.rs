@@ -28,14 +28,27 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
             "/app/installations/{installation_id}/access_tokens",
             post(access_token),
         );
-    for prefix in ["/orgs/{org}", "/repos/{owner}/{repo}", "/enterprises/{enterprise}"] {
+    for prefix in [
+        "/orgs/{org}",
+        "/repos/{owner}/{repo}",
+        "/enterprises/{enterprise}",
+    ] {
         let runners = format!("{prefix}/actions/runners");
         router = router
             .route(&runners, get(list_runners))
-            .route(&format!("{runners}/registration-token"), post(registration_token))
+            .route(
+                &format!("{runners}/registration-token"),
+                post(registration_token),
+            )
             .route(&format!("{runners}/remove-token"), post(remove_token))
-            .route(&format!("{runners}/generate-jitconfig"), post(generate_jitconfig))
-            .route(&format!("{runners}/{{runner_id}}"), get(get_runner).delete(delete_runner))
+            .route(
+                &format!("{runners}/generate-jitconfig"),
+                post(generate_jitconfig),
+            )
+            .route(
+                &format!("{runners}/{{runner_id}}"),
+                get(get_runner).delete(delete_runner),
+            )
             .route(
                 &format!("{runners}/{{runner_id}}/labels"),
                 get(list_labels).delete(delete_custom_labels),
@@ -43,7 +56,10 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
     }
     router = router
         .route("/orgs/{org}/actions/runner-groups", get(runner_groups))
-        .route("/enterprises/{enterprise}/actions/runner-groups", get(runner_groups));
+        .route(
+            "/enterprises/{enterprise}/actions/runner-groups",
+            get(runner_groups),
+        );
     router
         .fallback(|| async { ApiError::not_found() })
         .layer(axum::middleware::from_fn_with_state(shared.clone(), gate))
@@ -51,7 +67,11 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
 }
 
 /// The scope a path names (`orgs/acme`...), if the caller may act on it.
-fn authorize(shared: &Shared, caller: &Caller, params: &HashMap<String, String>) -> Result<String, ApiError> {
+fn authorize(
+    shared: &Shared,
+    caller: &Caller,
+    params: &HashMap<String, String>,
+) -> Result<String, ApiError> {
     let (scope, account) = if let Some(org) = params.get("org") {
         (format!("orgs/{org}"), Some(org.clone()))
     } else if let (Some(owner), Some(repo)) = (params.get("owner"), params.get("repo")) {
@@ -62,14 +82,21 @@ fn authorize(shared: &Shared, caller: &Caller, params: &HashMap<String, String>)
         return Err(ApiError::not_found());
     };
     match caller {
-        Caller::Anonymous => return Err(ApiError::new(StatusCode::UNAUTHORIZED, "Requires authentication")),
+        Caller::Anonymous => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "Requires authentication",
+            ))
+        }
         Caller::App(_) => {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "Resource not accessible by integration",
             ))
         }
-        Caller::Installation { account: granted, .. } => {
+        Caller::Installation {
+            account: granted, ..
+        } => {
             if !account.is_some_and(|a| a.eq_ignore_ascii_case(granted)) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
@@ -117,7 +144,9 @@ async fn registration_token(
     Path(params): Params,
 ) -> Result<Response, ApiError> {
     let scope = authorize(&shared, &caller, &params)?;
-    let (token, expires) = shared.world().mint_token(&scope, Purpose::Registration, now());
+    let (token, expires) = shared
+        .world()
+        .mint_token(&scope, Purpose::Registration, now());
     Ok(token_reply(token, expires))
 }
 
@@ -159,22 +188,34 @@ async fn generate_jitconfig(
     body: Option<Json<JitBody>>,
 ) -> Result<Response, ApiError> {
     let scope = authorize(&shared, &caller, &params)?;
-    let invalid = |m: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("Invalid request.\n\n{m}"));
+    let invalid = |m: &str| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("Invalid request.\n\n{m}"),
+        )
+    };
     let Some(Json(body)) = body else {
         return Err(invalid("The request body is not valid JSON."));
     };
-    let name = body.name.filter(|n| !n.trim().is_empty()).ok_or_else(|| invalid("\"name\" wasn't supplied."))?;
+    let name = body
+        .name
+        .filter(|n| !n.trim().is_empty())
+        .ok_or_else(|| invalid("\"name\" wasn't supplied."))?;
     let group = body
         .runner_group_id
         .ok_or_else(|| invalid("\"runner_group_id\" wasn't supplied."))?;
-    let labels = body.labels.ok_or_else(|| invalid("\"labels\" wasn't supplied."))?;
+    let labels = body
+        .labels
+        .ok_or_else(|| invalid("\"labels\" wasn't supplied."))?;
     if labels.is_empty() || labels.len() > 100 {
         return Err(invalid("\"labels\" must have between 1 and 100 items."));
     }
     if group != 1 {
         return Err(ApiError::not_found());
     }
-    let runner = shared.world().register_jit(&scope, &name, &labels, group, now())?;
+    let runner = shared
+        .world()
+        .register_jit(&scope, &name, &labels, group, now())?;
     let host = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
@@ -186,8 +227,10 @@ async fn generate_jitconfig(
         credential: runner.credential.clone(),
         work_folder: body.work_folder.unwrap_or_else(|| "_work".into()),
     };
-    let encoded = base64::engine::general_purpose::STANDARD
-        .encode(serde_json::to_vec(&payload).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(
+        serde_json::to_vec(&payload)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+    );
     shared.changed.notify_waiters();
     Ok((
         StatusCode::CREATED,
@@ -225,11 +268,18 @@ async fn list_runners(
             .map(|r| runner_json_with(r, r.online(at, &world.settings)))
             .collect();
         let total = all.len();
-        let page_items: Vec<Value> = all.into_iter().skip((page - 1) * per_page).take(per_page).collect();
+        let page_items: Vec<Value> = all
+            .into_iter()
+            .skip((page - 1) * per_page)
+            .take(per_page)
+            .collect();
         (total, page_items)
     };
     let body = json!({ "total_count": total, "runners": runners }).to_string();
-    let etag = format!("W/\"{}\"", &hex::encode(Sha256::digest(body.as_bytes()))[..32]);
+    let etag = format!(
+        "W/\"{}\"",
+        &hex::encode(Sha256::digest(body.as_bytes()))[..32]
+    );
     let last = total.div_ceil(per_page).max(1);
     let host = headers
         .get(header::HOST)
@@ -239,7 +289,9 @@ async fn list_runners(
         let mut link = format!("http://{host}{}?per_page={per_page}&page={n}", uri.path());
         if let Some(name) = &q.name {
             link.push_str("&name=");
-            link.push_str(&url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>());
+            link.push_str(
+                &url::form_urlencoded::byte_serialize(name.as_bytes()).collect::<String>(),
+            );
         }
         link
     };
@@ -261,7 +313,11 @@ async fn list_runners(
     let mut resp = if not_modified {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        ([(header::CONTENT_TYPE, "application/json; charset=utf-8")], body).into_response()
+        (
+            [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+            body,
+        )
+            .into_response()
     };
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&etag) {
@@ -325,7 +381,9 @@ async fn list_labels(
         .filter(|r| r.scope == scope)
         .map(|r| r.labels.clone())
         .ok_or_else(ApiError::not_found)?;
-    Ok(Json(json!({ "total_count": labels.len(), "labels": labels })))
+    Ok(Json(
+        json!({ "total_count": labels.len(), "labels": labels }),
+    ))
 }
 
 async fn delete_custom_labels(
@@ -336,7 +394,9 @@ async fn delete_custom_labels(
     let scope = authorize(&shared, &caller, &params)?;
     let id = runner_id(&params)?;
     let labels = shared.world().remove_custom_labels(&scope, id)?;
-    Ok(Json(json!({ "total_count": labels.len(), "labels": labels })))
+    Ok(Json(
+        json!({ "total_count": labels.len(), "labels": labels }),
+    ))
 }
 
 async fn runner_groups(

@@ -54,7 +54,7 @@ pub struct SessionOpened {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Poll {
-    Job { job: JobRec },
+    Job { job: Box<JobRec> },
     Update,
 }
 
@@ -88,7 +88,10 @@ fn scope_of(shared: &Shared, url: &str) -> Result<String, ApiError> {
         Scope::Enterprise(e) => format!("enterprises/{e}"),
     };
     if !shared.scope_exists(&scope) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("{url} is not an organisation, repository or enterprise here")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{url} is not an organisation, repository or enterprise here"),
+        ));
     }
     Ok(scope)
 }
@@ -133,7 +136,9 @@ async fn unregister(
     Json(req): Json<UnregisterRequest>,
 ) -> Result<StatusCode, ApiError> {
     let scope = scope_of(&shared, &req.url)?;
-    shared.world().unregister(&scope, &req.token, req.runner_id, now())?;
+    shared
+        .world()
+        .unregister(&scope, &req.token, req.runner_id, now())?;
     shared.changed.notify_waiters();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -142,7 +147,9 @@ async fn open_session(
     State(shared): State<Arc<Shared>>,
     Json(req): Json<SessionRequest>,
 ) -> Result<Json<SessionOpened>, ApiError> {
-    let session_id = shared.world().open_session(req.runner_id, &req.credential, now())?;
+    let session_id = shared
+        .world()
+        .open_session(req.runner_id, &req.credential, now())?;
     Ok(Json(SessionOpened { session_id }))
 }
 
@@ -156,7 +163,10 @@ async fn close_session(
 
 /// Long poll: answers as soon as a job (or an update) is there, or "nothing" after the
 /// poll wait.
-async fn poll(State(shared): State<Arc<Shared>>, Path(session): Path<String>) -> Result<Response, ApiError> {
+async fn poll(
+    State(shared): State<Arc<Shared>>,
+    Path(session): Path<String>,
+) -> Result<Response, ApiError> {
     let deadline = tokio::time::Instant::now() + shared.poll_wait;
     loop {
         let notified = shared.changed.notified();
@@ -189,9 +199,14 @@ async fn finish(
     Path((session, job)): Path<(String, u64)>,
     Json(result): Json<JobResult>,
 ) -> Result<StatusCode, ApiError> {
-    shared
-        .world()
-        .finish_job(&session, job, result.succeeded, result.shutdown, result.message, now())?;
+    shared.world().finish_job(
+        &session,
+        job,
+        result.succeeded,
+        result.shutdown,
+        result.message,
+        now(),
+    )?;
     shared.changed.notify_waiters();
     Ok(StatusCode::NO_CONTENT)
 }

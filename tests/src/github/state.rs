@@ -104,7 +104,9 @@ impl RunnerRec {
     }
 
     fn has_label(&self, name: &str) -> bool {
-        self.labels.iter().any(|l| l.name.eq_ignore_ascii_case(name))
+        self.labels
+            .iter()
+            .any(|l| l.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -165,7 +167,7 @@ pub struct Registration {
 /// What a listener's poll returns.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
-    Job(JobRec),
+    Job(Box<JobRec>),
     Update,
 }
 
@@ -213,7 +215,12 @@ impl World {
         id
     }
 
-    pub fn mint_token(&mut self, scope: &str, purpose: Purpose, now: DateTime<Utc>) -> (String, DateTime<Utc>) {
+    pub fn mint_token(
+        &mut self,
+        scope: &str,
+        purpose: Purpose,
+        now: DateTime<Utc>,
+    ) -> (String, DateTime<Utc>) {
         // GitHub's tokens are 29 upper-case letters and digits today; nobody may rely on it.
         let token = random_token("A", 28).to_uppercase();
         let expires_at = now + self.settings.token_ttl;
@@ -228,7 +235,13 @@ impl World {
         (token, expires_at)
     }
 
-    fn check_token(&self, token: &str, scope: &str, purpose: Purpose, now: DateTime<Utc>) -> Result<(), Refusal> {
+    fn check_token(
+        &self,
+        token: &str,
+        scope: &str,
+        purpose: Purpose,
+        now: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
         let Some(t) = self.tokens.get(token) else {
             return Err(Refusal::Unauthorized("Invalid token".into()));
         };
@@ -264,7 +277,11 @@ impl World {
         }
         for name in names {
             let name = name.trim();
-            if name.is_empty() || labels.iter().any(|l: &Label| l.name.eq_ignore_ascii_case(name)) {
+            if name.is_empty()
+                || labels
+                    .iter()
+                    .any(|l: &Label| l.name.eq_ignore_ascii_case(name))
+            {
                 continue;
             }
             let id = self.id();
@@ -285,7 +302,11 @@ impl World {
     }
 
     /// `config.sh`: registers a runner with a registration token.
-    pub fn register(&mut self, reg: Registration, now: DateTime<Utc>) -> Result<RunnerRec, Refusal> {
+    pub fn register(
+        &mut self,
+        reg: Registration,
+        now: DateTime<Utc>,
+    ) -> Result<RunnerRec, Refusal> {
         self.check_token(&reg.token, &reg.scope, Purpose::Registration, now)?;
         if let Some(existing) = self.runner_named(&reg.scope, &reg.name) {
             if !reg.replace {
@@ -363,7 +384,13 @@ impl World {
     }
 
     /// `config.sh remove --token`: unregisters with a remove token.
-    pub fn unregister(&mut self, scope: &str, token: &str, runner_id: u64, now: DateTime<Utc>) -> Result<(), Refusal> {
+    pub fn unregister(
+        &mut self,
+        scope: &str,
+        token: &str,
+        runner_id: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
         self.check_token(token, scope, Purpose::Remove, now)?;
         self.delete_runner(scope, runner_id)
     }
@@ -383,7 +410,11 @@ impl World {
     }
 
     /// REST: removes all custom labels; returns the read-only ones left.
-    pub fn remove_custom_labels(&mut self, scope: &str, runner_id: u64) -> Result<Vec<Label>, Refusal> {
+    pub fn remove_custom_labels(
+        &mut self,
+        scope: &str,
+        runner_id: u64,
+    ) -> Result<Vec<Label>, Refusal> {
         let runner = self
             .runners
             .get_mut(&runner_id)
@@ -393,7 +424,11 @@ impl World {
         Ok(runner.labels.clone())
     }
 
-    fn runner_by_credential(&mut self, runner_id: u64, credential: &str) -> Result<&mut RunnerRec, Refusal> {
+    fn runner_by_credential(
+        &mut self,
+        runner_id: u64,
+        credential: &str,
+    ) -> Result<&mut RunnerRec, Refusal> {
         let runner = self.runners.get_mut(&runner_id).ok_or_else(|| {
             Refusal::NotFound(
                 "The runner registration has been deleted from the server, please re-configure."
@@ -407,7 +442,12 @@ impl World {
     }
 
     /// The listener connects: one session per runner at a time.
-    pub fn open_session(&mut self, runner_id: u64, credential: &str, now: DateTime<Utc>) -> Result<String, Refusal> {
+    pub fn open_session(
+        &mut self,
+        runner_id: u64,
+        credential: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, Refusal> {
         let settings = self.settings.clone();
         let runner = self.runner_by_credential(runner_id, credential)?;
         if runner.jit && runner.sessions_opened > 0 {
@@ -431,7 +471,9 @@ impl World {
         self.runners
             .values_mut()
             .find(|r| r.session.as_deref() == Some(session))
-            .ok_or_else(|| Refusal::NotFound("The session has expired or the runner was deleted".into()))
+            .ok_or_else(|| {
+                Refusal::NotFound("The session has expired or the runner was deleted".into())
+            })
     }
 
     pub fn close_session(&mut self, session: &str) -> Result<(), Refusal> {
@@ -463,7 +505,10 @@ impl World {
             return Ok(None);
         };
         let name = runner.name.clone();
-        let job = self.jobs.get_mut(&job_id).expect("job id taken from the map");
+        let job = self
+            .jobs
+            .get_mut(&job_id)
+            .expect("job id taken from the map");
         job.outcome = Outcome::Running;
         job.started_at = Some(now);
         job.renewed_at = Some(now);
@@ -477,7 +522,7 @@ impl World {
             action: "in_progress",
             job: job.clone(),
         });
-        Ok(Some(Message::Job(job)))
+        Ok(Some(Message::Job(Box::new(job))))
     }
 
     /// Marks a session's runner as seen (the end of a long poll).
@@ -487,10 +532,17 @@ impl World {
         }
     }
 
-    pub fn renew_job(&mut self, session: &str, job_id: u64, now: DateTime<Utc>) -> Result<(), Refusal> {
+    pub fn renew_job(
+        &mut self,
+        session: &str,
+        job_id: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), Refusal> {
         let runner = self.runner_of_session(session)?;
         if runner.job != Some(job_id) {
-            return Err(Refusal::NotFound(format!("Job {job_id} is not this runner's")));
+            return Err(Refusal::NotFound(format!(
+                "Job {job_id} is not this runner's"
+            )));
         }
         runner.last_poll = Some(now);
         if let Some(job) = self.jobs.get_mut(&job_id) {
@@ -511,7 +563,9 @@ impl World {
     ) -> Result<(), Refusal> {
         let runner = self.runner_of_session(session)?;
         if runner.job != Some(job_id) {
-            return Err(Refusal::NotFound(format!("Job {job_id} is not this runner's")));
+            return Err(Refusal::NotFound(format!(
+                "Job {job_id} is not this runner's"
+            )));
         }
         runner.job = None;
         // GitHub deletes an ephemeral runner once its one job is done.
@@ -528,7 +582,13 @@ impl World {
         Ok(())
     }
 
-    fn end_job(&mut self, job_id: u64, outcome: Outcome, message: Option<String>, now: DateTime<Utc>) {
+    fn end_job(
+        &mut self,
+        job_id: u64,
+        outcome: Outcome,
+        message: Option<String>,
+        now: DateTime<Utc>,
+    ) {
         if let Some(job) = self.jobs.get_mut(&job_id) {
             job.outcome = outcome;
             job.finished_at = Some(now);
@@ -627,7 +687,10 @@ fn scope_serves(runner_scope: &str, job_scope: &str) -> bool {
     if runner_scope == job_scope {
         return true;
     }
-    match (runner_scope.strip_prefix("orgs/"), job_scope.strip_prefix("repos/")) {
+    match (
+        runner_scope.strip_prefix("orgs/"),
+        job_scope.strip_prefix("repos/"),
+    ) {
         (Some(org), Some(repo)) => repo.split('/').next() == Some(org),
         _ => false,
     }
@@ -659,12 +722,21 @@ mod tests {
         let (mut w, now) = world();
         let (reg_token, _) = w.mint_token("orgs/acme", Purpose::Registration, now);
         let (rm_token, _) = w.mint_token("orgs/acme", Purpose::Remove, now);
-        assert!(matches!(w.register(reg(&rm_token, "a"), now), Err(Refusal::Unauthorized(_))));
+        assert!(matches!(
+            w.register(reg(&rm_token, "a"), now),
+            Err(Refusal::Unauthorized(_))
+        ));
         let mut other = reg(&reg_token, "a");
         other.scope = "orgs/other".into();
-        assert!(matches!(w.register(other, now), Err(Refusal::Unauthorized(_))));
+        assert!(matches!(
+            w.register(other, now),
+            Err(Refusal::Unauthorized(_))
+        ));
         let later = now + Duration::hours(1);
-        assert!(matches!(w.register(reg(&reg_token, "a"), later), Err(Refusal::Unauthorized(_))));
+        assert!(matches!(
+            w.register(reg(&reg_token, "a"), later),
+            Err(Refusal::Unauthorized(_))
+        ));
         // Like GitHub's, a registration token registers several runners within its hour.
         assert!(w.register(reg(&reg_token, "a"), now).is_ok());
         assert!(w.register(reg(&reg_token, "b"), now).is_ok());
@@ -675,7 +747,10 @@ mod tests {
         let (mut w, now) = world();
         let (t, _) = w.mint_token("orgs/acme", Purpose::Registration, now);
         let first = w.register(reg(&t, "i-1"), now).unwrap();
-        assert!(matches!(w.register(reg(&t, "i-1"), now), Err(Refusal::Conflict(_))));
+        assert!(matches!(
+            w.register(reg(&t, "i-1"), now),
+            Err(Refusal::Conflict(_))
+        ));
         let mut again = reg(&t, "i-1");
         again.replace = true;
         let second = w.register(again, now).unwrap();
@@ -692,15 +767,24 @@ mod tests {
         w.enqueue_job("orgs/acme", None, vec!["arm64".into()], 1.0, false, now);
         let job = w.enqueue_job("repos/acme/app", None, vec!["GPU".into()], 1.0, false, now);
         assert!(matches!(w.poll(&s, now), Ok(Some(Message::Job(j))) if j.id == job.id));
-        assert!(matches!(w.delete_runner("orgs/acme", r.id), Err(Refusal::Unprocessable(_))));
+        assert!(matches!(
+            w.delete_runner("orgs/acme", r.id),
+            Err(Refusal::Unprocessable(_))
+        ));
         // Removing custom labels while busy is allowed and leaves nothing to match.
-        assert!(w.remove_custom_labels("orgs/acme", r.id).unwrap().is_empty());
+        assert!(w
+            .remove_custom_labels("orgs/acme", r.id)
+            .unwrap()
+            .is_empty());
         w.finish_job(&s, job.id, true, false, None, now).unwrap();
         assert_eq!(w.jobs[&job.id].outcome, Outcome::Succeeded);
         w.enqueue_job("orgs/acme", None, vec!["gpu".into()], 1.0, false, now);
         assert_eq!(w.poll(&s, now), Ok(None));
         assert!(w.delete_runner("orgs/acme", r.id).is_ok());
-        assert!(matches!(w.delete_runner("orgs/acme", r.id), Err(Refusal::NotFound(_))));
+        assert!(matches!(
+            w.delete_runner("orgs/acme", r.id),
+            Err(Refusal::NotFound(_))
+        ));
     }
 
     #[test]
@@ -722,11 +806,16 @@ mod tests {
     #[test]
     fn a_jit_config_opens_one_session_only() {
         let (mut w, now) = world();
-        let r = w.register_jit("orgs/acme", "i-9", &["x".into()], 1, now).unwrap();
+        let r = w
+            .register_jit("orgs/acme", "i-9", &["x".into()], 1, now)
+            .unwrap();
         assert!(r.ephemeral);
         let s = w.open_session(r.id, &r.credential, now).unwrap();
         w.close_session(&s).unwrap();
-        assert!(matches!(w.open_session(r.id, &r.credential, now), Err(Refusal::Forbidden(_))));
+        assert!(matches!(
+            w.open_session(r.id, &r.credential, now),
+            Err(Refusal::Forbidden(_))
+        ));
         assert!(matches!(
             w.register_jit("orgs/acme", "i-9", &["x".into()], 1, now),
             Err(Refusal::Conflict(_))

@@ -30,7 +30,7 @@ impl Webhook {
             "in_progress" => "in_progress",
             _ => "completed",
         };
-        let conclusion = (status == "completed").then(|| match job.outcome {
+        let conclusion = (status == "completed").then_some(match job.outcome {
             super::state::Outcome::Succeeded => "success",
             _ => "failure",
         });
@@ -54,7 +54,10 @@ impl Webhook {
             .post(&self.url)
             .header("content-type", "application/json")
             .header("x-github-event", "workflow_job")
-            .header("x-hub-signature-256", signature(&self.secret, body.as_bytes()))
+            .header(
+                "x-hub-signature-256",
+                signature(&self.secret, body.as_bytes()),
+            )
             .body(body)
             .send()
             .await;

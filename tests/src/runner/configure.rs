@@ -39,7 +39,10 @@ pub struct ConfigureArgs {
     #[arg(long = "disableupdate", env = "ACTIONS_RUNNER_INPUT_DISABLEUPDATE")]
     pub disable_update: bool,
     /// Register without the default labels (self-hosted, OS, architecture).
-    #[arg(long = "no-default-labels", env = "ACTIONS_RUNNER_INPUT_NO_DEFAULT_LABELS")]
+    #[arg(
+        long = "no-default-labels",
+        env = "ACTIONS_RUNNER_INPUT_NO_DEFAULT_LABELS"
+    )]
     pub no_default_labels: bool,
 }
 
@@ -86,13 +89,19 @@ pub async fn configure(root: &Path, args: ConfigureArgs) -> anyhow::Result<i32> 
         ));
     }
     if !args.unattended {
-        return Ok(fail("Interactive configuration is not supported here: pass --unattended."));
+        return Ok(fail(
+            "Interactive configuration is not supported here: pass --unattended.",
+        ));
     }
     let Some(url) = args.url else {
-        return Ok(fail("Invalid configuration provided for url. Terminating unattended configuration."));
+        return Ok(fail(
+            "Invalid configuration provided for url. Terminating unattended configuration.",
+        ));
     };
     let Some(token) = args.token else {
-        return Ok(fail("Invalid configuration provided for token. Terminating unattended configuration."));
+        return Ok(fail(
+            "Invalid configuration provided for token. Terminating unattended configuration.",
+        ));
     };
     let name = match args.name {
         Some(n) => n,
@@ -187,7 +196,9 @@ pub async fn remove(root: &Path, args: RemoveArgs) -> anyhow::Result<i32> {
     if !args.local {
         let settings: RunnerFile = files::read(&runner_path)?;
         let Some(token) = args.token else {
-            return Ok(fail("Invalid configuration provided for token. Terminating unattended configuration."));
+            return Ok(fail(
+                "Invalid configuration provided for token. Terminating unattended configuration.",
+            ));
         };
         println!("\n# Runner removal\n");
         let request = UnregisterRequest {
@@ -195,7 +206,11 @@ pub async fn remove(root: &Path, args: RemoveArgs) -> anyhow::Result<i32> {
             token,
             runner_id: settings.agent_id,
         };
-        let resp = post_json(&format!("{}/_runner/unregister", settings.server_url), &request).await?;
+        let resp = post_json(
+            &format!("{}/_runner/unregister", settings.server_url),
+            &request,
+        )
+        .await?;
         if !resp.status().is_success() {
             let message = server_message(resp).await;
             return Ok(fail(format!("Failed to remove the runner: {message}")));

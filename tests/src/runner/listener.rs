@@ -120,7 +120,10 @@ pub async fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
                 return Ok(exit::TERMINATED);
             }
             Err(e) => {
-                println!("{}: GitHub Actions is currently unreachable ({e}); retrying.", stamp());
+                println!(
+                    "{}: GitHub Actions is currently unreachable ({e}); retrying.",
+                    stamp()
+                );
                 Duration::from_secs(2)
             }
         };
@@ -147,7 +150,10 @@ pub async fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
         let resp = match poll {
             Ok(r) => r,
             Err(e) => {
-                println!("{}: GitHub Actions is currently unreachable ({e}); retrying.", stamp());
+                println!(
+                    "{}: GitHub Actions is currently unreachable ({e}); retrying.",
+                    stamp()
+                );
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
@@ -163,17 +169,29 @@ pub async fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
             break exit::TERMINATED;
         }
         if !resp.status().is_success() {
-            println!("{}: Unexpected answer {}; retrying.", stamp(), resp.status());
+            println!(
+                "{}: Unexpected answer {}; retrying.",
+                stamp(),
+                resp.status()
+            );
             tokio::time::sleep(Duration::from_secs(2)).await;
             continue;
         }
         match resp.json::<Poll>().await {
             Ok(Poll::Update) => {
-                println!("{}: Runner update in progress, do not shutdown runner.", stamp());
-                break if me.ephemeral { exit::EPHEMERAL_UPDATING } else { exit::UPDATING };
+                println!(
+                    "{}: Runner update in progress, do not shutdown runner.",
+                    stamp()
+                );
+                break if me.ephemeral {
+                    exit::EPHEMERAL_UPDATING
+                } else {
+                    exit::UPDATING
+                };
             }
             Ok(Poll::Job { job }) => {
-                let stopped = run_job(root, &client, &base, &me, job, &mut sigterm, &mut sigint).await?;
+                let stopped =
+                    run_job(root, &client, &base, &me, *job, &mut sigterm, &mut sigint).await?;
                 if let Some(Stop::Signal) = stopped {
                     break exit::STOPPED;
                 }
@@ -233,7 +251,11 @@ async fn run_job(
             _ = sigint.recv() => break shutdown(&mut worker).await,
         }
     };
-    let verdict = if result.succeeded { "Succeeded" } else { "Failed" };
+    let verdict = if result.succeeded {
+        "Succeeded"
+    } else {
+        "Failed"
+    };
     if let Some(m) = &result.message {
         println!("{}: {m}", stamp());
     }
@@ -242,7 +264,11 @@ async fn run_job(
         .json(&result)
         .send()
         .await;
-    println!("{}: Job {} completed with result: {verdict}", stamp(), job.name);
+    println!(
+        "{}: Job {} completed with result: {verdict}",
+        stamp(),
+        job.name
+    );
     Ok(stop)
 }
 

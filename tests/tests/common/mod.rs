@@ -1,0 +1,196 @@
+//! Helpers for the testbed's integration tests: start the real `warmfleet-testbed` binary as
+//! a process and talk to it over HTTP.
+#![allow(dead_code)]
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::time::Instant;
+use warmfleet_core::github::{GithubClient, GithubCredential, GithubTarget, RetryPolicy};
+
+pub const TESTBED: &str = env!("CARGO_BIN_EXE_warmfleet-testbed");
+pub const PAT: &str = "ghp_testbedtoken0000000000000000000000";
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// A `warmfleet-testbed github` process, killed when dropped.
+pub struct Github {
+    pub url: String,
+    child: Child,
+    http: reqwest::Client,
+}
+
+impl Drop for Github {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Github {
+    /// Starts the fake with organisation `acme`, the test PAT and `extra` flags.
+    pub fn start(extra: &[&str]) -> Github {
+        let mut child = Command::new(TESTBED)
+            .args([
+                "github",
+                "--listen",
+                "127.0.0.1:0",
+                "--org",
+                "acme",
+                "--pat",
+                PAT,
+            ])
+            .args(["--poll-wait", "1s"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start warmfleet-testbed github");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the address");
+        let url = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|u| u.starts_with("http://"))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Github {
+            url,
+            child,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn org_url(&self) -> String {
+        format!("{}/acme", self.url)
+    }
+
+    pub async fn requests(&self) -> Vec<Value> {
+        self.get("/_testbed/requests")
+            .await
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Logged requests with this method whose path ends with `suffix`.
+    pub async fn count(&self, method: &str, suffix: &str) -> usize {
+        self.requests()
+            .await
+            .iter()
+            .filter(|r| {
+                r["method"] == method && r["path"].as_str().is_some_and(|p| p.ends_with(suffix))
+            })
+            .count()
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("GET")
+            .error_for_status()
+            .expect("GET status")
+            .json()
+            .await
+            .expect("GET json")
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST")
+    }
+
+    pub async fn fault(&self, fault: Value) {
+        let resp = self.post("/_testbed/faults", fault).await;
+        assert!(
+            resp.status().is_success(),
+            "fault refused: {}",
+            resp.status()
+        );
+    }
+
+    pub async fn enqueue(&self, labels: &[&str], duration_secs: f64) -> u64 {
+        let resp = self
+            .post(
+                "/_testbed/jobs",
+                json!({ "labels": labels, "duration_secs": duration_secs }),
+            )
+            .await;
+        assert_eq!(resp.status(), 201);
+        resp.json::<Value>().await.expect("job")["id"]
+            .as_u64()
+            .expect("job id")
+    }
+
+    pub async fn job(&self, id: u64) -> Value {
+        self.get(&format!("/_testbed/jobs/{id}")).await
+    }
+
+    /// Waits until job `id` has an outcome other than queued/running.
+    pub async fn finished_job(&self, id: u64, within: Duration) -> Value {
+        let until = Instant::now() + within;
+        loop {
+            let job = self.job(id).await;
+            if job["outcome"] != "queued" && job["outcome"] != "running" {
+                return job;
+            }
+            assert!(
+                Instant::now() < until,
+                "job {id} still {} after {within:?}",
+                job["outcome"]
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A client for organisation `acme` with the test PAT.
+    pub async fn pat_client(&self, policy: RetryPolicy) -> GithubClient {
+        let target = GithubTarget::parse(&self.org_url(), None).expect("target");
+        GithubClient::connect(
+            target,
+            &GithubCredential::Token(PAT.to_owned().into()),
+            policy,
+            deadline(10),
+        )
+        .await
+        .expect("connect")
+    }
+}
+
+pub fn deadline(secs: u64) -> Instant {
+    Instant::now() + Duration::from_secs(secs)
+}
+
+/// Retries quickly, for tests.
+pub fn fast_retries() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        min_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        secondary_limit_wait: Duration::from_secs(1),
+    }
+}
+
+pub fn app_credential(app_id: u64) -> GithubCredential {
+    let pem = std::fs::read_to_string(fixture("github-app-test-key.pem")).expect("test key");
+    GithubCredential::App {
+        app_id,
+        private_key: pem.into(),
+    }
+}
