@@ -5,6 +5,7 @@
 //! - `runner`: a fake GitHub Actions runner with the real one's layout, flags and exit codes.
 //! - `demo`: the README's main job, run on these parts.
 
+pub mod aws;
 pub mod demo;
 pub mod github;
 pub mod runner;

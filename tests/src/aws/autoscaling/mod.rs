@@ -1,0 +1,3 @@
+//! The Auto Scaling half of the testbed's AWS world.
+
+pub mod model;
