@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio_util::sync::CancellationToken;
 use warmfleet_testbed::github::{self, state::Settings};
-use warmfleet_testbed::{demo, runner};
+use warmfleet_testbed::{aws, demo, runner};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,8 @@ enum Command {
     /// The fake actions runner.
     #[command(subcommand)]
     Runner(RunnerCommand),
+    /// Serve the AWS world (Auto Scaling, for now).
+    Aws(AwsArgs),
     /// Run the main job: a runner's round trip through registration, jobs and removal.
     Demo(demo::DemoArgs),
 }
@@ -81,6 +83,16 @@ struct GithubArgs {
     /// Sign webhooks with this secret (X-Hub-Signature-256).
     #[arg(long, env = "WARMFLEET_TESTBED_WEBHOOK_SECRET", hide_env_values = true)]
     webhook_secret: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct AwsArgs {
+    /// Address to listen on; port 0 picks a free one (the address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// World seconds per real second (hook timeouts, lifetimes): 60 runs a minute a second.
+    #[arg(long, default_value_t = 1.0)]
+    time_scale: f64,
 }
 
 #[derive(Subcommand)]
@@ -197,6 +209,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             ListenerCommand::Run(a) => runner::run(&root, a).await,
         },
         Command::Runner(RunnerCommand::Worker { root }) => runner::work(&root).await,
+        Command::Aws(args) => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            let config = aws::Config {
+                listen: args.listen,
+                time_scale: args.time_scale,
+            };
+            aws::serve(config, shutdown, |addr| {
+                println!("warmfleet-testbed aws listening on http://{addr}");
+                let _ = std::io::stdout().flush();
+            })
+            .await?;
+            Ok(0)
+        }
         Command::Demo(args) => demo::run(args).await,
     }
 }

@@ -66,7 +66,7 @@ impl State {
         )
     }
 
-    fn warmed(self) -> bool {
+    pub fn is_warmed(self) -> bool {
         matches!(
             self,
             State::WarmedPending
@@ -85,7 +85,7 @@ impl State {
         )
     }
 
-    fn gone(self) -> bool {
+    pub fn is_gone(self) -> bool {
         matches!(self, State::Terminated | State::WarmedTerminated)
     }
 }
@@ -546,7 +546,7 @@ impl Asg {
 
     fn member(&self, group: &str, id: &str) -> Result<(), AsgError> {
         match self.instances.get(id) {
-            Some(i) if i.group == group && !i.state.gone() => Ok(()),
+            Some(i) if i.group == group && !i.state.is_gone() => Ok(()),
             _ => Err(invalid(format!(
                 "The instance {id} is not part of Auto Scaling group {group}."
             ))),
@@ -575,7 +575,7 @@ impl Asg {
         let inst = self
             .instances
             .get_mut(id)
-            .filter(|i| !i.state.gone())
+            .filter(|i| !i.state.is_gone())
             .ok_or_else(|| {
                 invalid(format!(
                     "Instance Id not found - No instance(s) currently exist with instance ID {id}"
@@ -596,7 +596,7 @@ impl Asg {
         let inst = self
             .instances
             .get(id)
-            .filter(|i| !i.state.gone())
+            .filter(|i| !i.state.is_gone())
             .ok_or_else(|| {
                 invalid(format!(
                     "Instance Id not found - No managed instance found for instance ID: {id}"
@@ -647,7 +647,7 @@ impl Asg {
         let Some(inst) = self.instances.get(id) else {
             return;
         };
-        let (group, warm) = (inst.group.clone(), inst.state.warmed());
+        let (group, warm) = (inst.group.clone(), inst.state.is_warmed());
         if matches!(
             inst.state,
             State::Terminating
@@ -656,7 +656,7 @@ impl Asg {
                 | State::WarmedTerminating
                 | State::WarmedTerminatingWait
                 | State::WarmedTerminatingProceed
-        ) || inst.state.gone()
+        ) || inst.state.is_gone()
         {
             return;
         }
@@ -1050,7 +1050,7 @@ impl Asg {
             let warm: Vec<String> = self
                 .instances
                 .values()
-                .filter(|i| i.group == name && i.state.warmed())
+                .filter(|i| i.group == name && i.state.is_warmed())
                 .map(|i| i.id.clone())
                 .collect();
             let count = warm.len() as u32;
@@ -1107,13 +1107,17 @@ mod tests {
     fn states(asg: &Asg) -> Vec<State> {
         asg.instances
             .values()
-            .filter(|i| !i.state.gone())
+            .filter(|i| !i.state.is_gone())
             .map(|i| i.state)
             .collect()
     }
 
     fn only(asg: &Asg) -> String {
-        let live: Vec<&Instance> = asg.instances.values().filter(|i| !i.state.gone()).collect();
+        let live: Vec<&Instance> = asg
+            .instances
+            .values()
+            .filter(|i| !i.state.is_gone())
+            .collect();
         assert_eq!(live.len(), 1, "{live:?}");
         live[0].id.clone()
     }

@@ -1,0 +1,460 @@
+//! Auto Scaling's API over awsQuery: each action read from the form, applied to the model,
+//! answered in AWS's XML shapes.
+
+use super::model::{
+    ActionRef, Asg, AsgError, Group, Hook, HookResult, Instance, PoolState, Transition, WarmPool,
+};
+use crate::aws::query::{Params, QueryError, Xml};
+use chrono::{DateTime, Utc};
+use std::time::Duration;
+
+pub const NAMESPACE: &str = "http://autoscaling.amazonaws.com/doc/2011-01-01/";
+const REGION: &str = "us-east-1";
+const ZONE: &str = "us-east-1a";
+const ACCOUNT: &str = "123456789012";
+
+impl From<AsgError> for QueryError {
+    fn from(e: AsgError) -> Self {
+        let code = match e {
+            AsgError::Validation(_) => "ValidationError",
+            AsgError::AlreadyExists(_) => "AlreadyExists",
+            AsgError::ScalingActivityInProgress(_) => "ScalingActivityInProgress",
+        };
+        QueryError {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            code,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Converts world time to the wall-clock timestamps AWS prints.
+pub struct Timestamps {
+    pub started: DateTime<Utc>,
+}
+
+impl Timestamps {
+    fn at(&self, t: Duration) -> String {
+        let at = self.started + chrono::Duration::from_std(t).unwrap_or_default();
+        at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    }
+}
+
+fn secs(p: &Params, name: &str) -> Result<Option<Duration>, QueryError> {
+    Ok(p.u32(name)?.map(|s| Duration::from_secs(u64::from(s))))
+}
+
+fn hook_from(fields: impl Fn(&str) -> Option<String>) -> Result<Hook, QueryError> {
+    let name = fields("LifecycleHookName")
+        .ok_or_else(|| QueryError::validation("LifecycleHookName is required"))?;
+    let transition = fields("LifecycleTransition")
+        .ok_or_else(|| QueryError::validation("LifecycleTransition is required"))?;
+    let transition = Transition::parse(&transition).ok_or_else(|| {
+        QueryError::validation(format!("Invalid Lifecycle Transition {transition}: must be autoscaling:EC2_INSTANCE_LAUNCHING or autoscaling:EC2_INSTANCE_TERMINATING"))
+    })?;
+    let heartbeat = match fields("HeartbeatTimeout") {
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| QueryError::validation(format!("Invalid HeartbeatTimeout {v}")))?,
+        None => 3600,
+    };
+    let default_result = match fields("DefaultResult") {
+        Some(v) => HookResult::parse(&v).ok_or_else(|| {
+            QueryError::validation(format!(
+                "Invalid DefaultResult {v}: must be CONTINUE or ABANDON"
+            ))
+        })?,
+        None => HookResult::Abandon,
+    };
+    Ok(Hook {
+        name,
+        transition,
+        heartbeat_timeout: Duration::from_secs(heartbeat),
+        default_result,
+        metadata: fields("NotificationMetadata"),
+    })
+}
+
+fn which<'a>(p: &'a Params) -> Result<ActionRef<'a>, QueryError> {
+    match (p.get("LifecycleActionToken"), p.get("InstanceId")) {
+        (Some(t), _) => Ok(ActionRef::Token(t)),
+        (None, Some(i)) => Ok(ActionRef::Instance(i)),
+        (None, None) => Err(QueryError::validation(
+            "Either LifecycleActionToken or InstanceId must be specified",
+        )),
+    }
+}
+
+fn instance_xml(x: &mut Xml, i: &Instance, with_group: bool) {
+    x.field("InstanceId", &i.id)
+        .field("InstanceType", "m7g.large");
+    if with_group {
+        x.field("AutoScalingGroupName", &i.group);
+    }
+    x.field("AvailabilityZone", ZONE)
+        .field("LifecycleState", i.state.as_str())
+        .field(
+            "HealthStatus",
+            if with_group {
+                if i.healthy {
+                    "HEALTHY"
+                } else {
+                    "UNHEALTHY"
+                }
+            } else if i.healthy {
+                "Healthy"
+            } else {
+                "Unhealthy"
+            },
+        )
+        .field("ProtectedFromScaleIn", i.protected);
+}
+
+fn warm_pool_xml(x: &mut Xml, pool: &WarmPool) {
+    x.open("WarmPoolConfiguration")
+        .field(
+            "MaxGroupPreparedCapacity",
+            pool.max_prepared.map_or(-1, i64::from),
+        )
+        .field("MinSize", pool.min_size)
+        .field(
+            "PoolState",
+            match pool.state {
+                PoolState::Hibernated => "Hibernated",
+                PoolState::Stopped => "Stopped",
+                PoolState::Running => "Running",
+            },
+        )
+        .open("InstanceReusePolicy")
+        .field("ReuseOnScaleIn", pool.reuse_on_scale_in)
+        .close("InstanceReusePolicy")
+        .close("WarmPoolConfiguration");
+}
+
+fn group_xml(x: &mut Xml, g: &Group, asg: &Asg, ts: &Timestamps) {
+    let members: Vec<&Instance> = asg
+        .instances
+        .values()
+        .filter(|i| i.group == g.name && !i.state.is_gone())
+        .collect();
+    x.open("member")
+        .field("AutoScalingGroupName", &g.name)
+        .field("AutoScalingGroupARN", format!("arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:00000000-0000-0000-0000-000000000000:autoScalingGroupName/{}", g.name))
+        .field("MinSize", g.min)
+        .field("MaxSize", g.max)
+        .field("DesiredCapacity", g.desired)
+        .field("DefaultCooldown", 300)
+        .open("AvailabilityZones")
+        .field("member", ZONE)
+        .close("AvailabilityZones")
+        .field("HealthCheckType", "EC2")
+        .field("HealthCheckGracePeriod", 300)
+        .field("CreatedTime", ts.at(g.created_at))
+        .field("NewInstancesProtectedFromScaleIn", g.new_instances_protected)
+        .opt("MaxInstanceLifetime", g.max_instance_lifetime.map(|d| d.as_secs()));
+    x.open("Instances");
+    for i in members.iter().filter(|i| !i.state.is_warmed()) {
+        x.open("member");
+        instance_xml(x, i, false);
+        x.close("member");
+    }
+    x.close("Instances");
+    x.open("Tags");
+    for (k, v) in &g.tags {
+        x.open("member")
+            .field("ResourceId", &g.name)
+            .field("ResourceType", "auto-scaling-group")
+            .field("Key", k)
+            .field("Value", v)
+            .field("PropagateAtLaunch", true)
+            .close("member");
+    }
+    x.close("Tags");
+    if let Some(pool) = &g.warm_pool {
+        warm_pool_xml(x, pool);
+        x.field(
+            "WarmPoolSize",
+            members.iter().filter(|i| i.state.is_warmed()).count(),
+        );
+    }
+    x.close("member");
+}
+
+/// Applies one Auto Scaling action; `Ok(Some(xml))` is the `...Result` element's content.
+pub fn handle(
+    asg: &mut Asg,
+    action: &str,
+    p: &Params,
+    now: Duration,
+    ts: &Timestamps,
+) -> Result<Option<String>, QueryError> {
+    let mut x = Xml::default();
+    match action {
+        "CreateAutoScalingGroup" => {
+            let name = p.required("AutoScalingGroupName")?.to_owned();
+            let min = p
+                .u32("MinSize")?
+                .ok_or_else(|| QueryError::validation("MinSize is required"))?;
+            let max = p
+                .u32("MaxSize")?
+                .ok_or_else(|| QueryError::validation("MaxSize is required"))?;
+            let desired = p.u32("DesiredCapacity")?.unwrap_or(min);
+            let on_demand = p.get(
+                "MixedInstancesPolicy.InstancesDistribution.OnDemandPercentageAboveBaseCapacity",
+            );
+            let spot = on_demand.is_some_and(|v| v != "100");
+            let tags = p
+                .structs("Tags")
+                .into_iter()
+                .map(|t| {
+                    (
+                        t.get("Key").cloned().unwrap_or_default(),
+                        t.get("Value").cloned().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            let mut hooks = Vec::new();
+            for spec in p.structs("LifecycleHookSpecificationList") {
+                hooks.push(hook_from(|f| spec.get(f).cloned())?);
+            }
+            asg.create_group(
+                Group {
+                    name: name.clone(),
+                    min,
+                    max,
+                    desired,
+                    max_instance_lifetime: secs(p, "MaxInstanceLifetime")?,
+                    new_instances_protected: p
+                        .bool("NewInstancesProtectedFromScaleIn")?
+                        .unwrap_or(false),
+                    tags,
+                    spot,
+                    hooks: vec![],
+                    warm_pool: None,
+                    created_at: now,
+                },
+                now,
+            )?;
+            for hook in hooks {
+                asg.put_hook(&name, hook)?;
+            }
+            Ok(None)
+        }
+        "UpdateAutoScalingGroup" => {
+            asg.update_group(
+                p.required("AutoScalingGroupName")?,
+                p.u32("MinSize")?,
+                p.u32("MaxSize")?,
+                p.u32("DesiredCapacity")?,
+                secs(p, "MaxInstanceLifetime")?,
+                p.bool("NewInstancesProtectedFromScaleIn")?,
+            )?;
+            Ok(None)
+        }
+        "SetDesiredCapacity" => {
+            let desired = p
+                .u32("DesiredCapacity")?
+                .ok_or_else(|| QueryError::validation("DesiredCapacity is required"))?;
+            asg.set_desired(p.required("AutoScalingGroupName")?, desired, now)?;
+            Ok(None)
+        }
+        "PutLifecycleHook" => {
+            let group = p.required("AutoScalingGroupName")?.to_owned();
+            asg.put_hook(&group, hook_from(|f| p.get(f).map(str::to_owned))?)?;
+            Ok(Some(String::new()))
+        }
+        "DescribeLifecycleHooks" => {
+            let g = asg.group(p.required("AutoScalingGroupName")?)?;
+            let names = p.list("LifecycleHookNames");
+            x.open("LifecycleHooks");
+            for h in g
+                .hooks
+                .iter()
+                .filter(|h| names.is_empty() || names.contains(&h.name))
+            {
+                x.open("member")
+                    .field("LifecycleHookName", &h.name)
+                    .field("AutoScalingGroupName", &g.name)
+                    .field("LifecycleTransition", h.transition.as_str())
+                    .opt("NotificationMetadata", h.metadata.as_ref())
+                    .field("HeartbeatTimeout", h.heartbeat_timeout.as_secs())
+                    .field("GlobalTimeout", h.global_timeout().as_secs())
+                    .field("DefaultResult", h.default_result.as_str())
+                    .close("member");
+            }
+            x.close("LifecycleHooks");
+            Ok(Some(x.text()))
+        }
+        "CompleteLifecycleAction" => {
+            let result = p.required("LifecycleActionResult")?;
+            let result = HookResult::parse(result).ok_or_else(|| {
+                QueryError::validation(format!(
+                    "Invalid LifecycleActionResult {result}: must be CONTINUE or ABANDON"
+                ))
+            })?;
+            asg.complete(
+                p.required("AutoScalingGroupName")?,
+                p.required("LifecycleHookName")?,
+                which(p)?,
+                result,
+            )?;
+            Ok(Some(String::new()))
+        }
+        "RecordLifecycleActionHeartbeat" => {
+            asg.heartbeat(
+                p.required("AutoScalingGroupName")?,
+                p.required("LifecycleHookName")?,
+                which(p)?,
+                now,
+            )?;
+            Ok(Some(String::new()))
+        }
+        "SetInstanceProtection" => {
+            let protected = p
+                .bool("ProtectedFromScaleIn")?
+                .ok_or_else(|| QueryError::validation("ProtectedFromScaleIn is required"))?;
+            asg.set_protection(
+                p.required("AutoScalingGroupName")?,
+                &p.list("InstanceIds"),
+                protected,
+            )?;
+            Ok(Some(String::new()))
+        }
+        "SetInstanceHealth" => {
+            let healthy = match p.required("HealthStatus")? {
+                "Healthy" => true,
+                "Unhealthy" => false,
+                other => {
+                    return Err(QueryError::validation(format!(
+                        "Invalid HealthStatus {other}: must be Healthy or Unhealthy"
+                    )))
+                }
+            };
+            asg.set_health(p.required("InstanceId")?, healthy)?;
+            Ok(None)
+        }
+        "TerminateInstanceInAutoScalingGroup" => {
+            let decrement = p.bool("ShouldDecrementDesiredCapacity")?.ok_or_else(|| {
+                QueryError::validation("ShouldDecrementDesiredCapacity is required")
+            })?;
+            let id = p.required("InstanceId")?;
+            asg.terminate(id, decrement, now)?;
+            let activity = asg.activities.last().cloned();
+            if let Some(a) = activity {
+                x.open("Activity");
+                activity_xml(&mut x, &a, ts);
+                x.close("Activity");
+            }
+            Ok(Some(x.text()))
+        }
+        "DescribeAutoScalingGroups" => {
+            let names = p.list("AutoScalingGroupNames");
+            x.open("AutoScalingGroups");
+            for g in asg
+                .groups
+                .values()
+                .filter(|g| names.is_empty() || names.contains(&g.name))
+            {
+                group_xml(&mut x, g, asg, ts);
+            }
+            x.close("AutoScalingGroups");
+            Ok(Some(x.text()))
+        }
+        "DescribeAutoScalingInstances" => {
+            let ids = p.list("InstanceIds");
+            x.open("AutoScalingInstances");
+            for i in asg.instances.values().filter(|i| {
+                !i.state.is_gone()
+                    && !i.state.is_warmed()
+                    && (ids.is_empty() || ids.contains(&i.id))
+            }) {
+                x.open("member");
+                instance_xml(&mut x, i, true);
+                x.close("member");
+            }
+            x.close("AutoScalingInstances");
+            Ok(Some(x.text()))
+        }
+        "PutWarmPool" => {
+            let group = p.required("AutoScalingGroupName")?.to_owned();
+            let max_prepared = match p.get("MaxGroupPreparedCapacity") {
+                None | Some("-1") => None,
+                Some(v) => Some(v.parse().map_err(|_| {
+                    QueryError::validation(format!("Invalid MaxGroupPreparedCapacity {v}"))
+                })?),
+            };
+            let state = match p.get("PoolState").unwrap_or("Stopped") {
+                "Hibernated" => PoolState::Hibernated,
+                "Stopped" => PoolState::Stopped,
+                "Running" => PoolState::Running,
+                other => return Err(QueryError::validation(format!("Invalid PoolState {other}"))),
+            };
+            asg.put_warm_pool(
+                &group,
+                WarmPool {
+                    min_size: p.u32("MinSize")?.unwrap_or(0),
+                    max_prepared,
+                    state,
+                    reuse_on_scale_in: p
+                        .bool("InstanceReusePolicy.ReuseOnScaleIn")?
+                        .unwrap_or(false),
+                },
+            )?;
+            Ok(Some(String::new()))
+        }
+        "DeleteWarmPool" => {
+            asg.delete_warm_pool(p.required("AutoScalingGroupName")?)?;
+            Ok(Some(String::new()))
+        }
+        "DescribeWarmPool" => {
+            let g = asg.group(p.required("AutoScalingGroupName")?)?;
+            if let Some(pool) = &g.warm_pool {
+                warm_pool_xml(&mut x, pool);
+            }
+            x.open("Instances");
+            for i in asg
+                .instances
+                .values()
+                .filter(|i| i.group == g.name && i.state.is_warmed())
+            {
+                x.open("member");
+                instance_xml(&mut x, i, false);
+                x.close("member");
+            }
+            x.close("Instances");
+            Ok(Some(x.text()))
+        }
+        "DescribeScalingActivities" => {
+            let group = p.get("AutoScalingGroupName");
+            x.open("Activities");
+            for a in asg
+                .activities
+                .iter()
+                .rev()
+                .filter(|a| group.is_none_or(|g| a.group == g))
+            {
+                x.open("member");
+                activity_xml(&mut x, a, ts);
+                x.close("member");
+            }
+            x.close("Activities");
+            Ok(Some(x.text()))
+        }
+        other => Err(QueryError {
+            status: axum::http::StatusCode::BAD_REQUEST,
+            code: "InvalidAction",
+            message: format!("The action {other} is not valid for this web service."),
+        }),
+    }
+}
+
+fn activity_xml(x: &mut Xml, a: &super::model::Activity, ts: &Timestamps) {
+    x.field("ActivityId", &a.id)
+        .field("AutoScalingGroupName", &a.group)
+        .field("Description", &a.description)
+        .field("Cause", &a.cause)
+        .field("StartTime", ts.at(a.at))
+        .field("EndTime", ts.at(a.at))
+        .field("StatusCode", a.status)
+        .field("Progress", 100);
+}
