@@ -93,6 +93,19 @@ struct AwsArgs {
     /// World seconds per real second (hook timeouts, lifetimes): 60 runs a minute a second.
     #[arg(long, default_value_t = 1.0)]
     time_scale: f64,
+    /// Run this in every instance, by `sh -c`, in the instance's root directory, with
+    /// AWS_EC2_METADATA_SERVICE_ENDPOINT set to its IMDS.
+    #[arg(long)]
+    instance_command: Option<String>,
+    /// Keep instance roots here (default: a temporary directory removed on exit).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// World time a new instance boots before its launch hooks fire.
+    #[arg(long, default_value = "40s", value_parser = std_duration)]
+    boot_delay: std::time::Duration,
+    /// World time a hibernated instance takes to resume.
+    #[arg(long, default_value = "5s", value_parser = std_duration)]
+    resume_delay: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -215,6 +228,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             let config = aws::Config {
                 listen: args.listen,
                 time_scale: args.time_scale,
+                instance_command: args.instance_command,
+                state_dir: args.state_dir,
+                boot_delay: args.boot_delay,
+                resume_delay: args.resume_delay,
             };
             aws::serve(config, shutdown, |addr| {
                 println!("warmfleet-testbed aws listening on http://{addr}");

@@ -5,157 +5,10 @@
 mod common;
 
 use aws_sdk_autoscaling::types::{InstanceReusePolicy, LifecycleHookSpecification, WarmPoolState};
-use aws_sdk_autoscaling::Client;
-use common::TESTBED;
+use common::aws::Aws;
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
-
-/// A `warmfleet-testbed aws` process and an SDK client for it.
-struct Aws {
-    url: String,
-    child: Child,
-    asg: Client,
-}
-
-impl Drop for Aws {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Aws {
-    async fn start(time_scale: &str) -> Aws {
-        let mut child = Command::new(TESTBED)
-            .args(["aws", "--listen", "127.0.0.1:0", "--time-scale", time_scale])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().rsplit(' ').next().unwrap().to_owned();
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(aws_smithy_http_client::Builder::new().build_http())
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(
-                "testbed", "testbed", None, None, "test",
-            ))
-            .endpoint_url(&url)
-            .load()
-            .await;
-        Aws {
-            url,
-            child,
-            asg: Client::new(&config),
-        }
-    }
-
-    async fn create(
-        &self,
-        name: &str,
-        min: i32,
-        max: i32,
-        desired: i32,
-        hooks: Vec<LifecycleHookSpecification>,
-    ) {
-        self.asg
-            .create_auto_scaling_group()
-            .auto_scaling_group_name(name)
-            .min_size(min)
-            .max_size(max)
-            .desired_capacity(desired)
-            .set_lifecycle_hook_specification_list(Some(hooks))
-            .send()
-            .await
-            .unwrap();
-    }
-
-    /// (instance id, lifecycle state) of the group's instances outside the warm pool.
-    async fn instances(&self, group: &str) -> Vec<(String, String)> {
-        let out = self
-            .asg
-            .describe_auto_scaling_groups()
-            .auto_scaling_group_names(group)
-            .send()
-            .await
-            .unwrap();
-        let g = &out.auto_scaling_groups()[0];
-        g.instances()
-            .iter()
-            .map(|i| {
-                (
-                    i.instance_id().unwrap().to_owned(),
-                    i.lifecycle_state().unwrap().as_str().to_owned(),
-                )
-            })
-            .collect()
-    }
-
-    async fn warm(&self, group: &str) -> Vec<(String, String)> {
-        let out = self
-            .asg
-            .describe_warm_pool()
-            .auto_scaling_group_name(group)
-            .send()
-            .await
-            .unwrap();
-        out.instances()
-            .iter()
-            .map(|i| {
-                (
-                    i.instance_id().unwrap().to_owned(),
-                    i.lifecycle_state().unwrap().as_str().to_owned(),
-                )
-            })
-            .collect()
-    }
-
-    /// Polls until `check` holds for the group's instances (or warm instances).
-    async fn until<F>(&self, group: &str, warm: bool, what: &str, check: F) -> Vec<(String, String)>
-    where
-        F: Fn(&[(String, String)]) -> bool,
-    {
-        let until = Instant::now() + Duration::from_secs(15);
-        loop {
-            let now = if warm {
-                self.warm(group).await
-            } else {
-                self.instances(group).await
-            };
-            if check(&now) {
-                return now;
-            }
-            assert!(Instant::now() < until, "never {what}: {now:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn complete(&self, group: &str, hook: &str, instance: &str) {
-        self.asg
-            .complete_lifecycle_action()
-            .auto_scaling_group_name(group)
-            .lifecycle_hook_name(hook)
-            .instance_id(instance)
-            .lifecycle_action_result("CONTINUE")
-            .send()
-            .await
-            .unwrap();
-    }
-
-    async fn effects(&self) -> Vec<Value> {
-        reqwest::get(format!("{}/_testbed/aws/effects", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-}
 
 fn hook(name: &str, transition: &str, timeout: i32, default: &str) -> LifecycleHookSpecification {
     LifecycleHookSpecification::builder()
@@ -175,7 +28,7 @@ fn all_in(state: &'static str, n: usize) -> impl Fn(&[(String, String)]) -> bool
 
 #[tokio::test]
 async fn a_launch_with_two_hooks_waits_until_both_complete() {
-    let aws = Aws::start("1").await;
+    let aws = Aws::start(None, "1").await;
     let hooks = vec![
         hook("registration", LAUNCHING, 300, "ABANDON"),
         hook("bootstrap", LAUNCHING, 1200, "ABANDON"),
@@ -225,7 +78,7 @@ async fn a_launch_with_two_hooks_waits_until_both_complete() {
 #[tokio::test]
 async fn a_hook_left_alone_abandons_and_replaces_while_a_heartbeat_keeps_it_waiting() {
     // 60 world seconds a second: the 30 s heartbeat timeout passes in half a second.
-    let aws = Aws::start("60").await;
+    let aws = Aws::start(None, "60").await;
     aws.create(
         "alone",
         0,
@@ -292,7 +145,7 @@ async fn a_hook_left_alone_abandons_and_replaces_while_a_heartbeat_keeps_it_wait
 
 #[tokio::test]
 async fn the_warm_pool_fills_hibernates_and_is_used_before_a_cold_launch() {
-    let aws = Aws::start("1").await;
+    let aws = Aws::start(None, "1").await;
     aws.create(
         "wp",
         0,
@@ -385,7 +238,7 @@ async fn the_warm_pool_fills_hibernates_and_is_used_before_a_cold_launch() {
 
 #[tokio::test]
 async fn scale_in_skips_a_protected_instance_and_a_terminate_hook_holds_the_other() {
-    let aws = Aws::start("1").await;
+    let aws = Aws::start(None, "1").await;
     aws.create(
         "si",
         0,
@@ -448,7 +301,7 @@ async fn scale_in_skips_a_protected_instance_and_a_terminate_hook_holds_the_othe
 #[tokio::test]
 async fn old_and_unhealthy_instances_are_replaced() {
     // A day passes in under a second.
-    let aws = Aws::start("200000").await;
+    let aws = Aws::start(None, "200000").await;
     aws.asg
         .create_auto_scaling_group()
         .auto_scaling_group_name("old")

@@ -1,29 +1,35 @@
 //! `warmfleet-testbed aws`: the testbed's AWS world, on one port, for the real aws-sdk
 //! clients (pointed here with `AWS_ENDPOINT_URL_<SERVICE>`; any credentials are accepted).
 //!
-//! Today it serves Auto Scaling (awsQuery). Instances are records whose lifecycle follows
-//! AWS's rules; what the model asks of their processes (start, hibernate, resume, stop) is
-//! recorded as effects, readable at `GET /_testbed/aws/effects`. Running each instance as a
-//! process with its own IMDS is the next step (issue 3).
+//! Today it serves Auto Scaling (awsQuery). Each instance is a process with its own root
+//! directory and IMDSv2 endpoint (`instances`, `imds`); every effect the model asks for
+//! (start, hibernate, resume, stop, lifecycle events) is recorded, readable at
+//! `GET /_testbed/aws/effects`, and instances at `GET /_testbed/aws/instances`.
 
 pub mod autoscaling;
+pub mod imds;
+pub mod instances;
 pub mod query;
 
 use anyhow::Context;
 use autoscaling::api::{self, Timestamps};
-use autoscaling::model::{Asg, Effect};
+use autoscaling::model::{Asg, Effect, Place, PoolState};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use instances::{Driver, InstanceInfo};
 use query::{Params, QueryError};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +38,14 @@ pub struct Config {
     pub listen: SocketAddr,
     /// World seconds per real second.
     pub time_scale: f64,
+    /// Run in every instance (as cloud-init would start the agent), by `sh -c`.
+    pub instance_command: Option<String>,
+    /// Where instance roots live; a temporary directory when absent.
+    pub state_dir: Option<PathBuf>,
+    /// World time a new instance boots before its launch hooks fire.
+    pub boot_delay: Duration,
+    /// World time a warm instance takes to resume.
+    pub resume_delay: Duration,
 }
 
 /// World time: real time since start, times the scale.
@@ -59,6 +73,55 @@ struct World {
     stamps: Timestamps,
     effects: Mutex<Vec<Recorded>>,
     requests: AtomicU64,
+    driver: mpsc::UnboundedSender<Effect>,
+    instances: Arc<Mutex<BTreeMap<String, InstanceInfo>>>,
+}
+
+/// What an instance's IMDS reads of the world.
+struct Metadata(std::sync::Weak<World>);
+
+impl imds::MetadataSource for Metadata {
+    fn now(&self) -> Duration {
+        self.0.upgrade().map(|w| w.clock.now()).unwrap_or_default()
+    }
+
+    fn target_lifecycle_state(&self, instance: &str) -> Option<String> {
+        let world = self.0.upgrade()?;
+        let asg = lock(&world.asg);
+        let i = asg.instances.get(instance)?;
+        Some(match i.destination {
+            Place::AutoScalingGroup => "InService".to_owned(),
+            Place::EC2 => "Terminated".to_owned(),
+            Place::WarmPool => {
+                let state = asg
+                    .groups
+                    .get(&i.group)
+                    .and_then(|g| g.warm_pool.as_ref())
+                    .map(|p| p.state);
+                match state.unwrap_or(PoolState::Stopped) {
+                    PoolState::Hibernated => "Warmed:Hibernated",
+                    PoolState::Stopped => "Warmed:Stopped",
+                    PoolState::Running => "Warmed:Running",
+                }
+                .to_owned()
+            }
+        })
+    }
+
+    fn tags(&self, instance: &str) -> Vec<(String, String)> {
+        let Some(world) = self.0.upgrade() else {
+            return vec![];
+        };
+        let asg = lock(&world.asg);
+        let Some(i) = asg.instances.get(instance) else {
+            return vec![];
+        };
+        let mut tags = vec![("aws:autoscaling:groupName".to_owned(), i.group.clone())];
+        if let Some(g) = asg.groups.get(&i.group) {
+            tags.extend(g.tags.iter().cloned());
+        }
+        tags
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -76,6 +139,7 @@ impl World {
         let mut log = lock(&self.effects);
         for effect in effects {
             tracing::debug!(?effect, "auto scaling");
+            let _ = self.driver.send(effect.clone());
             log.push(Recorded {
                 at: now.as_secs_f64(),
                 effect,
@@ -93,17 +157,52 @@ pub async fn serve(
         config.time_scale > 0.0 && config.time_scale.is_finite(),
         "--time-scale must be a positive number"
     );
-    let world = Arc::new(World {
-        asg: Mutex::new(Asg::default()),
-        clock: Clock {
-            start: Instant::now(),
-            scale: config.time_scale,
-        },
-        stamps: Timestamps {
-            started: chrono::Utc::now(),
-        },
-        effects: Mutex::new(Vec::new()),
-        requests: AtomicU64::new(0),
+    let (temp, dir) = match &config.state_dir {
+        Some(dir) => (None, dir.clone()),
+        None => {
+            let temp = tempfile::tempdir().context("creating a state directory")?;
+            let dir = temp.path().to_owned();
+            (Some(temp), dir)
+        }
+    };
+    let (driver_tx, mut driver_rx) = mpsc::unbounded_channel::<Effect>();
+    let mut driver_task = None;
+    let world = Arc::new_cyclic(|weak: &std::sync::Weak<World>| {
+        let driver = Driver::new(
+            dir.clone(),
+            config.instance_command.clone(),
+            Arc::new(Metadata(weak.clone())),
+        );
+        let instances = driver.info.clone();
+        let stop = shutdown.clone();
+        driver_task = Some(tokio::spawn(async move {
+            let mut driver = driver;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    effect = driver_rx.recv() => match effect {
+                        Some(effect) => driver.apply(&effect).await,
+                        None => break,
+                    },
+                }
+            }
+            driver.shutdown().await;
+            drop(temp);
+        }));
+        World {
+            asg: Mutex::new(Asg::new(config.boot_delay, config.resume_delay)),
+            clock: Clock {
+                start: Instant::now(),
+                scale: config.time_scale,
+            },
+            stamps: Timestamps {
+                started: chrono::Utc::now(),
+            },
+            effects: Mutex::new(Vec::new()),
+            requests: AtomicU64::new(0),
+            driver: driver_tx,
+            instances,
+        }
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -123,11 +222,22 @@ pub async fn serve(
     let app = Router::new()
         .route("/", post(dispatch))
         .route("/_testbed/aws/effects", get(effects))
+        .route("/_testbed/aws/instances", get(instance_list))
         .with_state(world);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
-        .context("serving the AWS world")
+        .context("serving the AWS world");
+    // Instances end with the world: no process is left behind.
+    shutdown.cancel();
+    if let Some(task) = driver_task {
+        let _ = task.await;
+    }
+    served
+}
+
+async fn instance_list(State(world): State<Arc<World>>) -> Json<Vec<InstanceInfo>> {
+    Json(lock(&world.instances).values().cloned().collect())
 }
 
 async fn effects(State(world): State<Arc<World>>) -> Json<Vec<Recorded>> {

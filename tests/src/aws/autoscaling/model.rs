@@ -222,6 +222,8 @@ pub struct Instance {
     pub actions: Vec<Action>,
     /// Set when a launch hook was abandoned: the instance is replaced.
     pub abandoned: bool,
+    /// When it entered its current state.
+    pub since: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -289,10 +291,16 @@ fn invalid(m: impl Into<String>) -> AsgError {
 
 #[derive(Debug, Default)]
 pub struct Asg {
+    /// How long a new instance takes to boot before its launch hooks fire.
+    pub boot_delay: Duration,
+    /// How long a warm instance takes to resume before its launch hooks fire.
+    pub resume_delay: Duration,
     pub groups: BTreeMap<String, Group>,
     pub instances: BTreeMap<String, Instance>,
     pub activities: Vec<Activity>,
     serial: u64,
+    /// The time of the tick or call in progress.
+    now: Duration,
 }
 
 /// Which instance a `CompleteLifecycleAction` or heartbeat means.
@@ -302,6 +310,15 @@ pub enum ActionRef<'a> {
 }
 
 impl Asg {
+    /// A world whose instances take `boot_delay` to boot and `resume_delay` to resume.
+    pub fn new(boot_delay: Duration, resume_delay: Duration) -> Self {
+        Asg {
+            boot_delay,
+            resume_delay,
+            ..Asg::default()
+        }
+    }
+
     fn next(&mut self) -> u64 {
         self.serial += 1;
         self.serial
@@ -624,10 +641,12 @@ impl Asg {
     }
 
     fn set_state(&mut self, id: &str, to: State, effects: &mut Vec<Effect>) {
+        let now = self.now;
         if let Some(inst) = self.instances.get_mut(id) {
             let from = inst.state;
             if from != to {
                 inst.state = to;
+                inst.since = now;
                 effects.push(Effect::StateChanged {
                     instance: id.to_owned(),
                     from,
@@ -711,6 +730,7 @@ impl Asg {
                 },
                 actions: Vec::new(),
                 abandoned: false,
+                since: now,
             },
         );
         effects.push(Effect::Start {
@@ -815,6 +835,7 @@ impl Asg {
     /// Moves every instance along and keeps each group at its desired capacity and warm-pool
     /// size. Call it whenever time passes or an API call changed something.
     pub fn tick(&mut self, now: Duration) -> Vec<Effect> {
+        self.now = now;
         let mut effects = Vec::new();
         let ids: Vec<String> = self.instances.keys().cloned().collect();
         for id in &ids {
@@ -849,7 +870,16 @@ impl Asg {
         let Some(state) = self.instances.get(id).map(|i| i.state) else {
             return;
         };
+        let booting = self.instances.get(id).is_some_and(|i| {
+            let delay = if i.origin == Place::WarmPool {
+                self.resume_delay
+            } else {
+                self.boot_delay
+            };
+            now < i.since + delay
+        });
         match state {
+            State::Pending | State::WarmedPending if booting => {}
             State::Pending => self.wait_for_hooks(
                 id,
                 Transition::Launching,
@@ -1225,6 +1255,40 @@ mod tests {
         let replacement = only(&asg);
         assert_ne!(replacement, first);
         assert_eq!(asg.instances[&replacement].state, State::PendingWait);
+    }
+
+    #[test]
+    fn launch_hooks_fire_once_the_instance_has_booted_or_resumed() {
+        let mut asg = Asg::new(40 * S, 5 * S);
+        asg.create_group(group("g", 0, 1, 0), Duration::ZERO)
+            .unwrap();
+        asg.put_warm_pool(
+            "g",
+            WarmPool {
+                min_size: 1,
+                max_prepared: None,
+                state: PoolState::Hibernated,
+                reuse_on_scale_in: false,
+            },
+        )
+        .unwrap();
+        asg.tick(Duration::ZERO);
+        let id = only(&asg);
+        asg.tick(39 * S);
+        assert_eq!(
+            asg.instances[&id].state,
+            State::WarmedPending,
+            "still booting"
+        );
+        asg.tick(40 * S);
+        assert_eq!(asg.instances[&id].state, State::WarmedHibernated);
+        asg.set_desired("g", 1, 50 * S).unwrap();
+        asg.tick(50 * S);
+        assert_eq!(asg.instances[&id].state, State::Pending);
+        asg.tick(54 * S);
+        assert_eq!(asg.instances[&id].state, State::Pending, "still resuming");
+        asg.tick(55 * S);
+        assert_eq!(asg.instances[&id].state, State::InService);
     }
 
     #[test]

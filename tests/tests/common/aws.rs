@@ -1,0 +1,182 @@
+//! A `warmfleet-testbed aws` process and an aws-sdk client for it.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+use super::TESTBED;
+use aws_sdk_autoscaling::types::LifecycleHookSpecification;
+use aws_sdk_autoscaling::Client;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A `warmfleet-testbed aws` process and an SDK client for it.
+pub struct Aws {
+    pub url: String,
+    child: Child,
+    pub asg: Client,
+}
+
+impl Drop for Aws {
+    fn drop(&mut self) {
+        // SIGTERM: the world stops its instance processes before it exits.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+impl Aws {
+    /// Starts the world; `instance_command` runs in every instance.
+    pub async fn start(instance_command: Option<&str>, time_scale: &str) -> Aws {
+        let mut command = Command::new(TESTBED);
+        command.args(["aws", "--listen", "127.0.0.1:0", "--time-scale", time_scale]);
+        command.args(["--resume-delay", "0s", "--boot-delay"]);
+        match instance_command {
+            // Time for the command to set itself up before hooks fire or it hibernates.
+            Some(c) => command.args(["1s", "--instance-command", c]),
+            None => command.arg("0s"),
+        };
+        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(
+                "testbed", "testbed", None, None, "test",
+            ))
+            .endpoint_url(&url)
+            .load()
+            .await;
+        Aws {
+            url,
+            child,
+            asg: Client::new(&config),
+        }
+    }
+
+    pub async fn create(
+        &self,
+        name: &str,
+        min: i32,
+        max: i32,
+        desired: i32,
+        hooks: Vec<LifecycleHookSpecification>,
+    ) {
+        self.asg
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(name)
+            .min_size(min)
+            .max_size(max)
+            .desired_capacity(desired)
+            .set_lifecycle_hook_specification_list(Some(hooks))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// (instance id, lifecycle state) of the group's instances outside the warm pool.
+    pub async fn instances(&self, group: &str) -> Vec<(String, String)> {
+        let out = self
+            .asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(group)
+            .send()
+            .await
+            .unwrap();
+        let g = &out.auto_scaling_groups()[0];
+        g.instances()
+            .iter()
+            .map(|i| {
+                (
+                    i.instance_id().unwrap().to_owned(),
+                    i.lifecycle_state().unwrap().as_str().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    pub async fn warm(&self, group: &str) -> Vec<(String, String)> {
+        let out = self
+            .asg
+            .describe_warm_pool()
+            .auto_scaling_group_name(group)
+            .send()
+            .await
+            .unwrap();
+        out.instances()
+            .iter()
+            .map(|i| {
+                (
+                    i.instance_id().unwrap().to_owned(),
+                    i.lifecycle_state().unwrap().as_str().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Polls until `check` holds for the group's instances (or warm instances).
+    pub async fn until<F>(
+        &self,
+        group: &str,
+        warm: bool,
+        what: &str,
+        check: F,
+    ) -> Vec<(String, String)>
+    where
+        F: Fn(&[(String, String)]) -> bool,
+    {
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            let now = if warm {
+                self.warm(group).await
+            } else {
+                self.instances(group).await
+            };
+            if check(&now) {
+                return now;
+            }
+            assert!(Instant::now() < until, "never {what}: {now:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn complete(&self, group: &str, hook: &str, instance: &str) {
+        self.asg
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook)
+            .instance_id(instance)
+            .lifecycle_action_result("CONTINUE")
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// The instance's process record (root, IMDS URL, pid, running/hibernated/stopped).
+    pub async fn instance(&self, id: &str) -> Value {
+        let all: Vec<Value> = reqwest::get(format!("{}/_testbed/aws/instances", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        all.into_iter()
+            .find(|i| i["id"] == id)
+            .unwrap_or_else(|| panic!("no process record for {id}"))
+    }
+
+    pub async fn effects(&self) -> Vec<Value> {
+        reqwest::get(format!("{}/_testbed/aws/effects", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
