@@ -5,15 +5,19 @@ CARGO ?= cargo
 CONTRACT := tests/contract
 CONTRACT_STAMP := $(CONTRACT)/node_modules/.installed
 
-.PHONY: demo test lint build contract-deps deny
+VENV := .deps/venv
+VENV_STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint contract-deps py-deps deny
 
 ## The main job on the local testbed (see README.md).
 demo:
 	$(CARGO) run --quiet -p warmfleet-testbed -- demo
 
-## Every check CI runs: format, lints, licences, then every test.
-test: contract-deps lint deny
-	$(CARGO) test --workspace --all-targets --no-fail-fast
+## Every check CI runs: format, lints, licences, then every test (Rust, then boto3).
+test: contract-deps py-deps lint deny
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CARGO) test --workspace --all-targets --no-fail-fast
+	WARMFLEET_TESTBED=target/debug/warmfleet-testbed $(VENV)/bin/pytest -q tests/python
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -23,6 +27,14 @@ lint:
 deny:
 	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked --quiet
 	$(CARGO) deny --offline check licenses bans sources
+
+## moto (Secrets Manager), boto3 and pytest, pinned, in a venv of the project's own.
+py-deps: $(VENV_STAMP)
+
+$(VENV_STAMP): tests/python/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
 
 ## Prism and GitHub's OpenAPI description, for the contract test.
 contract-deps: $(CONTRACT_STAMP)

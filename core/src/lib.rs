@@ -1,7 +1,8 @@
 //! Shared by the warmfleet agent, the control-plane Lambdas and the testbed: the names of
-//! everything (`naming`), the ports the domain talks through (`ports`), and the GitHub
-//! client (`github`).
+//! everything (`naming`), the ports the domain talks through (`ports`), their aws-sdk
+//! adapters (`aws`) and the GitHub client (`github`).
 
+pub mod aws;
 pub mod github;
 pub mod naming;
 pub mod ports;

@@ -30,6 +30,8 @@ pub struct InstanceInfo {
 pub struct Driver {
     dir: PathBuf,
     command: Option<String>,
+    /// Environment of every instance process (endpoints, region, test credentials).
+    env: Vec<(String, String)>,
     source: Arc<dyn MetadataSource>,
     pub info: Arc<Mutex<BTreeMap<String, InstanceInfo>>>,
     children: BTreeMap<String, tokio::process::Child>,
@@ -39,10 +41,16 @@ pub struct Driver {
 const SLEEP_HOOKS: &str = "usr/lib/systemd/system-sleep";
 
 impl Driver {
-    pub fn new(dir: PathBuf, command: Option<String>, source: Arc<dyn MetadataSource>) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        command: Option<String>,
+        env: Vec<(String, String)>,
+        source: Arc<dyn MetadataSource>,
+    ) -> Self {
         Driver {
             dir,
             command,
+            env,
             source,
             info: Arc::new(Mutex::new(BTreeMap::new())),
             children: BTreeMap::new(),
@@ -106,6 +114,7 @@ impl Driver {
                 .arg("-c")
                 .arg(command)
                 .current_dir(&root)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &url)
                 .env("WARMFLEET_INSTANCE_ROOT", &root)
                 .stdin(Stdio::null())
@@ -149,6 +158,7 @@ impl Driver {
             let run = tokio::process::Command::new(&hook)
                 .args([phase, "hibernate"])
                 .current_dir(&info.root)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &info.imds)
                 .env("WARMFLEET_INSTANCE_ROOT", &info.root)
                 .status();

@@ -9,6 +9,7 @@
 pub mod autoscaling;
 pub mod imds;
 pub mod instances;
+pub mod moto;
 pub mod query;
 
 use anyhow::Context;
@@ -46,6 +47,18 @@ pub struct Config {
     pub boot_delay: Duration,
     /// World time a warm instance takes to resume.
     pub resume_delay: Duration,
+    pub moto: MotoMode,
+}
+
+/// Where Secrets Manager comes from.
+#[derive(Debug, Clone)]
+pub enum MotoMode {
+    /// No Secrets Manager.
+    Off,
+    /// `moto_server` from PATH, else a venv installed on first use.
+    Auto,
+    /// This `moto_server`.
+    Path(PathBuf),
 }
 
 /// World time: real time since start, times the scale.
@@ -75,6 +88,14 @@ struct World {
     requests: AtomicU64,
     driver: mpsc::UnboundedSender<Effect>,
     instances: Arc<Mutex<BTreeMap<String, InstanceInfo>>>,
+    endpoints: Endpoints,
+}
+
+/// Where each service of this world is served.
+#[derive(Debug, Clone, Serialize)]
+pub struct Endpoints {
+    pub autoscaling: String,
+    pub secretsmanager: Option<String>,
 }
 
 /// What an instance's IMDS reads of the world.
@@ -157,6 +178,31 @@ pub async fn serve(
         config.time_scale > 0.0 && config.time_scale.is_finite(),
         "--time-scale must be a positive number"
     );
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let moto = match &config.moto {
+        MotoMode::Off => None,
+        MotoMode::Auto => Some(moto::Moto::start(None).await?),
+        MotoMode::Path(p) => Some(moto::Moto::start(Some(p.clone())).await?),
+    };
+    let endpoints = Endpoints {
+        autoscaling: format!("http://{}", listener.local_addr()?),
+        secretsmanager: moto.as_ref().map(|m| m.url.clone()),
+    };
+    // What an instance's AWS clients need to find this world.
+    let mut instance_env = vec![
+        (
+            "AWS_ENDPOINT_URL_AUTO_SCALING".to_owned(),
+            endpoints.autoscaling.clone(),
+        ),
+        ("AWS_REGION".to_owned(), imds::REGION.to_owned()),
+        ("AWS_ACCESS_KEY_ID".to_owned(), "testbed".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), "testbed".to_owned()),
+    ];
+    if let Some(url) = &endpoints.secretsmanager {
+        instance_env.push(("AWS_ENDPOINT_URL_SECRETS_MANAGER".to_owned(), url.clone()));
+    }
     let (temp, dir) = match &config.state_dir {
         Some(dir) => (None, dir.clone()),
         None => {
@@ -171,6 +217,7 @@ pub async fn serve(
         let driver = Driver::new(
             dir.clone(),
             config.instance_command.clone(),
+            instance_env,
             Arc::new(Metadata(weak.clone())),
         );
         let instances = driver.info.clone();
@@ -202,11 +249,9 @@ pub async fn serve(
             requests: AtomicU64::new(0),
             driver: driver_tx,
             instances,
+            endpoints,
         }
     });
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
     on_ready(listener.local_addr()?);
     let ticker = world.clone();
     let stop = shutdown.clone();
@@ -223,6 +268,7 @@ pub async fn serve(
         .route("/", post(dispatch))
         .route("/_testbed/aws/effects", get(effects))
         .route("/_testbed/aws/instances", get(instance_list))
+        .route("/_testbed/aws/endpoints", get(endpoint_list))
         .with_state(world);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -233,7 +279,14 @@ pub async fn serve(
     if let Some(task) = driver_task {
         let _ = task.await;
     }
+    if let Some(m) = moto {
+        m.stop().await;
+    }
     served
+}
+
+async fn endpoint_list(State(world): State<Arc<World>>) -> Json<Endpoints> {
+    Json(world.endpoints.clone())
 }
 
 async fn instance_list(State(world): State<Arc<World>>) -> Json<Vec<InstanceInfo>> {
