@@ -13,32 +13,6 @@ use warmfleet_core::github::{
     GithubClient, GithubCredential, GithubError, GithubTarget, JitRequest, RunnerStatus,
 };
 
-/// Registers `n` runners through the runner protocol, as `config.sh` would.
-async fn register_runners(gh: &Github, client: &GithubClient, n: usize, labels: &[&str]) {
-    let token = client
-        .registration_token(deadline(10))
-        .await
-        .expect("token");
-    for i in 0..n {
-        let resp = gh
-            .post(
-                "/_runner/register",
-                json!({
-                    "url": gh.org_url(), "token": token.token.expose_secret(),
-                    "name": format!("runner-{i:03}"), "labels": labels,
-                    "runner_group": null, "replace": false, "ephemeral": false,
-                    "no_default_labels": true,
-                }),
-            )
-            .await;
-        assert!(
-            resp.status().is_success(),
-            "register {i}: {}",
-            resp.status()
-        );
-    }
-}
-
 #[tokio::test]
 async fn an_app_installation_token_is_minted_once_and_reused() {
     let key = fixture("github-app-test-key.pem");
@@ -131,19 +105,15 @@ async fn a_wrong_token_is_unauthorized_and_never_echoed() {
 async fn two_hundred_fifty_runners_are_listed_in_three_requests_then_conditionally() {
     let gh = Github::start(&[]);
     let client = gh.pat_client(fast_retries()).await;
-    register_runners(&gh, &client, 240, &["warmfleet"]).await;
-    let gpu_client = gh.pat_client(fast_retries()).await;
-    let token = gpu_client.registration_token(deadline(10)).await.unwrap();
+    let token = client.registration_token(deadline(10)).await.unwrap();
+    let token = token.token.expose_secret();
+    for i in 0..240 {
+        gh.register_with(token, &format!("runner-{i:03}"), &["warmfleet"], false)
+            .await;
+    }
     for i in 0..10 {
-        gh.post(
-            "/_runner/register",
-            json!({
-                "url": gh.org_url(), "token": token.token.expose_secret(),
-                "name": format!("gpu-{i}"), "labels": ["warmfleet", "gpu"],
-                "runner_group": null, "replace": false, "ephemeral": false, "no_default_labels": false,
-            }),
-        )
-        .await;
+        gh.register_with(token, &format!("gpu-{i}"), &["warmfleet", "gpu"], true)
+            .await;
     }
     let list_calls = || async { gh.count("GET", "/orgs/acme/actions/runners").await };
     let before = list_calls().await;
@@ -188,59 +158,19 @@ async fn two_hundred_fifty_runners_are_listed_in_three_requests_then_conditional
         .is_none());
 }
 
-/// Registers one runner through the runner protocol; returns its id and credential.
-async fn register_one(gh: &Github, client: &GithubClient, name: &str) -> (u64, String) {
-    let token = client.registration_token(deadline(10)).await.unwrap();
-    let registered: serde_json::Value = gh
-        .post(
-            "/_runner/register",
-            json!({
-                "url": gh.org_url(), "token": token.token.expose_secret(),
-                "name": name, "labels": ["warmfleet"], "runner_group": null,
-                "replace": false, "ephemeral": false, "no_default_labels": true,
-            }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    (
-        registered["runner_id"].as_u64().unwrap(),
-        registered["credential"].as_str().unwrap().to_owned(),
-    )
-}
-
 #[tokio::test]
 async fn deleting_a_busy_runner_is_a_typed_error_distinct_from_gone() {
     let gh = Github::start(&[]);
     let client = gh.pat_client(fast_retries()).await;
-    let (id, credential) = register_one(&gh, &client, "i-0busy").await;
+    let (other, _) = gh.register(&client, "i-0other").await;
     let refused = gh
         .post(
             "/_runner/sessions",
-            json!({ "runner_id": id, "credential": "wrong" }),
+            json!({ "runner_id": other, "credential": "wrong" }),
         )
         .await;
     assert_eq!(refused.status(), 401);
-    let session: serde_json::Value = gh
-        .post(
-            "/_runner/sessions",
-            json!({ "runner_id": id, "credential": credential }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let sid = session["session_id"].as_str().unwrap().to_owned();
-    let job = gh.enqueue(&["warmfleet"], 60.0).await;
-    let message: serde_json::Value =
-        reqwest::get(format!("{}/_runner/sessions/{sid}/message", gh.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-    assert_eq!(message["job"]["id"], job);
+    let (id, sid, job) = gh.busy_runner(&client, "i-0busy", 60.0).await;
 
     let listed = client
         .find_runner("i-0busy", deadline(10))

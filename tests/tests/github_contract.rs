@@ -12,7 +12,6 @@
 mod common;
 
 use common::*;
-use secrecy::ExposeSecret;
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -272,36 +271,7 @@ async fn every_operation_conforms_to_githubs_openapi_description() {
     assert!(matches!(gone, GithubError::NotFound { .. }), "{gone}");
 
     // A busy runner's 422: registered and given a job straight on the fake.
-    let token = app.registration_token(deadline(20)).await.unwrap();
-    let registered: Value = gh
-        .post(
-            "/_runner/register",
-            json!({ "url": gh.org_url(), "token": token.token.expose_secret(), "name": "i-0busy",
-                    "labels": ["warmfleet"], "runner_group": null, "replace": false,
-                    "ephemeral": false, "no_default_labels": true }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let session: Value = gh
-        .post(
-            "/_runner/sessions",
-            json!({ "runner_id": registered["runner_id"], "credential": registered["credential"] }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    gh.enqueue(&["warmfleet"], 600.0).await;
-    reqwest::get(format!(
-        "{}/_runner/sessions/{}/message",
-        gh.url,
-        session["session_id"].as_str().unwrap()
-    ))
-    .await
-    .unwrap();
-    let busy_id = registered["runner_id"].as_u64().unwrap();
+    let (busy_id, _, _) = gh.busy_runner(&app, "i-0busy", 600.0).await;
     let busy = app.delete_runner(busy_id, deadline(20)).await.unwrap_err();
     assert!(matches!(busy, GithubError::RunnerBusy { .. }), "{busy}");
 

@@ -7,7 +7,6 @@ mod common;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use common::*;
-use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -31,32 +30,7 @@ async fn a_jobs_life_is_sent_as_three_signed_workflow_job_events() {
 
     let gh = Github::start(&["--webhook-url", &hook_url, "--webhook-secret", "s3cret"]);
     let client = gh.pat_client(fast_retries()).await;
-    let token = client.registration_token(deadline(10)).await.unwrap();
-    let reg: Value = gh
-        .post(
-            "/_runner/register",
-            json!({ "url": gh.org_url(), "token": token.token.expose_secret(), "name": "i-0hook",
-                    "labels": ["warmfleet"], "runner_group": null, "replace": false,
-                    "ephemeral": false, "no_default_labels": true }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let session: Value = gh
-        .post(
-            "/_runner/sessions",
-            json!({ "runner_id": reg["runner_id"], "credential": reg["credential"] }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let sid = session["session_id"].as_str().unwrap();
-    let job = gh.enqueue(&["warmfleet"], 1.0).await;
-    reqwest::get(format!("{}/_runner/sessions/{sid}/message", gh.url))
-        .await
-        .unwrap();
+    let (_, sid, job) = gh.busy_runner(&client, "i-0hook", 1.0).await;
     gh.post(
         &format!("/_runner/sessions/{sid}/jobs/{job}/finish"),
         json!({ "succeeded": true, "shutdown": false, "message": null }),

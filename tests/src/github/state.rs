@@ -401,9 +401,10 @@ impl World {
             return Err(Refusal::NotFound("Not Found".into()));
         };
         if runner.busy() {
-            return Err(Refusal::Unprocessable(
-                "Bad request - Runner \"".to_owned() + &runner.name + "\" is still running a job\"",
-            ));
+            return Err(Refusal::Unprocessable(format!(
+                "Bad request - Runner \"{}\" is still running a job",
+                runner.name
+            )));
         }
         self.runners.remove(&runner_id);
         Ok(())

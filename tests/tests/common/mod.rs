@@ -161,6 +161,79 @@ impl Github {
         }
     }
 
+    /// Registers a runner through the runner protocol, as `config.sh` does; returns its id
+    /// and credential.
+    pub async fn register_with(
+        &self,
+        token: &str,
+        name: &str,
+        labels: &[&str],
+        default_labels: bool,
+    ) -> (u64, String) {
+        let resp = self
+            .post(
+                "/_runner/register",
+                json!({
+                    "url": self.org_url(), "token": token, "name": name, "labels": labels,
+                    "runner_group": null, "replace": false, "ephemeral": false,
+                    "no_default_labels": !default_labels,
+                }),
+            )
+            .await;
+        assert!(
+            resp.status().is_success(),
+            "register {name}: {}",
+            resp.status()
+        );
+        let registered: Value = resp.json().await.unwrap();
+        (
+            registered["runner_id"].as_u64().unwrap(),
+            registered["credential"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Registers a runner with a fresh token, labelled `warmfleet` only.
+    pub async fn register(&self, client: &GithubClient, name: &str) -> (u64, String) {
+        let token = client.registration_token(deadline(10)).await.unwrap();
+        self.register_with(
+            secrecy::ExposeSecret::expose_secret(&token.token),
+            name,
+            &["warmfleet"],
+            false,
+        )
+        .await
+    }
+
+    /// Registers a runner, connects it and hands it a `warmfleet` job of `secs`: returns the
+    /// runner id, the session id and the job id.
+    pub async fn busy_runner(
+        &self,
+        client: &GithubClient,
+        name: &str,
+        secs: f64,
+    ) -> (u64, String, u64) {
+        let (id, credential) = self.register(client, name).await;
+        let session: Value = self
+            .post(
+                "/_runner/sessions",
+                json!({ "runner_id": id, "credential": credential }),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        let sid = session["session_id"].as_str().unwrap().to_owned();
+        let job = self.enqueue(&["warmfleet"], secs).await;
+        let message: Value = reqwest::get(format!("{}/_runner/sessions/{sid}/message", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(message["job"]["id"], job, "the runner took the job");
+        (id, sid, job)
+    }
+
     /// A client for organisation `acme` with the test PAT.
     pub async fn pat_client(&self, policy: RetryPolicy) -> GithubClient {
         let target = GithubTarget::parse(&self.org_url(), None).expect("target");

@@ -18,7 +18,6 @@ impl From<AsgError> for QueryError {
         let code = match e {
             AsgError::Validation(_) => "ValidationError",
             AsgError::AlreadyExists(_) => "AlreadyExists",
-            AsgError::ScalingActivityInProgress(_) => "ScalingActivityInProgress",
         };
         QueryError {
             status: axum::http::StatusCode::BAD_REQUEST,

@@ -271,16 +271,12 @@ pub enum AsgError {
     Validation(String),
     /// AWS's `AlreadyExists`.
     AlreadyExists(String),
-    /// AWS's `ResourceContention` etc. are not modelled; everything else is validation.
-    ScalingActivityInProgress(String),
 }
 
 impl fmt::Display for AsgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AsgError::Validation(m)
-            | AsgError::AlreadyExists(m)
-            | AsgError::ScalingActivityInProgress(m) => f.write_str(m),
+            AsgError::Validation(m) | AsgError::AlreadyExists(m) => f.write_str(m),
         }
     }
 }
