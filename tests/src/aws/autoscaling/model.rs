@@ -698,6 +698,25 @@ impl Asg {
         );
     }
 
+    /// Scale-in with a reuse policy: the instance goes back to the warm pool (through
+    /// Warmed:Pending, where the terminate hooks hold it) instead of terminating.
+    fn return_to_pool(&mut self, id: &str, now: Duration, effects: &mut Vec<Effect>) {
+        let Some(inst) = self.instances.get_mut(id) else {
+            return;
+        };
+        inst.origin = Place::AutoScalingGroup;
+        inst.destination = Place::WarmPool;
+        inst.actions.clear();
+        let group = inst.group.clone();
+        self.set_state(id, State::WarmedPending, effects);
+        self.activity(
+            &group,
+            format!("Moving EC2 instance to the warm pool: {id}"),
+            format!("At {}s an instance was returned to the warm pool in response to a difference between desired and actual capacity, shrinking the capacity.", now.as_secs()),
+            now,
+        );
+    }
+
     fn launch(&mut self, group: &str, warm: bool, now: Duration, effects: &mut Vec<Effect>) {
         let id = self.instance_id();
         let protected = self
@@ -867,13 +886,19 @@ impl Asg {
             return;
         };
         let booting = self.instances.get(id).is_some_and(|i| {
-            let delay = if i.origin == Place::WarmPool {
-                self.resume_delay
-            } else {
-                self.boot_delay
+            let delay = match i.origin {
+                Place::WarmPool => self.resume_delay,
+                Place::EC2 => self.boot_delay,
+                // Returning to the pool from service: already running.
+                Place::AutoScalingGroup => Duration::ZERO,
             };
             now < i.since + delay
         });
+        // An instance returned to the pool on scale-in waits for the terminate hooks there.
+        let returning = self
+            .instances
+            .get(id)
+            .is_some_and(|i| i.origin == Place::AutoScalingGroup);
         match state {
             State::Pending | State::WarmedPending if booting => {}
             State::Pending => self.wait_for_hooks(
@@ -886,7 +911,11 @@ impl Asg {
             ),
             State::WarmedPending => self.wait_for_hooks(
                 id,
-                Transition::Launching,
+                if returning {
+                    Transition::Terminating
+                } else {
+                    Transition::Launching
+                },
                 State::WarmedPendingWait,
                 State::WarmedPendingProceed,
                 now,
@@ -1066,8 +1095,16 @@ impl Asg {
                 .take((in_group - group.desired) as usize)
                 .map(|i| i.id.clone())
                 .collect();
+            let reuse = group
+                .warm_pool
+                .as_ref()
+                .is_some_and(|p| p.reuse_on_scale_in);
             for id in victims {
-                self.begin_termination(&id, "an instance was taken out of service in response to a difference between desired and actual capacity, shrinking the capacity", now, effects);
+                if reuse {
+                    self.return_to_pool(&id, now, effects);
+                } else {
+                    self.begin_termination(&id, "an instance was taken out of service in response to a difference between desired and actual capacity, shrinking the capacity", now, effects);
+                }
             }
         }
         if let Some(pool) = &group.warm_pool {
@@ -1285,6 +1322,61 @@ mod tests {
         assert_eq!(asg.instances[&id].state, State::Pending, "still resuming");
         asg.tick(55 * S);
         assert_eq!(asg.instances[&id].state, State::InService);
+    }
+
+    #[test]
+    fn reuse_on_scale_in_returns_the_instance_to_the_pool_through_the_terminate_hooks() {
+        let mut asg = Asg::default();
+        asg.create_group(group("g", 0, 1, 1), Duration::ZERO)
+            .unwrap();
+        asg.put_hook(
+            "g",
+            hook(
+                "deregistration",
+                Transition::Terminating,
+                600,
+                HookResult::Continue,
+            ),
+        )
+        .unwrap();
+        let pool = WarmPool {
+            min_size: 0,
+            max_prepared: Some(1),
+            state: PoolState::Hibernated,
+            reuse_on_scale_in: true,
+        };
+        asg.put_warm_pool("g", pool).unwrap();
+        asg.tick(Duration::ZERO);
+        let id = only(&asg);
+        assert_eq!(asg.instances[&id].state, State::InService);
+        asg.set_desired("g", 0, S).unwrap();
+        let effects = asg.tick(S);
+        assert_eq!(asg.instances[&id].state, State::WarmedPendingWait);
+        assert!(effects.iter().any(|e| matches!(
+            e,
+            Effect::LifecycleAction {
+                transition: Transition::Terminating,
+                origin: Place::AutoScalingGroup,
+                destination: Place::WarmPool,
+                ..
+            }
+        )));
+        asg.complete(
+            "g",
+            "deregistration",
+            ActionRef::Instance(&id),
+            HookResult::Continue,
+        )
+        .unwrap();
+        let effects = asg.tick(2 * S);
+        assert_eq!(asg.instances[&id].state, State::WarmedHibernated);
+        assert!(effects.contains(&Effect::Hibernate {
+            instance: id.clone()
+        }));
+        assert!(
+            !effects.iter().any(|e| matches!(e, Effect::Stop { .. })),
+            "not terminated"
+        );
     }
 
     #[test]
