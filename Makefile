@@ -16,8 +16,8 @@ demo:
 
 ## Every check CI runs: format, lints, licences, then every test (Rust, then boto3).
 test: contract-deps py-deps lint deny
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(CARGO) test --workspace --all-targets --no-fail-fast
-	WARMFLEET_TESTBED=target/debug/warmfleet-testbed $(VENV)/bin/pytest -q tests/python
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" timeout 40m $(CARGO) test --workspace --all-targets --no-fail-fast
+	WARMFLEET_TESTBED=target/debug/warmfleet-testbed timeout 10m $(VENV)/bin/pytest -q tests/python
 
 lint:
 	$(CARGO) fmt --all -- --check

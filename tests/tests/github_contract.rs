@@ -147,20 +147,25 @@ impl Prism {
             .spawn()
             .expect("start Prism");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            let line = line.unwrap();
-            if line.contains("Prism is listening") {
-                break;
-            }
-            assert!(!line.contains("error"), "Prism failed to start: {line}");
-        }
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        // One reader keeps Prism's output: the log, and a signal once it listens.
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
+                if line.contains("Prism is listening") {
+                    let _ = ready_tx.send(());
+                }
                 sink.lock().unwrap().push(line);
             }
         });
+        // Prism lists its routes (with random example values), then says it listens.
+        let started = ready_rx.recv_timeout(std::time::Duration::from_secs(60));
+        assert!(
+            started.is_ok(),
+            "Prism did not start within a minute:\n{}",
+            log.lock().unwrap().join("\n")
+        );
         Prism {
             url: format!("http://127.0.0.1:{port}"),
             child,
