@@ -19,7 +19,7 @@ class World:
     def __init__(self, time_scale):
         self.proc = subprocess.Popen(
             [TESTBED, "aws", "--listen", "127.0.0.1:0", "--time-scale", str(time_scale),
-             "--boot-delay", "0s", "--resume-delay", "0s", "--no-moto"],
+             "--boot-delay", "0s", "--resume-delay", "0s", "--hibernate-delay", "0s", "--no-moto"],
             stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         match = re.search(r"(http://\S+)", line)

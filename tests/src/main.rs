@@ -106,6 +106,9 @@ struct AwsArgs {
     /// World time a hibernated instance takes to resume.
     #[arg(long, default_value = "5s", value_parser = std_duration)]
     resume_delay: std::time::Duration,
+    /// World time an instance takes to hibernate before it counts as warm.
+    #[arg(long, default_value = "10s", value_parser = std_duration)]
+    hibernate_delay: std::time::Duration,
     /// The moto_server to serve Secrets Manager with (default: from PATH, else installed on
     /// first use into a venv under ~/.cache/warmfleet).
     #[arg(long, conflicts_with = "no_moto")]
@@ -239,6 +242,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 state_dir: args.state_dir,
                 boot_delay: args.boot_delay,
                 resume_delay: args.resume_delay,
+                hibernate_delay: args.hibernate_delay,
                 moto: match (args.no_moto, args.moto_server) {
                     (true, _) => aws::MotoMode::Off,
                     (false, Some(path)) => aws::MotoMode::Path(path),

@@ -47,6 +47,8 @@ pub struct Config {
     pub boot_delay: Duration,
     /// World time a warm instance takes to resume.
     pub resume_delay: Duration,
+    /// World time an instance takes to hibernate before it counts as warm.
+    pub hibernate_delay: Duration,
     pub moto: MotoMode,
 }
 
@@ -237,7 +239,11 @@ pub async fn serve(
             drop(temp);
         }));
         World {
-            asg: Mutex::new(Asg::new(config.boot_delay, config.resume_delay)),
+            asg: Mutex::new(Asg::new(
+                config.boot_delay,
+                config.resume_delay,
+                config.hibernate_delay,
+            )),
             clock: Clock {
                 start: Instant::now(),
                 scale: config.time_scale,

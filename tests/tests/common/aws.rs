@@ -32,7 +32,14 @@ impl Aws {
     pub async fn start(instance_command: Option<&str>, time_scale: &str) -> Aws {
         let mut command = Command::new(TESTBED);
         command.args(["aws", "--listen", "127.0.0.1:0", "--time-scale", time_scale]);
-        command.args(["--no-moto", "--resume-delay", "0s", "--boot-delay"]);
+        command.args([
+            "--no-moto",
+            "--resume-delay",
+            "0s",
+            "--hibernate-delay",
+            "0s",
+        ]);
+        command.arg("--boot-delay");
         match instance_command {
             // Time for the command to set itself up before hooks fire or it hibernates.
             Some(c) => command.args(["1s", "--instance-command", c]),

@@ -291,6 +291,8 @@ pub struct Asg {
     pub boot_delay: Duration,
     /// How long a warm instance takes to resume before its launch hooks fire.
     pub resume_delay: Duration,
+    /// How long an instance takes to hibernate (or stop) before it counts as warm.
+    pub hibernate_delay: Duration,
     pub groups: BTreeMap<String, Group>,
     pub instances: BTreeMap<String, Instance>,
     pub activities: Vec<Activity>,
@@ -306,11 +308,12 @@ pub enum ActionRef<'a> {
 }
 
 impl Asg {
-    /// A world whose instances take `boot_delay` to boot and `resume_delay` to resume.
-    pub fn new(boot_delay: Duration, resume_delay: Duration) -> Self {
+    /// A world whose instances take these times to boot, resume and hibernate.
+    pub fn new(boot_delay: Duration, resume_delay: Duration, hibernate_delay: Duration) -> Self {
         Asg {
             boot_delay,
             resume_delay,
+            hibernate_delay,
             ..Asg::default()
         }
     }
@@ -636,8 +639,20 @@ impl Asg {
         Ok(effects)
     }
 
+    /// The pool state of the instance's group (Stopped when it has no pool).
+    fn pool_state(&self, id: &str) -> PoolState {
+        self.instances
+            .get(id)
+            .and_then(|i| self.groups.get(&i.group))
+            .and_then(|g| g.warm_pool.as_ref())
+            .map(|p| p.state)
+            .unwrap_or(PoolState::Stopped)
+    }
+
     fn set_state(&mut self, id: &str, to: State, effects: &mut Vec<Effect>) {
         let now = self.now;
+        let hibernate =
+            to == State::WarmedPendingProceed && self.pool_state(id) != PoolState::Running;
         if let Some(inst) = self.instances.get_mut(id) {
             let from = inst.state;
             if from != to {
@@ -648,6 +663,11 @@ impl Asg {
                     from,
                     to,
                 });
+                if hibernate {
+                    effects.push(Effect::Hibernate {
+                        instance: id.to_owned(),
+                    });
+                }
             }
         }
     }
@@ -980,26 +1000,22 @@ impl Asg {
                 self.set_state(id, State::InService, effects);
             }
             State::WarmedPendingProceed => {
-                let pool_state = self
+                // The process was told to hibernate on entering this state (`set_state`);
+                // the instance counts as warm once that has had time to finish.
+                let done = self
                     .instances
                     .get(id)
-                    .and_then(|i| self.groups.get(&i.group))
-                    .and_then(|g| g.warm_pool.as_ref())
-                    .map(|p| p.state)
-                    .unwrap_or(PoolState::Stopped);
-                if let Some(i) = self.instances.get_mut(id) {
-                    i.actions.clear();
-                }
-                let to = match pool_state {
-                    PoolState::Hibernated => State::WarmedHibernated,
-                    PoolState::Stopped => State::WarmedStopped,
-                    PoolState::Running => State::WarmedRunning,
-                };
-                self.set_state(id, to, effects);
-                if pool_state != PoolState::Running {
-                    effects.push(Effect::Hibernate {
-                        instance: id.to_owned(),
-                    });
+                    .is_some_and(|i| now >= i.since + self.hibernate_delay);
+                if done {
+                    if let Some(i) = self.instances.get_mut(id) {
+                        i.actions.clear();
+                    }
+                    let to = match self.pool_state(id) {
+                        PoolState::Hibernated => State::WarmedHibernated,
+                        PoolState::Stopped => State::WarmedStopped,
+                        PoolState::Running => State::WarmedRunning,
+                    };
+                    self.set_state(id, to, effects);
                 }
             }
             State::TerminatingProceed | State::WarmedTerminatingProceed => {
@@ -1292,7 +1308,7 @@ mod tests {
 
     #[test]
     fn launch_hooks_fire_once_the_instance_has_booted_or_resumed() {
-        let mut asg = Asg::new(40 * S, 5 * S);
+        let mut asg = Asg::new(40 * S, 5 * S, 3 * S);
         asg.create_group(group("g", 0, 1, 0), Duration::ZERO)
             .unwrap();
         asg.put_warm_pool(
@@ -1313,8 +1329,31 @@ mod tests {
             State::WarmedPending,
             "still booting"
         );
-        asg.tick(40 * S);
+        let effects = asg.tick(40 * S);
+        assert_eq!(
+            asg.instances[&id].state,
+            State::WarmedPendingProceed,
+            "hibernating"
+        );
+        assert!(effects.contains(&Effect::Hibernate {
+            instance: id.clone()
+        }));
+        asg.set_desired("g", 1, 41 * S).unwrap();
+        let effects = asg.tick(41 * S);
+        assert!(
+            !effects.iter().any(|e| matches!(e, Effect::Resume { .. })),
+            "not warm yet"
+        );
+        assert_eq!(asg.instances[&id].state, State::WarmedPendingProceed);
+        asg.set_desired("g", 0, 42 * S).unwrap();
+        let effects = asg.tick(43 * S);
         assert_eq!(asg.instances[&id].state, State::WarmedHibernated);
+        assert!(
+            !effects
+                .iter()
+                .any(|e| matches!(e, Effect::Hibernate { .. })),
+            "told once"
+        );
         asg.set_desired("g", 1, 50 * S).unwrap();
         asg.tick(50 * S);
         assert_eq!(asg.instances[&id].state, State::Pending);
