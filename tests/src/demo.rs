@@ -228,6 +228,7 @@ async fn round_trip(args: &DemoArgs, base: &str, pat: &str) -> anyhow::Result<Re
     }
     step(&format!("{} jobs queued", args.jobs));
     let started = Instant::now();
+    let mut shown = usize::MAX;
     let jobs = loop {
         let jobs: Vec<JobRec> = http
             .get(format!("{base}/_testbed/jobs"))
@@ -239,9 +240,12 @@ async fn round_trip(args: &DemoArgs, base: &str, pat: &str) -> anyhow::Result<Re
             .iter()
             .filter(|j| !matches!(j.outcome, Outcome::Queued | Outcome::Running))
             .count();
-        print!("\r    jobs done {done}/{}", jobs.len());
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        if done != shown {
+            print!("\r    jobs done {done}/{}", jobs.len());
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            shown = done;
+        }
         if done == jobs.len() {
             println!();
             break jobs;
