@@ -4,9 +4,15 @@
 //! environment, so `AWS_ENDPOINT_URL_<SERVICE>` points them at the testbed), with the HTTP
 //! client set explicitly: rustls on ring, no default features in the aws-sdk crates.
 
+mod autoscaling;
 mod secrets;
 
+pub use autoscaling::AutoScaling;
 pub use secrets::SecretsManager;
+
+use crate::ports::PortError;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 
@@ -19,4 +25,43 @@ pub async fn load_config() -> aws_config::SdkConfig {
         .http_client(http)
         .load()
         .await
+}
+
+/// A port error from an aws-sdk error, saying whether trying again later can help
+/// (throttling, service-side failures, the network).
+fn sdk_error<E, R>(
+    service: &'static str,
+    operation: &'static str,
+    resource: String,
+    err: &SdkError<E, R>,
+) -> PortError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let retryable = match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(e) => matches!(
+            e.err().code(),
+            Some(
+                "Throttling"
+                    | "ThrottlingException"
+                    | "RequestLimitExceeded"
+                    | "InternalServiceError"
+                    | "InternalFailure"
+                    | "ServiceUnavailable"
+                    | "ResourceContention"
+            )
+        ),
+        _ => false,
+    };
+    PortError {
+        service,
+        operation,
+        resource,
+        retryable,
+        message: aws_smithy_types::error::display::DisplayErrorContext(err).to_string(),
+    }
 }

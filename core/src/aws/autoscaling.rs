@@ -1,0 +1,141 @@
+//! `Lifecycle` on Auto Scaling.
+
+use super::sdk_error;
+use crate::ports::{Completion, HookResult, InstanceStatus, Lifecycle, PortError};
+use async_trait::async_trait;
+use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
+
+pub struct AutoScaling {
+    client: aws_sdk_autoscaling::Client,
+}
+
+impl AutoScaling {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        AutoScaling {
+            client: aws_sdk_autoscaling::Client::new(config),
+        }
+    }
+}
+
+/// Auto Scaling answers a completion or heartbeat for a hook that is not waiting with a
+/// `ValidationError` saying so.
+fn not_pending<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
+    match err {
+        SdkError::ServiceError(e) => {
+            e.err().code() == Some("ValidationError")
+                && e.err()
+                    .message()
+                    .is_some_and(|m| m.contains("No active Lifecycle Action found"))
+        }
+        _ => false,
+    }
+}
+
+const SERVICE: &str = "Auto Scaling";
+
+#[async_trait]
+impl Lifecycle for AutoScaling {
+    async fn complete(
+        &self,
+        group: &str,
+        hook: &str,
+        instance_id: &str,
+        result: HookResult,
+    ) -> Result<Completion, PortError> {
+        let sent = self
+            .client
+            .complete_lifecycle_action()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook)
+            .instance_id(instance_id)
+            .lifecycle_action_result(result.as_str())
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(Completion::Done),
+            Err(e) if not_pending(&e) => Ok(Completion::NotPending),
+            Err(e) => Err(sdk_error(
+                SERVICE,
+                "CompleteLifecycleAction",
+                format!("{group}/{hook}/{instance_id}"),
+                &e,
+            )),
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        group: &str,
+        hook: &str,
+        instance_id: &str,
+    ) -> Result<Completion, PortError> {
+        let sent = self
+            .client
+            .record_lifecycle_action_heartbeat()
+            .auto_scaling_group_name(group)
+            .lifecycle_hook_name(hook)
+            .instance_id(instance_id)
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(Completion::Done),
+            Err(e) if not_pending(&e) => Ok(Completion::NotPending),
+            Err(e) => Err(sdk_error(
+                SERVICE,
+                "RecordLifecycleActionHeartbeat",
+                format!("{group}/{hook}/{instance_id}"),
+                &e,
+            )),
+        }
+    }
+
+    async fn set_protection(
+        &self,
+        group: &str,
+        instance_id: &str,
+        protected: bool,
+    ) -> Result<(), PortError> {
+        self.client
+            .set_instance_protection()
+            .auto_scaling_group_name(group)
+            .instance_ids(instance_id)
+            .protected_from_scale_in(protected)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                sdk_error(
+                    SERVICE,
+                    "SetInstanceProtection",
+                    format!("{group}/{instance_id}"),
+                    &e,
+                )
+            })
+    }
+
+    async fn instance(&self, instance_id: &str) -> Result<Option<InstanceStatus>, PortError> {
+        let out = self
+            .client
+            .describe_auto_scaling_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .map_err(|e| {
+                sdk_error(
+                    SERVICE,
+                    "DescribeAutoScalingInstances",
+                    instance_id.to_owned(),
+                    &e,
+                )
+            })?;
+        Ok(out
+            .auto_scaling_instances()
+            .first()
+            .map(|i| InstanceStatus {
+                instance_id: i.instance_id().unwrap_or(instance_id).to_owned(),
+                group: i.auto_scaling_group_name().unwrap_or_default().to_owned(),
+                lifecycle_state: i.lifecycle_state().unwrap_or_default().to_owned(),
+                protected_from_scale_in: i.protected_from_scale_in().unwrap_or(false),
+            }))
+    }
+}

@@ -1,0 +1,98 @@
+//! core's `Lifecycle` port on Auto Scaling, against the simulator.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+mod common;
+
+use common::aws::Aws;
+use warmfleet_core::aws::{load_config, AutoScaling};
+use warmfleet_core::ports::{Completion, HookResult, Lifecycle};
+
+#[tokio::test]
+async fn hooks_complete_once_and_repeats_are_not_errors() {
+    let aws = Aws::start(None, "1").await;
+    let hook = aws_sdk_autoscaling::types::LifecycleHookSpecification::builder()
+        .lifecycle_hook_name("bootstrap")
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_LAUNCHING")
+        .heartbeat_timeout(300)
+        .default_result("ABANDON")
+        .build();
+    aws.create("g", 0, 1, 1, vec![hook]).await;
+    let id = aws
+        .until("g", false, "waiting", |xs| {
+            xs.len() == 1 && xs[0].1 == "Pending:Wait"
+        })
+        .await[0]
+        .0
+        .clone();
+
+    let config = load_config()
+        .await
+        .into_builder()
+        .endpoint_url(&aws.url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_autoscaling::config::SharedCredentialsProvider::new(
+            aws_sdk_autoscaling::config::Credentials::new("testbed", "testbed", None, None, "test"),
+        ))
+        .build();
+    let port = AutoScaling::new(&config);
+
+    let status = port.instance(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (status.group.as_str(), status.lifecycle_state.as_str()),
+        ("g", "Pending:Wait")
+    );
+    assert_eq!(
+        port.heartbeat("g", "bootstrap", &id).await.unwrap(),
+        Completion::Done
+    );
+    assert_eq!(
+        port.complete("g", "bootstrap", &id, HookResult::Continue)
+            .await
+            .unwrap(),
+        Completion::Done
+    );
+    // A duplicate event, a late heartbeat: the hook is no longer waiting, which is fine.
+    assert_eq!(
+        port.complete("g", "bootstrap", &id, HookResult::Continue)
+            .await
+            .unwrap(),
+        Completion::NotPending
+    );
+    assert_eq!(
+        port.heartbeat("g", "bootstrap", &id).await.unwrap(),
+        Completion::NotPending
+    );
+    aws.until("g", false, "in service", |xs| {
+        xs.len() == 1 && xs[0].1 == "InService"
+    })
+    .await;
+
+    port.set_protection("g", &id, true).await.unwrap();
+    assert!(
+        port.instance(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .protected_from_scale_in
+    );
+    port.set_protection("g", &id, false).await.unwrap();
+    assert!(
+        !port
+            .instance(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .protected_from_scale_in
+    );
+
+    // Real errors stay errors, and say what they were about.
+    let err = port.set_protection("nope", &id, true).await.unwrap_err();
+    assert!(!err.retryable);
+    assert!(err.to_string().contains("SetInstanceProtection"), "{err}");
+    assert!(port
+        .instance("i-0000000000000dead")
+        .await
+        .unwrap()
+        .is_none());
+}
