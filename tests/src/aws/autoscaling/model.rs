@@ -220,8 +220,6 @@ pub struct Instance {
     pub origin: Place,
     pub destination: Place,
     pub actions: Vec<Action>,
-    /// Set when a launch hook was abandoned: the instance is replaced.
-    pub abandoned: bool,
     /// When it entered its current state.
     pub since: Duration,
 }
@@ -764,7 +762,6 @@ impl Asg {
                     Place::AutoScalingGroup
                 },
                 actions: Vec::new(),
-                abandoned: false,
                 since: now,
             },
         );
@@ -968,9 +965,6 @@ impl Asg {
                     self.advance(id, now, effects);
                 }
                 Some(HookResult::Abandon) => {
-                    if let Some(i) = self.instances.get_mut(id) {
-                        i.abandoned = true;
-                    }
                     self.begin_termination(
                         id,
                         "a lifecycle action was abandoned during launch",
