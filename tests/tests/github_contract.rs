@@ -159,18 +159,20 @@ impl Prism {
                 sink.lock().unwrap().push(line);
             }
         });
+        // Owned from here on, so that a failed start still stops Prism (Drop).
+        let prism = Prism {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            log,
+        };
         // Prism lists its routes (with random example values), then says it listens.
         let started = ready_rx.recv_timeout(std::time::Duration::from_secs(60));
         assert!(
             started.is_ok(),
             "Prism did not start within a minute:\n{}",
-            log.lock().unwrap().join("\n")
+            prism.log.lock().unwrap().join("\n")
         );
-        Prism {
-            url: format!("http://127.0.0.1:{port}"),
-            child,
-            log,
-        }
+        prism
     }
 
     /// Violations Prism reported, but for two that GitHub's description cannot express: a
