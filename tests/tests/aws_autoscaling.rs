@@ -189,13 +189,7 @@ async fn the_warm_pool_fills_hibernates_and_is_used_before_a_cold_launch() {
         .count();
     assert_eq!(hibernated, 2);
 
-    aws.asg
-        .set_desired_capacity()
-        .auto_scaling_group_name("wp")
-        .desired_capacity(1)
-        .send()
-        .await
-        .unwrap();
+    aws.set_desired("wp", 1).await;
     let in_group = aws
         .until("wp", false, "one resumed", all_in("Pending:Wait", 1))
         .await;
@@ -258,13 +252,7 @@ async fn scale_in_skips_a_protected_instance_and_a_terminate_hook_holds_the_othe
         .send()
         .await
         .unwrap();
-    aws.asg
-        .set_desired_capacity()
-        .auto_scaling_group_name("si")
-        .desired_capacity(1)
-        .send()
-        .await
-        .unwrap();
+    aws.set_desired("si", 1).await;
     aws.until("si", false, "held", |xs| {
         xs.iter()
             .any(|(id, s)| *id == ids[1].0 && s == "Terminating:Wait")

@@ -112,13 +112,7 @@ async fn a_warm_instance_hibernates_with_its_process_stopped_and_resumes_into_se
         "Warmed:Hibernated"
     );
 
-    aws.asg
-        .set_desired_capacity()
-        .auto_scaling_group_name("wp")
-        .desired_capacity(1)
-        .send()
-        .await
-        .unwrap();
+    aws.set_desired("wp", 1).await;
     aws.until("wp", false, "in service", |xs| {
         xs.len() == 1 && xs[0] == (id.clone(), "InService".into())
     })

@@ -33,6 +33,23 @@ fn not_pending<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
 
 const SERVICE: &str = "Auto Scaling";
 
+/// A hook action's outcome: done, not waiting (not an error), or a port error.
+fn completion<T, E, R>(
+    sent: Result<T, SdkError<E, R>>,
+    operation: &'static str,
+    resource: impl FnOnce() -> String,
+) -> Result<Completion, PortError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match sent {
+        Ok(_) => Ok(Completion::Done),
+        Err(e) if not_pending(&e) => Ok(Completion::NotPending),
+        Err(e) => Err(sdk_error(SERVICE, operation, resource(), &e)),
+    }
+}
+
 #[async_trait]
 impl Lifecycle for AutoScaling {
     async fn complete(
@@ -51,16 +68,9 @@ impl Lifecycle for AutoScaling {
             .lifecycle_action_result(result.as_str())
             .send()
             .await;
-        match sent {
-            Ok(_) => Ok(Completion::Done),
-            Err(e) if not_pending(&e) => Ok(Completion::NotPending),
-            Err(e) => Err(sdk_error(
-                SERVICE,
-                "CompleteLifecycleAction",
-                format!("{group}/{hook}/{instance_id}"),
-                &e,
-            )),
-        }
+        completion(sent, "CompleteLifecycleAction", || {
+            format!("{group}/{hook}/{instance_id}")
+        })
     }
 
     async fn heartbeat(
@@ -77,16 +87,9 @@ impl Lifecycle for AutoScaling {
             .instance_id(instance_id)
             .send()
             .await;
-        match sent {
-            Ok(_) => Ok(Completion::Done),
-            Err(e) if not_pending(&e) => Ok(Completion::NotPending),
-            Err(e) => Err(sdk_error(
-                SERVICE,
-                "RecordLifecycleActionHeartbeat",
-                format!("{group}/{hook}/{instance_id}"),
-                &e,
-            )),
-        }
+        completion(sent, "RecordLifecycleActionHeartbeat", || {
+            format!("{group}/{hook}/{instance_id}")
+        })
     }
 
     async fn set_protection(

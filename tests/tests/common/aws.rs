@@ -153,6 +153,16 @@ impl Aws {
         }
     }
 
+    pub async fn set_desired(&self, group: &str, desired: i32) {
+        self.asg
+            .set_desired_capacity()
+            .auto_scaling_group_name(group)
+            .desired_capacity(desired)
+            .send()
+            .await
+            .unwrap();
+    }
+
     pub async fn complete(&self, group: &str, hook: &str, instance: &str) {
         self.asg
             .complete_lifecycle_action()
