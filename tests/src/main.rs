@@ -116,6 +116,13 @@ struct AwsArgs {
     /// Serve no Secrets Manager.
     #[arg(long)]
     no_moto: bool,
+    /// A world file: Lambda functions and EventBridge rules to create at start (TOML; see
+    /// docs/development/testbed.md).
+    #[arg(long)]
+    world: Option<PathBuf>,
+    /// Seed for the world's randomness (event delivery faults), for repeatable runs.
+    #[arg(long)]
+    seed: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -248,6 +255,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                     (false, Some(path)) => aws::MotoMode::Path(path),
                     (false, None) => aws::MotoMode::Auto,
                 },
+                world_file: args.world,
+                seed: args.seed,
             };
             aws::serve(config, shutdown, |addr| {
                 println!("warmfleet-testbed aws listening on http://{addr}");

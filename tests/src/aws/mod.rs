@@ -1,16 +1,22 @@
 //! `warmfleet-testbed aws`: the testbed's AWS world, on one port, for the real aws-sdk
 //! clients (pointed here with `AWS_ENDPOINT_URL_<SERVICE>`; any credentials are accepted).
 //!
-//! Today it serves Auto Scaling (awsQuery). Each instance is a process with its own root
-//! directory and IMDSv2 endpoint (`instances`, `imds`); every effect the model asks for
-//! (start, hibernate, resume, stop, lifecycle events) is recorded, readable at
-//! `GET /_testbed/aws/effects`, and instances at `GET /_testbed/aws/instances`.
+//! It serves Auto Scaling (awsQuery), EventBridge (awsJson1.1) and Lambda functions run as
+//! processes behind the Lambda Runtime API; Secrets Manager comes from moto. Each instance is
+//! a process with its own root directory and IMDSv2 endpoint (`instances`, `imds`); every
+//! effect the model asks for (start, hibernate, resume, stop, lifecycle events) is recorded,
+//! readable at `GET /_testbed/aws/effects`, and instances at `GET /_testbed/aws/instances`.
+//! Lifecycle events go onto the event bus, where rules send them to functions.
 
 pub mod autoscaling;
+pub mod events;
 pub mod imds;
 pub mod instances;
+pub mod json;
+pub mod lambda;
 pub mod moto;
 pub mod query;
+pub mod world;
 
 use anyhow::Context;
 use autoscaling::api::{self, Timestamps};
@@ -21,9 +27,14 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use events::{Dispatch, Events};
 use instances::{Driver, InstanceInfo};
+use json::JsonError;
+use lambda::{FunctionSpec, Lambda};
 use query::{Params, QueryError};
+use rand::SeedableRng;
 use serde::Serialize;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,6 +61,10 @@ pub struct Config {
     /// World time an instance takes to hibernate before it counts as warm.
     pub hibernate_delay: Duration,
     pub moto: MotoMode,
+    /// Functions and rules to create at start.
+    pub world_file: Option<PathBuf>,
+    /// Seeds the world's randomness (event faults, ids) for repeatable runs.
+    pub seed: Option<u64>,
 }
 
 /// Where Secrets Manager comes from.
@@ -64,14 +79,20 @@ pub enum MotoMode {
 }
 
 /// World time: real time since start, times the scale.
-struct Clock {
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
     start: Instant,
     scale: f64,
 }
 
 impl Clock {
-    fn now(&self) -> Duration {
+    pub fn now(&self) -> Duration {
         self.start.elapsed().mul_f64(self.scale)
+    }
+
+    /// Real time that `world` world time takes.
+    pub fn real(&self, world: Duration) -> Duration {
+        world.div_f64(self.scale)
     }
 }
 
@@ -91,13 +112,35 @@ struct World {
     driver: mpsc::UnboundedSender<Effect>,
     instances: Arc<Mutex<BTreeMap<String, InstanceInfo>>>,
     endpoints: Endpoints,
+    events: Mutex<Events>,
+    lambda: Arc<Lambda>,
+    deliveries: Mutex<Vec<Dispatch>>,
+    shutdown: CancellationToken,
 }
 
 /// Where each service of this world is served.
 #[derive(Debug, Clone, Serialize)]
 pub struct Endpoints {
+    /// Auto Scaling, EventBridge, SSM and CloudWatch.
     pub autoscaling: String,
     pub secretsmanager: Option<String>,
+}
+
+impl Endpoints {
+    /// What a process (instance or function) needs to find this world with the aws-sdk.
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = vec![("AWS_REGION".to_owned(), imds::REGION.to_owned())];
+        for service in ["AUTO_SCALING", "EVENTBRIDGE", "SSM", "CLOUDWATCH"] {
+            env.push((
+                format!("AWS_ENDPOINT_URL_{service}"),
+                self.autoscaling.clone(),
+            ));
+        }
+        if let Some(url) = &self.secretsmanager {
+            env.push(("AWS_ENDPOINT_URL_SECRETS_MANAGER".to_owned(), url.clone()));
+        }
+        env
+    }
 }
 
 /// What an instance's IMDS reads of the world.
@@ -152,22 +195,97 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl World {
-    /// Moves the model to now and records what it asked for.
+    /// Moves the model to now, records what it asked for, and delivers the events that
+    /// are due.
     fn tick(&self) {
         let now = self.clock.now();
         let effects = lock(&self.asg).tick(now);
-        if effects.is_empty() {
+        let mut sends = vec![];
+        if !effects.is_empty() {
+            let mut log = lock(&self.effects);
+            for effect in effects {
+                tracing::debug!(?effect, "auto scaling");
+                let _ = self.driver.send(effect.clone());
+                if let Some(event) = self.lifecycle_event(&effect, now) {
+                    sends.extend(lock(&self.events).route(&event));
+                }
+                log.push(Recorded {
+                    at: now.as_secs_f64(),
+                    effect,
+                });
+            }
+        }
+        sends.extend(lock(&self.events).due(now, |t| self.stamps.at(t)));
+        self.send(sends);
+    }
+
+    /// The EventBridge event of a lifecycle action, as Auto Scaling sends it.
+    fn lifecycle_event(&self, effect: &Effect, now: Duration) -> Option<Value> {
+        let Effect::LifecycleAction {
+            group,
+            hook,
+            token,
+            instance,
+            transition,
+            origin,
+            destination,
+            metadata,
+        } = effect
+        else {
+            return None;
+        };
+        let kind = match transition {
+            autoscaling::model::Transition::Launching => "launch",
+            autoscaling::model::Transition::Terminating => "terminate",
+        };
+        let mut detail = json!({
+            "LifecycleActionToken": token,
+            "AutoScalingGroupName": group,
+            "LifecycleHookName": hook,
+            "EC2InstanceId": instance,
+            "LifecycleTransition": transition.as_str(),
+            "Origin": origin,
+            "Destination": destination,
+        });
+        if let Some(m) = metadata {
+            detail["NotificationMetadata"] = json!(m);
+        }
+        Some(lock(&self.events).envelope(
+            &format!("EC2 Instance-{kind} Lifecycle Action"),
+            "aws.autoscaling",
+            vec![api::group_arn(group)],
+            detail,
+            &self.stamps.at(now),
+        ))
+    }
+
+    /// Hands events to their functions, each after its (fault-injected) delay.
+    fn send(&self, sends: Vec<Dispatch>) {
+        if sends.is_empty() {
             return;
         }
-        let mut log = lock(&self.effects);
-        for effect in effects {
-            tracing::debug!(?effect, "auto scaling");
-            let _ = self.driver.send(effect.clone());
-            log.push(Recorded {
-                at: now.as_secs_f64(),
-                effect,
+        for d in &sends {
+            let lambda = self.lambda.clone();
+            let wait = self.clock.real(Duration::from_secs_f64(d.delay_seconds));
+            let stop = self.shutdown.clone();
+            let (function, payload, source) =
+                (d.function.clone(), d.payload.clone(), d.event_id.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = tokio::time::sleep(wait) => {
+                        if let Err(e) = lambda.invoke_async(&function, payload, &source) {
+                            tracing::warn!(function, error = %e, "event not delivered");
+                        }
+                    }
+                }
             });
         }
+        lock(&self.deliveries).extend(sends);
+    }
+
+    fn create_function(&self, spec: FunctionSpec) -> Result<(), String> {
+        self.lambda.put(spec)
     }
 }
 
@@ -192,19 +310,15 @@ pub async fn serve(
         autoscaling: format!("http://{}", listener.local_addr()?),
         secretsmanager: moto.as_ref().map(|m| m.url.clone()),
     };
-    // What an instance's AWS clients need to find this world.
-    let mut instance_env = vec![
-        (
-            "AWS_ENDPOINT_URL_AUTO_SCALING".to_owned(),
-            endpoints.autoscaling.clone(),
-        ),
-        ("AWS_REGION".to_owned(), imds::REGION.to_owned()),
-        ("AWS_ACCESS_KEY_ID".to_owned(), "testbed".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY".to_owned(), "testbed".to_owned()),
-    ];
-    if let Some(url) = &endpoints.secretsmanager {
-        instance_env.push(("AWS_ENDPOINT_URL_SECRETS_MANAGER".to_owned(), url.clone()));
-    }
+    let world_file = match &config.world_file {
+        Some(path) => world::WorldFile::read(path)?,
+        None => world::WorldFile::default(),
+    };
+    // What an instance's or a function's AWS clients need to find this world.
+    let mut process_env = endpoints.env();
+    process_env.push(("AWS_ACCESS_KEY_ID".to_owned(), "testbed".to_owned()));
+    process_env.push(("AWS_SECRET_ACCESS_KEY".to_owned(), "testbed".to_owned()));
+    let instance_env = process_env.clone();
     let (temp, dir) = match &config.state_dir {
         Some(dir) => (None, dir.clone()),
         None => {
@@ -215,6 +329,15 @@ pub async fn serve(
     };
     let (driver_tx, mut driver_rx) = mpsc::unbounded_channel::<Effect>();
     let mut driver_task = None;
+    let clock = Clock {
+        start: Instant::now(),
+        scale: config.time_scale,
+    };
+    let lambda = Lambda::new(clock, process_env, dir.join("lambda"), shutdown.clone());
+    let rng = match config.seed {
+        Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
+        None => rand::rngs::StdRng::from_entropy(),
+    };
     let world = Arc::new_cyclic(|weak: &std::sync::Weak<World>| {
         let driver = Driver::new(
             dir.clone(),
@@ -244,10 +367,7 @@ pub async fn serve(
                 config.resume_delay,
                 config.hibernate_delay,
             )),
-            clock: Clock {
-                start: Instant::now(),
-                scale: config.time_scale,
-            },
+            clock,
             stamps: Timestamps {
                 started: chrono::Utc::now(),
             },
@@ -256,8 +376,27 @@ pub async fn serve(
             driver: driver_tx,
             instances,
             endpoints,
+            events: Mutex::new(Events::new(rng)),
+            lambda,
+            deliveries: Mutex::new(Vec::new()),
+            shutdown: shutdown.clone(),
         }
     });
+    // The world file, as the calls Terraform would make.
+    for f in world_file.functions {
+        world.create_function(f).map_err(anyhow::Error::msg)?;
+    }
+    for r in world_file.rules {
+        let mut events = lock(&world.events);
+        for (op, input) in [("PutRule", r.put_rule()), ("PutTargets", r.put_targets())] {
+            let out = events
+                .handle(op, &input, world.clock.now())
+                .map_err(|e| anyhow::anyhow!("world file: rule {}: {}", r.name, e.message))?;
+            if out["FailedEntryCount"].as_u64().unwrap_or(0) > 0 {
+                anyhow::bail!("world file: rule {}: {}", r.name, out["FailedEntries"]);
+            }
+        }
+    }
     on_ready(listener.local_addr()?);
     let ticker = world.clone();
     let stop = shutdown.clone();
@@ -275,6 +414,17 @@ pub async fn serve(
         .route("/_testbed/aws/effects", get(effects))
         .route("/_testbed/aws/instances", get(instance_list))
         .route("/_testbed/aws/endpoints", get(endpoint_list))
+        .route(
+            "/_testbed/aws/functions",
+            get(function_list).post(function_create),
+        )
+        .route("/_testbed/aws/invocations", get(invocation_list))
+        .route("/_testbed/aws/deliveries", get(delivery_list))
+        .route("/_testbed/aws/rules", get(rule_list))
+        .route(
+            "/_testbed/aws/faults/events",
+            get(event_faults).put(set_event_faults),
+        )
         .with_state(world);
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
@@ -303,19 +453,101 @@ async fn effects(State(world): State<Arc<World>>) -> Json<Vec<Recorded>> {
     Json(lock(&world.effects).clone())
 }
 
+async fn function_list(State(world): State<Arc<World>>) -> Json<Vec<FunctionSpec>> {
+    Json(world.lambda.specs())
+}
+
+/// The testbed's CreateFunction: a binary on this machine instead of a zip.
+async fn function_create(
+    State(world): State<Arc<World>>,
+    Json(spec): Json<FunctionSpec>,
+) -> Response {
+    match world.create_function(spec) {
+        Ok(()) => axum::http::StatusCode::CREATED.into_response(),
+        Err(e) => (axum::http::StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+async fn invocation_list(State(world): State<Arc<World>>) -> Json<Vec<lambda::Invocation>> {
+    Json(world.lambda.invocations())
+}
+
+async fn delivery_list(State(world): State<Arc<World>>) -> Json<Vec<Dispatch>> {
+    Json(lock(&world.deliveries).clone())
+}
+
+async fn rule_list(State(world): State<Arc<World>>) -> Json<Vec<events::Rule>> {
+    Json(lock(&world.events).rules())
+}
+
+async fn event_faults(State(world): State<Arc<World>>) -> Json<events::Faults> {
+    Json(lock(&world.events).faults.clone())
+}
+
+async fn set_event_faults(
+    State(world): State<Arc<World>>,
+    Json(faults): Json<events::Faults>,
+) -> Response {
+    if !(0.0..=1.0).contains(&faults.duplicate)
+        || faults.max_delay_seconds.is_nan()
+        || faults.max_delay_seconds < 0.0
+    {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            "duplicate must be in [0, 1] and max_delay_seconds at least 0",
+        )
+            .into_response();
+    }
+    lock(&world.events).faults = faults;
+    axum::http::StatusCode::NO_CONTENT.into_response()
+}
+
+/// One awsJson operation, `X-Amz-Target: Service.Operation`.
+fn json_operation(world: &World, target: &str, body: &[u8]) -> Response {
+    let (service, op) = target.split_once('.').unwrap_or((target, ""));
+    let input: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => {
+                return json::error(
+                    "1.1",
+                    &JsonError::new("SerializationException", format!("body is not JSON: {e}")),
+                )
+            }
+        }
+    };
+    world.tick();
+    let now = world.clock.now();
+    let (version, result) = match service {
+        "AWSEvents" => ("1.1", lock(&world.events).handle(op, &input, now)),
+        _ => (
+            "1.1",
+            Err(JsonError::new(
+                "UnknownOperationException",
+                format!("the testbed serves no service {service}"),
+            )),
+        ),
+    };
+    world.tick();
+    match result {
+        Ok(out) => json::answer(version, &out),
+        Err(e) => {
+            tracing::info!(target, code = e.code, message = %e.message, "json protocol error");
+            json::error(version, &e)
+        }
+    }
+}
+
 /// Picks the service the way AWS does: awsQuery requests carry `Action` in the form body.
 async fn dispatch(State(world): State<Arc<World>>, headers: HeaderMap, body: Bytes) -> Response {
     let request_id = format!(
         "{:08x}-0000-4000-8000-000000000000",
         world.requests.fetch_add(1, Ordering::Relaxed)
     );
-    if headers.contains_key("x-amz-target") {
-        let e = QueryError {
-            status: axum::http::StatusCode::BAD_REQUEST,
-            code: "UnknownOperationException",
-            message: "this AWS world serves no JSON-protocol service yet".into(),
-        };
-        return query::error(api::NAMESPACE, &e, &request_id);
+    if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
+        return json_operation(&world, target, &body);
     }
     let params = Params::parse(&body);
     let Some(action) = params.get("Action").map(str::to_owned) else {

@@ -16,6 +16,8 @@ pub struct Aws {
     pub url: String,
     child: Child,
     pub asg: Client,
+    /// For further aws-sdk clients of this world.
+    pub config: aws_config::SdkConfig,
 }
 
 impl Drop for Aws {
@@ -30,8 +32,18 @@ impl Drop for Aws {
 impl Aws {
     /// Starts the world; `instance_command` runs in every instance.
     pub async fn start(instance_command: Option<&str>, time_scale: &str) -> Aws {
+        Aws::start_with(instance_command, time_scale, &[]).await
+    }
+
+    /// Starts the world with more arguments (`--world FILE`...).
+    pub async fn start_with(
+        instance_command: Option<&str>,
+        time_scale: &str,
+        args: &[&str],
+    ) -> Aws {
         let mut command = Command::new(TESTBED);
         command.args(["aws", "--listen", "127.0.0.1:0", "--time-scale", time_scale]);
+        command.args(args);
         command.args([
             "--no-moto",
             "--resume-delay",
@@ -64,6 +76,7 @@ impl Aws {
             url,
             child,
             asg: Client::new(&config),
+            config,
         }
     }
 
@@ -189,11 +202,35 @@ impl Aws {
     }
 
     pub async fn effects(&self) -> Vec<Value> {
-        reqwest::get(format!("{}/_testbed/aws/effects", self.url))
+        self.control("effects").await
+    }
+
+    /// A list from the world's control API (`/_testbed/aws/<what>`).
+    pub async fn control(&self, what: &str) -> Vec<Value> {
+        reqwest::get(format!("{}/_testbed/aws/{what}", self.url))
             .await
             .unwrap()
             .json()
             .await
             .unwrap()
+    }
+
+    /// Polls a control list until `check` holds.
+    pub async fn control_until<F>(&self, what: &str, check: F) -> Vec<Value>
+    where
+        F: Fn(&[Value]) -> bool,
+    {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.control(what).await;
+            if check(&now) {
+                return now;
+            }
+            assert!(
+                Instant::now() < until,
+                "never as expected: {what}: {now:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

@@ -33,10 +33,14 @@ pub struct Timestamps {
 }
 
 impl Timestamps {
-    fn at(&self, t: Duration) -> String {
+    pub fn at(&self, t: Duration) -> String {
         let at = self.started + chrono::Duration::from_std(t).unwrap_or_default();
         at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
     }
+}
+
+pub fn group_arn(name: &str) -> String {
+    format!("arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:00000000-0000-0000-0000-000000000000:autoScalingGroupName/{name}")
 }
 
 fn secs(p: &Params, name: &str) -> Result<Option<Duration>, QueryError> {
@@ -138,7 +142,7 @@ fn group_xml(x: &mut Xml, g: &Group, asg: &Asg, ts: &Timestamps) {
         .collect();
     x.open("member")
         .field("AutoScalingGroupName", &g.name)
-        .field("AutoScalingGroupARN", format!("arn:aws:autoscaling:{REGION}:{ACCOUNT}:autoScalingGroup:00000000-0000-0000-0000-000000000000:autoScalingGroupName/{}", g.name))
+        .field("AutoScalingGroupARN", group_arn(&g.name))
         .field("MinSize", g.min)
         .field("MaxSize", g.max)
         .field("DesiredCapacity", g.desired)
@@ -149,8 +153,14 @@ fn group_xml(x: &mut Xml, g: &Group, asg: &Asg, ts: &Timestamps) {
         .field("HealthCheckType", "EC2")
         .field("HealthCheckGracePeriod", 300)
         .field("CreatedTime", ts.at(g.created_at))
-        .field("NewInstancesProtectedFromScaleIn", g.new_instances_protected)
-        .opt("MaxInstanceLifetime", g.max_instance_lifetime.map(|d| d.as_secs()));
+        .field(
+            "NewInstancesProtectedFromScaleIn",
+            g.new_instances_protected,
+        )
+        .opt(
+            "MaxInstanceLifetime",
+            g.max_instance_lifetime.map(|d| d.as_secs()),
+        );
     x.open("Instances");
     for i in members.iter().filter(|i| !i.state.is_warmed()) {
         x.open("member");
