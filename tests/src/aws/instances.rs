@@ -5,6 +5,7 @@
 
 use super::autoscaling::model::Effect;
 use super::imds::{self, MetadataSource};
+use super::ssm::Ended;
 use anyhow::Context;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -15,6 +16,100 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// A program to run inside an instance: its root, its environment, its IMDS.
+pub fn command_in(
+    info: &InstanceInfo,
+    env: &[(String, String)],
+    program: impl AsRef<std::ffi::OsStr>,
+) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(program);
+    c.current_dir(&info.root)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &info.imds)
+        .env("WARMFLEET_INSTANCE_ROOT", &info.root);
+    c
+}
+
+/// Runs an SSM script in an instance, in the instance's process group (so it sleeps when
+/// the instance hibernates and ends when it stops), until it exits, times out (real time)
+/// or is cancelled.
+pub async fn run_script(
+    info: &InstanceInfo,
+    env: &[(String, String)],
+    script: &str,
+    timeout: Duration,
+    cancel: CancellationToken,
+) -> Ended {
+    let spawn = |group: i32| {
+        command_in(info, env, "sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(group)
+            .kill_on_drop(true)
+            .spawn()
+    };
+    let group = info.pid.map_or(0, |p| p as i32);
+    // The instance's group is gone when its own process has ended: then a group of its own.
+    let child = spawn(group).or_else(|_| spawn(0));
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            return Ended::Exited {
+                code: 127,
+                stdout: String::new(),
+                stderr: format!("failed to run shell script: {e}"),
+            }
+        }
+    };
+    let read = |pipe: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut p, &mut buf).await;
+            }
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = read(child.stderr.take().map(|p| Box::new(p) as _));
+    enum Why {
+        Exit(Option<i32>),
+        Timeout,
+        Cancel,
+    }
+    let why = tokio::select! {
+        status = child.wait() => Why::Exit(status.ok().and_then(|s| s.code())),
+        _ = tokio::time::sleep(timeout) => Why::Timeout,
+        _ = cancel.cancelled() => Why::Cancel,
+    };
+    if !matches!(why, Why::Exit(_)) {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    // A background child that keeps the pipes open does not hold the answer back.
+    let text = |h: tokio::task::JoinHandle<String>| async move {
+        tokio::time::timeout(Duration::from_secs(1), h)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    };
+    let (stdout, stderr) = (text(out).await, text(err).await);
+    match why {
+        // Killed by a signal (the instance stopped): no exit code, as SSM reports -1.
+        Why::Exit(code) => Ended::Exited {
+            code: code.unwrap_or(-1),
+            stdout,
+            stderr,
+        },
+        Why::Timeout => Ended::TimedOut { stdout, stderr },
+        Why::Cancel => Ended::Cancelled,
+    }
+}
 
 /// What tests and operators can see of an instance's process.
 #[derive(Debug, Clone, Serialize)]
@@ -148,6 +243,7 @@ impl Driver {
 
     async fn sleep_hooks(&self, id: &str, phase: &str) {
         let Some(info) = self.get(id) else { return };
+        let env = &self.env;
         let dir = info.root.join(SLEEP_HOOKS);
         let mut hooks: Vec<PathBuf> = match std::fs::read_dir(&dir) {
             Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
@@ -155,12 +251,8 @@ impl Driver {
         };
         hooks.sort();
         for hook in hooks {
-            let run = tokio::process::Command::new(&hook)
+            let run = command_in(&info, env, &hook)
                 .args([phase, "hibernate"])
-                .current_dir(&info.root)
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &info.imds)
-                .env("WARMFLEET_INSTANCE_ROOT", &info.root)
                 .status();
             match tokio::time::timeout(Duration::from_secs(30), run).await {
                 Ok(Ok(status)) if status.success() => {}

@@ -16,6 +16,7 @@ pub mod json;
 pub mod lambda;
 pub mod moto;
 pub mod query;
+pub mod ssm;
 pub mod world;
 
 use anyhow::Context;
@@ -115,6 +116,11 @@ struct World {
     events: Mutex<Events>,
     lambda: Arc<Lambda>,
     deliveries: Mutex<Vec<Dispatch>>,
+    ssm: Mutex<ssm::Ssm>,
+    /// Running SSM scripts by (command, instance), to cancel them.
+    scripts: Mutex<BTreeMap<(String, String), CancellationToken>>,
+    /// The environment of every process in an instance.
+    instance_env: Vec<(String, String)>,
     shutdown: CancellationToken,
 }
 
@@ -197,7 +203,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl World {
     /// Moves the model to now, records what it asked for, and delivers the events that
     /// are due.
-    fn tick(&self) {
+    fn tick(self: &Arc<Self>) {
         let now = self.clock.now();
         let effects = lock(&self.asg).tick(now);
         let mut sends = vec![];
@@ -217,6 +223,62 @@ impl World {
         }
         sends.extend(lock(&self.events).due(now, |t| self.stamps.at(t)));
         self.send(sends);
+        self.tick_ssm(now);
+    }
+
+    /// What SSM sees of an instance's agent.
+    fn agent(&self, id: &str) -> ssm::Agent {
+        use autoscaling::model::State;
+        let state = lock(&self.asg).instances.get(id).map(|i| i.state);
+        let process = lock(&self.instances).get(id).map(|i| i.process);
+        match (state, process) {
+            (None, _) | (_, Some("stopped")) => ssm::Agent::Gone,
+            (Some(s), _) if s.is_gone() => ssm::Agent::Gone,
+            (Some(State::Pending | State::WarmedPending), _) => ssm::Agent::Down,
+            (_, Some("running")) => ssm::Agent::Up,
+            _ => ssm::Agent::Down,
+        }
+    }
+
+    /// Registers agents that came up, and starts the scripts that can be delivered.
+    fn tick_ssm(self: &Arc<Self>, now: Duration) {
+        let ids: Vec<String> = lock(&self.asg).instances.keys().cloned().collect();
+        let starts = {
+            let mut ssm = lock(&self.ssm);
+            for id in &ids {
+                ssm.observe(id, self.agent(id));
+            }
+            ssm.tick(now, |i| self.agent(i))
+        };
+        for start in starts {
+            let info = lock(&self.instances).get(&start.instance).cloned();
+            let cancel = CancellationToken::new();
+            let key = (start.command_id.clone(), start.instance.clone());
+            lock(&self.scripts).insert(key.clone(), cancel.clone());
+            let world = self.clone();
+            let timeout = self.clock.real(start.timeout);
+            tokio::spawn(async move {
+                let how = match info {
+                    Some(info) => {
+                        instances::run_script(
+                            &info,
+                            &world.instance_env,
+                            &start.script,
+                            timeout,
+                            cancel,
+                        )
+                        .await
+                    }
+                    None => ssm::Ended::Exited {
+                        code: -1,
+                        stdout: String::new(),
+                        stderr: "the instance has no process".to_owned(),
+                    },
+                };
+                lock(&world.scripts).remove(&key);
+                lock(&world.ssm).ended(&start.command_id, &start.instance, how, world.clock.now());
+            });
+        }
     }
 
     /// The EventBridge event of a lifecycle action, as Auto Scaling sends it.
@@ -319,6 +381,7 @@ pub async fn serve(
     process_env.push(("AWS_ACCESS_KEY_ID".to_owned(), "testbed".to_owned()));
     process_env.push(("AWS_SECRET_ACCESS_KEY".to_owned(), "testbed".to_owned()));
     let instance_env = process_env.clone();
+    let script_env = process_env.clone();
     let (temp, dir) = match &config.state_dir {
         Some(dir) => (None, dir.clone()),
         None => {
@@ -379,6 +442,9 @@ pub async fn serve(
             events: Mutex::new(Events::new(rng)),
             lambda,
             deliveries: Mutex::new(Vec::new()),
+            ssm: Mutex::new(ssm::Ssm::default()),
+            scripts: Mutex::new(BTreeMap::new()),
+            instance_env: script_env,
             shutdown: shutdown.clone(),
         }
     });
@@ -503,7 +569,7 @@ async fn set_event_faults(
 }
 
 /// One awsJson operation, `X-Amz-Target: Service.Operation`.
-fn json_operation(world: &World, target: &str, body: &[u8]) -> Response {
+fn json_operation(world: &Arc<World>, target: &str, body: &[u8]) -> Response {
     let (service, op) = target.split_once('.').unwrap_or((target, ""));
     let input: Value = if body.is_empty() {
         json!({})
@@ -522,6 +588,25 @@ fn json_operation(world: &World, target: &str, body: &[u8]) -> Response {
     let now = world.clock.now();
     let (version, result) = match service {
         "AWSEvents" => ("1.1", lock(&world.events).handle(op, &input, now)),
+        "AmazonSSM" => {
+            let result = lock(&world.ssm).handle(
+                op,
+                &input,
+                now,
+                |i| world.agent(i),
+                |t| world.stamps.epoch(t),
+                |t| world.stamps.at(t),
+            );
+            if op == "CancelCommand" && result.is_ok() {
+                let (command, only) = ssm::Ssm::cancelling(&input);
+                for ((c, i), token) in lock(&world.scripts).iter() {
+                    if Some(c) == command.as_ref() && (only.is_empty() || only.contains(i)) {
+                        token.cancel();
+                    }
+                }
+            }
+            ("1.1", result)
+        }
         _ => (
             "1.1",
             Err(JsonError::new(

@@ -33,6 +33,12 @@ pub struct Timestamps {
 }
 
 impl Timestamps {
+    /// Seconds since the epoch, as the JSON protocols print timestamps.
+    pub fn epoch(&self, t: Duration) -> f64 {
+        let at = self.started + chrono::Duration::from_std(t).unwrap_or_default();
+        at.timestamp_millis() as f64 / 1000.0
+    }
+
     pub fn at(&self, t: Duration) -> String {
         let at = self.started + chrono::Duration::from_std(t).unwrap_or_default();
         at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
