@@ -9,6 +9,7 @@
 //! Lifecycle events go onto the event bus, where rules send them to functions.
 
 pub mod autoscaling;
+pub mod cloudwatch;
 pub mod events;
 pub mod imds;
 pub mod instances;
@@ -117,6 +118,7 @@ struct World {
     lambda: Arc<Lambda>,
     deliveries: Mutex<Vec<Dispatch>>,
     ssm: Mutex<ssm::Ssm>,
+    cloudwatch: Mutex<cloudwatch::CloudWatch>,
     /// Running SSM scripts by (command, instance), to cancel them.
     scripts: Mutex<BTreeMap<(String, String), CancellationToken>>,
     /// The environment of every process in an instance.
@@ -224,6 +226,33 @@ impl World {
         sends.extend(lock(&self.events).due(now, |t| self.stamps.at(t)));
         self.send(sends);
         self.tick_ssm(now);
+        let runs = lock(&self.cloudwatch).evaluate(self.stamps.epoch(now));
+        self.run_actions(runs, now);
+    }
+
+    /// Runs alarm actions: Auto Scaling policies are executed; other targets (SNS topics)
+    /// are recorded in the alarm's history only.
+    fn run_actions(&self, runs: Vec<cloudwatch::ActionRun>, now: Duration) {
+        for run in runs {
+            let outcome = match policy_of(&run.arn) {
+                Some((group, policy)) => {
+                    let cause = format!(
+                        "At {} a monitor alarm {} in state {}",
+                        self.stamps.at(now),
+                        run.alarm,
+                        run.state
+                    );
+                    let breach = run.metric_value.map(|m| (m, run.threshold));
+                    lock(&self.asg)
+                        .execute_policy(group, policy, breach, true, &cause, now)
+                        .map(|o| format!("{o:?}"))
+                        .map_err(|e| e.to_string())
+                }
+                None => Ok("recorded (the testbed has no SNS)".to_owned()),
+            };
+            tracing::info!(alarm = %run.alarm, arn = %run.arn, ?outcome, "alarm action");
+            lock(&self.cloudwatch).action_done(&run, outcome, self.stamps.epoch(now));
+        }
     }
 
     /// What SSM sees of an instance's agent.
@@ -443,6 +472,7 @@ pub async fn serve(
             lambda,
             deliveries: Mutex::new(Vec::new()),
             ssm: Mutex::new(ssm::Ssm::default()),
+            cloudwatch: Mutex::new(cloudwatch::CloudWatch::default()),
             scripts: Mutex::new(BTreeMap::new()),
             instance_env: script_env,
             shutdown: shutdown.clone(),
@@ -477,6 +507,7 @@ pub async fn serve(
     });
     let app = Router::new()
         .route("/", post(dispatch))
+        .route("/service/{service}/operation/{op}", post(cloudwatch_cbor))
         .route("/_testbed/aws/effects", get(effects))
         .route("/_testbed/aws/instances", get(instance_list))
         .route("/_testbed/aws/endpoints", get(endpoint_list))
@@ -568,9 +599,72 @@ async fn set_event_faults(
     axum::http::StatusCode::NO_CONTENT.into_response()
 }
 
+/// The group and policy a scaling policy ARN names.
+fn policy_of(arn: &str) -> Option<(&str, &str)> {
+    let rest = arn.strip_prefix("arn:aws:autoscaling:")?;
+    let (_, rest) = rest.split_once(":autoScalingGroupName/")?;
+    rest.split_once(":policyName/")
+}
+
+fn request_id(world: &World) -> String {
+    format!(
+        "{:08x}-0000-4000-8000-000000000000",
+        world.requests.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// One CloudWatch operation, in whichever protocol it came.
+fn cloudwatch_operation(
+    world: &Arc<World>,
+    protocol: cloudwatch::wire::Protocol,
+    op: &str,
+    input: Result<Value, JsonError>,
+) -> Response {
+    let id = request_id(world);
+    let input = match input {
+        Ok(i) => i,
+        Err(e) => return cloudwatch::wire::error(protocol, &e, &id),
+    };
+    world.tick();
+    let now = world.clock.now();
+    let result = lock(&world.cloudwatch).handle(op, &input, world.stamps.epoch(now));
+    match result {
+        Ok((out, runs)) => {
+            world.run_actions(runs, now);
+            cloudwatch::wire::answer(protocol, op, &out, &id)
+        }
+        Err(e) => {
+            tracing::info!(op, code = e.code, message = %e.message, "cloudwatch error");
+            cloudwatch::wire::error(protocol, &e, &id)
+        }
+    }
+}
+
+async fn cloudwatch_cbor(
+    State(world): State<Arc<World>>,
+    axum::extract::Path((service, op)): axum::extract::Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let input = if service == cloudwatch::wire::SERVICE {
+        cloudwatch::wire::decode_cbor(&body)
+    } else {
+        Err(JsonError::new(
+            "UnknownOperationException",
+            format!("the testbed serves no RPC v2 service {service}"),
+        ))
+    };
+    cloudwatch_operation(&world, cloudwatch::wire::Protocol::Cbor, &op, input)
+}
+
 /// One awsJson operation, `X-Amz-Target: Service.Operation`.
 fn json_operation(world: &Arc<World>, target: &str, body: &[u8]) -> Response {
     let (service, op) = target.split_once('.').unwrap_or((target, ""));
+    if service == cloudwatch::wire::SERVICE {
+        let input = serde_json::from_slice(body).map_err(|e| {
+            JsonError::new("SerializationException", format!("body is not JSON: {e}"))
+        });
+        return cloudwatch_operation(world, cloudwatch::wire::Protocol::Json, op, input);
+    }
     let input: Value = if body.is_empty() {
         json!({})
     } else {
@@ -627,14 +721,16 @@ fn json_operation(world: &Arc<World>, target: &str, body: &[u8]) -> Response {
 
 /// Picks the service the way AWS does: awsQuery requests carry `Action` in the form body.
 async fn dispatch(State(world): State<Arc<World>>, headers: HeaderMap, body: Bytes) -> Response {
-    let request_id = format!(
-        "{:08x}-0000-4000-8000-000000000000",
-        world.requests.fetch_add(1, Ordering::Relaxed)
-    );
     if let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) {
         return json_operation(&world, target, &body);
     }
     let params = Params::parse(&body);
+    if params.get("Version") == Some(cloudwatch::wire::VERSION) {
+        let action = params.get("Action").unwrap_or_default().to_owned();
+        let input = Ok(cloudwatch::wire::decode_query(&params.pairs()));
+        return cloudwatch_operation(&world, cloudwatch::wire::Protocol::Query, &action, input);
+    }
+    let request_id = request_id(&world);
     let Some(action) = params.get("Action").map(str::to_owned) else {
         return query::error(
             api::NAMESPACE,
@@ -644,9 +740,17 @@ async fn dispatch(State(world): State<Arc<World>>, headers: HeaderMap, body: Byt
     };
     world.tick();
     let now = world.clock.now();
+    let alarms: Vec<api::AlarmRef> = lock(&world.cloudwatch)
+        .alarms()
+        .map(|a| api::AlarmRef {
+            name: a.name.clone(),
+            arn: a.arn.clone(),
+            actions: a.actions().cloned().collect(),
+        })
+        .collect();
     let result = {
         let mut asg = lock(&world.asg);
-        api::handle(&mut asg, &action, &params, now, &world.stamps)
+        api::handle(&mut asg, &action, &params, now, &world.stamps, &alarms)
     };
     world.tick();
     match result {

@@ -31,6 +31,10 @@ impl Params {
         Params(url::form_urlencoded::parse(body).into_owned().collect())
     }
 
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        self.0.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     pub fn get(&self, name: &str) -> Option<&str> {
         self.0.get(name).map(String::as_str)
     }

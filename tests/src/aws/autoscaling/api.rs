@@ -4,6 +4,7 @@
 use super::model::{
     ActionRef, Asg, AsgError, Group, Hook, HookResult, Instance, PoolState, Transition, WarmPool,
 };
+use super::policy::{policy_arn, AdjustmentType, Kind, Policy, Step};
 use crate::aws::query::{Params, QueryError, Xml};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -196,15 +197,210 @@ fn group_xml(x: &mut Xml, g: &Group, asg: &Asg, ts: &Timestamps) {
 }
 
 /// Applies one Auto Scaling action; `Ok(Some(xml))` is the `...Result` element's content.
+/// An alarm as Auto Scaling shows it beside a policy: name, ARN, actions.
+pub struct AlarmRef {
+    pub name: String,
+    pub arn: String,
+    pub actions: Vec<String>,
+}
+
+fn number<T: std::str::FromStr>(p: &Params, name: &str) -> Result<Option<T>, QueryError> {
+    p.get(name)
+        .map(|v| {
+            v.parse().map_err(|_| {
+                QueryError::validation(format!("Invalid value '{v}' for {name}: expected a number"))
+            })
+        })
+        .transpose()
+}
+
+fn policy_from(p: &Params) -> Result<Policy, QueryError> {
+    let group = p.required("AutoScalingGroupName")?.to_owned();
+    let name = p.required("PolicyName")?.to_owned();
+    let adjustment_type = match p.get("AdjustmentType") {
+        Some(t) => AdjustmentType::parse(t).ok_or_else(|| {
+            QueryError::validation(format!(
+                "Invalid AdjustmentType {t}: ChangeInCapacity, ExactCapacity or PercentChangeInCapacity"
+            ))
+        })?,
+        None => return Err(QueryError::validation("AdjustmentType is required")),
+    };
+    let kind = match p.get("PolicyType").unwrap_or("SimpleScaling") {
+        "StepScaling" => {
+            let mut steps = vec![];
+            for s in p.structs("StepAdjustments") {
+                let f = |k: &str| -> Result<Option<f64>, QueryError> {
+                    s.get(k)
+                        .map(|v| {
+                            v.parse()
+                                .map_err(|_| QueryError::validation(format!("Invalid {k} {v}")))
+                        })
+                        .transpose()
+                };
+                let adjustment = s
+                    .get("ScalingAdjustment")
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| {
+                        QueryError::validation(
+                            "every step adjustment needs a whole ScalingAdjustment",
+                        )
+                    })?;
+                steps.push(Step {
+                    lower: f("MetricIntervalLowerBound")?,
+                    upper: f("MetricIntervalUpperBound")?,
+                    adjustment,
+                });
+            }
+            Kind::Step {
+                steps,
+                warmup: secs(p, "EstimatedInstanceWarmup")?,
+                aggregation: p
+                    .get("MetricAggregationType")
+                    .unwrap_or("Average")
+                    .to_owned(),
+            }
+        }
+        "SimpleScaling" => Kind::Simple {
+            adjustment: number(p, "ScalingAdjustment")?.ok_or_else(|| {
+                QueryError::validation("ScalingAdjustment is required for a SimpleScaling policy")
+            })?,
+            cooldown: secs(p, "Cooldown")?,
+        },
+        other => {
+            return Err(QueryError::validation(format!(
+                "PolicyType {other} is not modelled by the testbed (StepScaling, SimpleScaling)"
+            )))
+        }
+    };
+    Ok(Policy {
+        arn: policy_arn(&group, &name),
+        group,
+        name,
+        kind,
+        adjustment_type,
+        min_adjustment_magnitude: number(p, "MinAdjustmentMagnitude")?,
+        enabled: p.bool("Enabled")?.unwrap_or(true),
+        last_scale_out: None,
+    })
+}
+
+fn alarms_xml(x: &mut Xml, policy_arn: &str, alarms: &[AlarmRef]) {
+    x.open("Alarms");
+    for a in alarms
+        .iter()
+        .filter(|a| a.actions.iter().any(|x| x == policy_arn))
+    {
+        x.open("member")
+            .field("AlarmName", &a.name)
+            .field("AlarmARN", &a.arn)
+            .close("member");
+    }
+    x.close("Alarms");
+}
+
+fn policy_xml(x: &mut Xml, policy: &Policy, alarms: &[AlarmRef]) {
+    x.field("AutoScalingGroupName", &policy.group)
+        .field("PolicyName", &policy.name)
+        .field("PolicyARN", &policy.arn)
+        .field("AdjustmentType", policy.adjustment_type.as_str())
+        .opt("MinAdjustmentMagnitude", policy.min_adjustment_magnitude)
+        .field("Enabled", policy.enabled);
+    match &policy.kind {
+        Kind::Step {
+            steps,
+            warmup,
+            aggregation,
+        } => {
+            x.field("PolicyType", "StepScaling").open("StepAdjustments");
+            for s in steps {
+                x.open("member")
+                    .opt("MetricIntervalLowerBound", s.lower)
+                    .opt("MetricIntervalUpperBound", s.upper)
+                    .field("ScalingAdjustment", s.adjustment)
+                    .close("member");
+            }
+            x.close("StepAdjustments")
+                .field("MetricAggregationType", aggregation)
+                .opt("EstimatedInstanceWarmup", warmup.map(|w| w.as_secs()));
+        }
+        Kind::Simple {
+            adjustment,
+            cooldown,
+        } => {
+            x.field("PolicyType", "SimpleScaling")
+                .field("ScalingAdjustment", adjustment)
+                .opt("Cooldown", cooldown.map(|c| c.as_secs()));
+        }
+    }
+    alarms_xml(x, &policy.arn, alarms);
+}
+
 pub fn handle(
     asg: &mut Asg,
     action: &str,
     p: &Params,
     now: Duration,
     ts: &Timestamps,
+    alarms: &[AlarmRef],
 ) -> Result<Option<String>, QueryError> {
     let mut x = Xml::default();
     match action {
+        "PutScalingPolicy" => {
+            let arn = asg.put_policy(policy_from(p)?)?;
+            x.field("PolicyARN", &arn);
+            alarms_xml(&mut x, &arn, alarms);
+            Ok(Some(x.text()))
+        }
+        "DescribePolicies" => {
+            let group = p.get("AutoScalingGroupName");
+            let names = p.list("PolicyNames");
+            let types = p.list("PolicyTypes");
+            x.open("ScalingPolicies");
+            for policy in asg.policies.iter().filter(|q| {
+                group.is_none_or(|g| g == q.group)
+                    && (names.is_empty() || names.iter().any(|n| *n == q.name || *n == q.arn))
+            }) {
+                let kind = match policy.kind {
+                    Kind::Step { .. } => "StepScaling",
+                    Kind::Simple { .. } => "SimpleScaling",
+                };
+                if types.is_empty() || types.iter().any(|t| t == kind) {
+                    x.open("member");
+                    policy_xml(&mut x, policy, alarms);
+                    x.close("member");
+                }
+            }
+            x.close("ScalingPolicies");
+            Ok(Some(x.text()))
+        }
+        "ExecutePolicy" => {
+            let group = p.required("AutoScalingGroupName")?;
+            let name = p.required("PolicyName")?;
+            let breach = match (
+                number::<f64>(p, "MetricValue")?,
+                number::<f64>(p, "BreachThreshold")?,
+            ) {
+                (Some(m), Some(t)) => Some((m, t)),
+                _ => None,
+            };
+            let honor = p.bool("HonorCooldown")?.unwrap_or(false);
+            asg.execute_policy(
+                group,
+                name,
+                breach,
+                honor,
+                "a user request executed policy",
+                now,
+            )?;
+            Ok(None)
+        }
+        "DeletePolicy" => {
+            asg.delete_policy(
+                p.required("AutoScalingGroupName")?,
+                p.required("PolicyName")?,
+            )?;
+            Ok(None)
+        }
         "CreateAutoScalingGroup" => {
             let name = p.required("AutoScalingGroupName")?.to_owned();
             let min = p

@@ -1,5 +1,6 @@
-//! The Auto Scaling half of the testbed's AWS world: `model` holds the rules, `api` speaks
-//! them over awsQuery.
+//! The Auto Scaling half of the testbed's AWS world: `model` holds the rules, `policy` the
+//! scaling policies, `api` speaks them over awsQuery.
 
 pub mod api;
 pub mod model;
+pub mod policy;

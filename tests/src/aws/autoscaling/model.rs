@@ -294,6 +294,9 @@ pub struct Asg {
     pub groups: BTreeMap<String, Group>,
     pub instances: BTreeMap<String, Instance>,
     pub activities: Vec<Activity>,
+    pub policies: Vec<super::policy::Policy>,
+    /// When a simple scaling policy last changed each group (for cooldowns).
+    pub cooldowns: BTreeMap<String, Duration>,
     serial: u64,
     /// The time of the tick or call in progress.
     now: Duration,
@@ -438,13 +441,32 @@ impl Asg {
                 g.max
             ))
         })?;
+        let old = g.desired;
+        self.change_desired(
+            name,
+            desired,
+            format!("a user request explicitly set group desired capacity changing the desired capacity from {old} to {desired}"),
+            now,
+        )
+    }
+
+    /// Sets a group's desired capacity (within its bounds) for `cause`, recorded as a
+    /// scaling activity.
+    pub(super) fn change_desired(
+        &mut self,
+        name: &str,
+        desired: u32,
+        cause: String,
+        now: Duration,
+    ) -> Result<(), AsgError> {
+        let g = self.group_mut(name)?;
         let (old, name) = (g.desired, g.name.clone());
         g.desired = desired;
         if old != desired {
             self.activity(
                 &name,
                 format!("Changing the desired capacity from {old} to {desired}"),
-                format!("a user request explicitly set group desired capacity changing the desired capacity from {old} to {desired}"),
+                cause,
                 now,
             );
         }
