@@ -1,77 +1,12 @@
 """The Auto Scaling simulator driven by boto3: an independent client for the same scenarios
 the Rust tests drive with aws-sdk-autoscaling."""
 
-import os
-import re
-import subprocess
 import time
 
-import boto3
 import botocore.exceptions
 import pytest
 
-TESTBED = os.environ.get("WARMFLEET_TESTBED", "target/debug/warmfleet-testbed")
-LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
-TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
-
-
-class World:
-    def __init__(self, time_scale):
-        self.proc = subprocess.Popen(
-            [TESTBED, "aws", "--listen", "127.0.0.1:0", "--time-scale", str(time_scale),
-             "--boot-delay", "0s", "--resume-delay", "0s", "--hibernate-delay", "0s", "--no-moto"],
-            stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        match = re.search(r"(http://\S+)", line)
-        assert match, f"unexpected first line {line!r}"
-        self.asg = boto3.client(
-            "autoscaling", endpoint_url=match.group(1), region_name="us-east-1",
-            aws_access_key_id="testbed", aws_secret_access_key="testbed")
-
-    def close(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-    def create(self, name, mn, mx, desired, hooks=(), **extra):
-        self.asg.create_auto_scaling_group(
-            AutoScalingGroupName=name, MinSize=mn, MaxSize=mx, DesiredCapacity=desired,
-            LifecycleHookSpecificationList=[
-                {"LifecycleHookName": h, "LifecycleTransition": t, "HeartbeatTimeout": timeout,
-                 "DefaultResult": default} for (h, t, timeout, default) in hooks],
-            **extra)
-
-    def instances(self, group):
-        g = self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"][0]
-        return [(i["InstanceId"], i["LifecycleState"]) for i in g["Instances"]]
-
-    def warm(self, group):
-        return [(i["InstanceId"], i["LifecycleState"])
-                for i in self.asg.describe_warm_pool(AutoScalingGroupName=group)["Instances"]]
-
-    def until(self, what, read, check, within=15):
-        deadline = time.monotonic() + within
-        while True:
-            now = read()
-            if check(now):
-                return now
-            assert time.monotonic() < deadline, f"never {what}: {now}"
-            time.sleep(0.05)
-
-    def complete(self, group, hook, instance):
-        self.asg.complete_lifecycle_action(
-            AutoScalingGroupName=group, LifecycleHookName=hook, InstanceId=instance,
-            LifecycleActionResult="CONTINUE")
-
-
-@pytest.fixture
-def world(request):
-    w = World(getattr(request, "param", 1))
-    yield w
-    w.close()
-
-
-def all_in(state, n):
-    return lambda xs: len(xs) == n and all(s == state for _, s in xs)
+from conftest import LAUNCHING, TERMINATING, all_in
 
 
 def test_a_launch_with_two_hooks_waits_until_both_complete(world):
