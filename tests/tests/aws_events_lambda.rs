@@ -272,3 +272,34 @@ async fn a_function_that_times_out_or_crashes_gets_a_new_process_next_time() {
         .unwrap()
         .contains("Task timed out after 6.00 seconds"));
 }
+
+#[tokio::test]
+async fn an_idle_process_that_died_is_replaced_not_blamed() {
+    let rules = "[[rule]]\nname = \"tick\"\nschedule_expression = \"rate(1 minute)\"\ntargets = [\"echo\"]\n";
+    let file = world(&[("echo", "echo", 10.0, "retries = 0")], rules);
+    let aws = Aws::start_with(None, "60", &["--world", file.path().to_str().unwrap()]).await;
+    let first = aws
+        .control_until("invocations", |all| {
+            all.iter().any(|i| i["outcome"] == "success")
+        })
+        .await;
+    let pid = first[0]["pid"].as_u64().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let all = aws
+        .control_until("invocations", |all| {
+            all.iter().filter(|i| i["outcome"] == "success").count() >= 2
+        })
+        .await;
+    assert!(all.iter().all(|i| i["outcome"] != "crash"), "{all:#?}");
+    let second = all
+        .iter()
+        .filter(|i| i["outcome"] == "success")
+        .nth(1)
+        .unwrap();
+    assert_ne!(second["pid"].as_u64().unwrap(), pid);
+    assert!(second["init_ms"].is_number(), "a cold start");
+}

@@ -337,6 +337,14 @@ impl Lambda {
 
     /// Runs one job in one environment, starting its process when it has none.
     async fn run(self: &Arc<Self>, spec: &FunctionSpec, mut env: Env, job: Job) -> Env {
+        // A process that died while idle is not handed work: it is replaced.
+        if env
+            .child
+            .as_mut()
+            .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
+        {
+            env.end().await;
+        }
         let cold = env.child.is_none();
         if cold {
             if let Err(e) = self.start(spec, &mut env) {
