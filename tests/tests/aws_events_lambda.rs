@@ -235,22 +235,33 @@ async fn a_schedule_fires_at_its_rate_in_world_time() {
 #[tokio::test]
 async fn a_function_that_times_out_or_crashes_gets_a_new_process_next_time() {
     let rules = "[[rule]]\nname = \"tick\"\nschedule_expression = \"rate(1 minute)\"\n\
-                 targets = [\"slow\", \"crash\"]\n";
+                 targets = [\"slow\", \"crash\", \"broken\"]\n";
     // Timeout 6 world seconds = 0.2 s real at this scale; the function sleeps 1.5 s.
     let file = world(
         &[
             ("slow", "sleep", 6.0, "retries = 0"),
             ("crash", "crash", 10.0, "retries = 0"),
+            ("broken", "init-error", 10.0, "retries = 0"),
         ],
         rules,
     );
     let aws = Aws::start_with(None, "30", &["--world", file.path().to_str().unwrap()]).await;
     let all = aws
         .control_until("invocations", |all| {
-            all.iter().filter(|i| i["ended_at"].is_number()).count() >= 4
+            ["slow", "crash", "broken"].iter().all(|f| {
+                of(all, f)
+                    .iter()
+                    .filter(|i| i["ended_at"].is_number())
+                    .count()
+                    >= 2
+            })
         })
         .await;
-    for (function, outcome) in [("slow", "timeout"), ("crash", "crash")] {
+    for (function, outcome) in [
+        ("slow", "timeout"),
+        ("crash", "crash"),
+        ("broken", "init_error"),
+    ] {
         let runs: Vec<&Value> = of(&all, function)
             .into_iter()
             .filter(|i| i["ended_at"].is_number())
@@ -266,6 +277,11 @@ async fn a_function_that_times_out_or_crashes_gets_a_new_process_next_time() {
             "{function}: a new process each time"
         );
     }
+    let broken = of(&all, "broken");
+    assert_eq!(
+        broken[0]["error"]["errorMessage"],
+        "WARMFLEET_GROUP is not set"
+    );
     let slow = of(&all, "slow");
     assert!(slow[0]["error"]["errorMessage"]
         .as_str()

@@ -131,7 +131,8 @@ pub struct Invocation {
     pub outcome: &'static str,
     /// The process (environment) that ran it.
     pub pid: Option<u32>,
-    /// Real milliseconds from process start to its first `next` (cold starts only).
+    /// Real milliseconds from process start to its first `next` or its init error (cold
+    /// starts only).
     pub init_ms: Option<f64>,
     /// Real milliseconds from hand-over to the answer.
     pub duration_ms: Option<f64>,
@@ -715,6 +716,8 @@ async fn error(State(env): State<Arc<EnvShared>>, Path(id): Path<String>, body: 
 }
 
 async fn init_error(State(env): State<Arc<EnvShared>>, body: Bytes) -> Response {
+    // A failed initialisation ends here: its duration counts as init time.
+    lock(&env.ready).get_or_insert_with(Instant::now);
     *lock(&env.init_error) = Some(body_value(&body));
     (StatusCode::ACCEPTED, axum::Json(json!({"status": "OK"}))).into_response()
 }

@@ -483,6 +483,12 @@ pub async fn serve(
         world.create_function(f).map_err(anyhow::Error::msg)?;
     }
     for r in world_file.rules {
+        if let Some(t) = r.targets.iter().find(|t| !world.lambda.exists(t)) {
+            anyhow::bail!(
+                "world file: rule {}: target {t} is not a function of the file",
+                r.name
+            );
+        }
         let mut events = lock(&world.events);
         for (op, input) in [("PutRule", r.put_rule()), ("PutTargets", r.put_targets())] {
             let out = events

@@ -6,7 +6,9 @@
 //! - `echo` (default): answers with the event;
 //! - `sleep`: sleeps `TESTBED_LAMBDA_SLEEP_MS`, then answers;
 //! - `fail`: answers with an error;
-//! - `crash`: exits in the middle of the invocation.
+//! - `crash`: exits in the middle of the invocation;
+//! - `init-error`: fails its initialisation, reporting it to `/runtime/init/error` as a
+//!   runtime does, and exits.
 
 use aws_lambda_events::event::autoscaling::AutoScalingEvent;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -54,5 +56,17 @@ async fn handle(event: LambdaEvent<Value>) -> Result<Value, Error> {
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
+    if std::env::var("TESTBED_LAMBDA").as_deref() == Ok("init-error") {
+        let api = std::env::var("AWS_LAMBDA_RUNTIME_API")?;
+        reqwest::Client::new()
+            .post(format!("http://{api}/2018-06-01/runtime/init/error"))
+            .header("Lambda-Runtime-Function-Error-Type", "Runtime.ConfigError")
+            .json(
+                &json!({"errorType": "ConfigError", "errorMessage": "WARMFLEET_GROUP is not set"}),
+            )
+            .send()
+            .await?;
+        std::process::exit(1);
+    }
     lambda_runtime::run(service_fn(handle)).await
 }
