@@ -197,6 +197,26 @@ pub struct Group {
     pub created_at: Duration,
 }
 
+#[cfg(test)]
+impl Group {
+    /// A group with these sizes and nothing else, for tests of the model.
+    pub fn plain(name: &str, min: u32, max: u32, desired: u32) -> Group {
+        Group {
+            name: name.into(),
+            min,
+            max,
+            desired,
+            max_instance_lifetime: None,
+            new_instances_protected: false,
+            tags: vec![],
+            spot: false,
+            hooks: vec![],
+            warm_pool: None,
+            created_at: Duration::ZERO,
+        }
+    }
+}
+
 /// One wait on one hook.
 #[derive(Debug, Clone, Serialize)]
 pub struct Action {
@@ -1174,19 +1194,7 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     fn group(name: &str, min: u32, max: u32, desired: u32) -> Group {
-        Group {
-            name: name.into(),
-            min,
-            max,
-            desired,
-            max_instance_lifetime: None,
-            new_instances_protected: false,
-            tags: vec![],
-            spot: false,
-            hooks: vec![],
-            warm_pool: None,
-            created_at: Duration::ZERO,
-        }
+        Group::plain(name, min, max, desired)
     }
 
     fn hook(name: &str, transition: Transition, timeout: u64, default: HookResult) -> Hook {

@@ -285,23 +285,8 @@ mod tests {
 
     fn world(desired: u32) -> Asg {
         let mut asg = Asg::new(Duration::ZERO, Duration::ZERO, Duration::ZERO);
-        asg.create_group(
-            Group {
-                name: "g".into(),
-                min: 0,
-                max: 10,
-                desired,
-                max_instance_lifetime: None,
-                new_instances_protected: false,
-                tags: vec![],
-                spot: false,
-                hooks: vec![],
-                warm_pool: None,
-                created_at: Duration::ZERO,
-            },
-            Duration::ZERO,
-        )
-        .unwrap();
+        asg.create_group(Group::plain("g", 0, 10, desired), Duration::ZERO)
+            .unwrap();
         asg
     }
 
