@@ -1,2 +1,39 @@
-//! The warmfleet control plane: the registration, deregistration and record-metric Lambdas.
-//! Built in issue 5; this crate holds their shared code once it exists.
+//! The warmfleet control plane: three Lambdas, each a handler generic over `core`'s ports
+//! (`registration`, `deregistration`, `record_metric`), the events they read (`event`),
+//! their configuration (`config`), and what their `main`s share (`runtime`).
+
+pub mod config;
+pub mod deregistration;
+pub mod event;
+#[cfg(test)]
+mod fakes;
+pub mod patience;
+pub mod record_metric;
+pub mod registration;
+pub mod runtime;
+
+use warmfleet_core::github::GithubError;
+use warmfleet_core::ports::PortError;
+
+/// What can stop a handler, saying whether a later attempt can help.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Event(#[from] event::EventError),
+    #[error(transparent)]
+    Port(#[from] PortError),
+    #[error(transparent)]
+    Github(#[from] GithubError),
+    #[error("the instance secret {id} is not warmfleet's: {reason}")]
+    Secret { id: String, reason: String },
+}
+
+impl Error {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Event(_) | Error::Secret { .. } => false,
+            Error::Port(e) => e.retryable,
+            Error::Github(e) => e.is_retryable(),
+        }
+    }
+}

@@ -4,5 +4,6 @@
 
 pub mod aws;
 pub mod github;
+pub mod instance_secret;
 pub mod naming;
 pub mod ports;

@@ -23,12 +23,16 @@ pub const HOOK_BOOTSTRAP: &str = "bootstrap";
 /// Terminate hook completed after the drain.
 pub const HOOK_DEREGISTRATION: &str = "deregistration";
 
+/// The SSM comment on every drain command, by which the sweep finds the one sent last.
+pub const DRAIN_COMMENT: &str = "warmfleet drain";
+
 /// CloudWatch namespace of the fleet's metrics.
 pub const METRIC_NAMESPACE: &str = "Warmfleet";
 pub const METRIC_IDLE_RUNNERS: &str = "IdleRunners";
 pub const METRIC_BUSY_RUNNERS: &str = "BusyRunners";
 pub const METRIC_OFFLINE_RUNNERS: &str = "OfflineRunners";
 pub const METRIC_GITHUB_API_CALLS: &str = "GitHubApiCalls";
+pub const METRIC_GITHUB_RATE_LIMIT_REMAINING: &str = "GitHubRateLimitRemaining";
 /// The one dimension of every metric.
 pub const METRIC_DIMENSION_ASG: &str = "AutoScalingGroupName";
 

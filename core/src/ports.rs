@@ -1,8 +1,11 @@
 //! The narrow interfaces the domain talks through. The aws-sdk adapters implement them for
 //! real; unit tests of pure logic may implement them in memory.
 
+use crate::github::{GithubError, JitConfig, JitRequest, Runner, RunnerToken};
 use async_trait::async_trait;
 use secrecy::SecretString;
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// A failure of a port's backing service, with what a caller needs to decide on a retry.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +24,22 @@ pub struct PortError {
 pub trait SecretStore: Send + Sync {
     /// The current value of a secret, or `None` when it does not exist (or is being deleted).
     async fn get(&self, id: &str) -> Result<Option<SecretString>, PortError>;
+
+    /// Makes `value` the secret's current value: creates the secret with `tags`, or puts a
+    /// new version when it exists.
+    async fn put(
+        &self,
+        id: &str,
+        value: &SecretString,
+        tags: &[(&str, &str)],
+    ) -> Result<(), PortError>;
+
+    /// Deletes a secret at once, without a recovery window. One that does not exist is not
+    /// an error.
+    async fn delete(&self, id: &str) -> Result<(), PortError>;
+
+    /// The ids of the secrets whose name starts with `prefix`.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, PortError>;
 }
 
 /// The result a lifecycle hook is completed with.
@@ -86,4 +105,88 @@ pub trait Lifecycle: Send + Sync {
 
     /// The instance's group, lifecycle state and protection; `None` once it left its group.
     async fn instance(&self, instance_id: &str) -> Result<Option<InstanceStatus>, PortError>;
+
+    /// The instances of these groups (launching, in service, terminating), in one request.
+    async fn instances(&self, groups: &[String]) -> Result<Vec<InstanceStatus>, PortError>;
+
+    /// The instances in a group's warm pool.
+    async fn warm_pool(&self, group: &str) -> Result<Vec<InstanceStatus>, PortError>;
+
+    /// Marks an instance unhealthy, so that its group replaces it.
+    async fn set_unhealthy(&self, instance_id: &str) -> Result<(), PortError>;
+}
+
+/// Where a command sent to an instance has got to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandState {
+    /// Not delivered yet (the instance may be asleep).
+    Pending,
+    Running,
+    Succeeded,
+    /// It ran and failed, timed out or was cancelled.
+    Failed {
+        detail: String,
+    },
+    /// It never ran: the instance went away or did not answer in time.
+    Undelivered {
+        detail: String,
+    },
+}
+
+impl CommandState {
+    pub fn is_over(&self) -> bool {
+        !matches!(self, CommandState::Pending | CommandState::Running)
+    }
+}
+
+/// SSM Run Command, as far as warmfleet uses it: shell lines on one instance.
+#[async_trait]
+pub trait Commands: Send + Sync {
+    /// Sends shell lines to one instance; `Ok(None)` when its SSM agent cannot be reached
+    /// (never registered, or gone).
+    async fn run(
+        &self,
+        instance_id: &str,
+        lines: &[String],
+        comment: &str,
+        timeout: Duration,
+    ) -> Result<Option<String>, PortError>;
+
+    async fn state(&self, command_id: &str, instance_id: &str) -> Result<CommandState, PortError>;
+
+    /// The newest command with this comment sent to the instance, and its state.
+    async fn latest(
+        &self,
+        instance_id: &str,
+        comment: &str,
+    ) -> Result<Option<(String, CommandState)>, PortError>;
+}
+
+/// CloudWatch metrics, as far as warmfleet publishes them: one group's values at a time.
+#[async_trait]
+pub trait Metrics: Send + Sync {
+    async fn publish(&self, group: &str, values: &[(&str, f64)]) -> Result<(), PortError>;
+}
+
+/// GitHub's runner registry: tokens, runners, deletion. `GithubClient` implements it.
+#[async_trait]
+pub trait RunnerRegistry: Send + Sync {
+    async fn registration_token(&self, deadline: Instant) -> Result<RunnerToken, GithubError>;
+    async fn remove_token(&self, deadline: Instant) -> Result<RunnerToken, GithubError>;
+    async fn jit_config(
+        &self,
+        request: &JitRequest,
+        deadline: Instant,
+    ) -> Result<JitConfig, GithubError>;
+    /// Every runner carrying `label` (all of them with `None`).
+    async fn runners(
+        &self,
+        label: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Vec<Runner>, GithubError>;
+    async fn delete_runner(&self, runner_id: u64, deadline: Instant) -> Result<(), GithubError>;
+    /// Requests made so far.
+    fn api_calls(&self) -> u64;
+    /// What GitHub last said was left of the rate limit.
+    fn rate_limit_remaining(&self) -> Option<u64>;
 }

@@ -33,6 +33,21 @@ fn not_pending<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> bool {
 
 const SERVICE: &str = "Auto Scaling";
 
+/// An instance of a group (in it or in its warm pool) as the port shows it.
+fn status(
+    group: &str,
+    id: Option<&str>,
+    state: Option<&aws_sdk_autoscaling::types::LifecycleState>,
+    protected: Option<bool>,
+) -> InstanceStatus {
+    InstanceStatus {
+        instance_id: id.unwrap_or_default().to_owned(),
+        group: group.to_owned(),
+        lifecycle_state: state.map(|s| s.as_str().to_owned()).unwrap_or_default(),
+        protected_from_scale_in: protected.unwrap_or(false),
+    }
+}
+
 /// A hook action's outcome: done, not waiting (not an error), or a port error.
 fn completion<T, E, R>(
     sent: Result<T, SdkError<E, R>>,
@@ -140,5 +155,67 @@ impl Lifecycle for AutoScaling {
                 lifecycle_state: i.lifecycle_state().unwrap_or_default().to_owned(),
                 protected_from_scale_in: i.protected_from_scale_in().unwrap_or(false),
             }))
+    }
+
+    async fn instances(&self, groups: &[String]) -> Result<Vec<InstanceStatus>, PortError> {
+        let mut all = Vec::new();
+        let mut pages = self
+            .client
+            .describe_auto_scaling_groups()
+            .set_auto_scaling_group_names(Some(groups.to_vec()))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                sdk_error(SERVICE, "DescribeAutoScalingGroups", groups.join(","), &e)
+            })?;
+            for g in page.auto_scaling_groups() {
+                let name = g.auto_scaling_group_name().unwrap_or_default();
+                all.extend(g.instances().iter().map(|i| {
+                    status(
+                        name,
+                        i.instance_id(),
+                        i.lifecycle_state(),
+                        i.protected_from_scale_in(),
+                    )
+                }));
+            }
+        }
+        Ok(all)
+    }
+
+    async fn warm_pool(&self, group: &str) -> Result<Vec<InstanceStatus>, PortError> {
+        let mut all = Vec::new();
+        let mut pages = self
+            .client
+            .describe_warm_pool()
+            .auto_scaling_group_name(group)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| sdk_error(SERVICE, "DescribeWarmPool", group.to_owned(), &e))?;
+            all.extend(page.instances().iter().map(|i| {
+                status(
+                    group,
+                    i.instance_id(),
+                    i.lifecycle_state(),
+                    i.protected_from_scale_in(),
+                )
+            }));
+        }
+        Ok(all)
+    }
+
+    async fn set_unhealthy(&self, instance_id: &str) -> Result<(), PortError> {
+        self.client
+            .set_instance_health()
+            .instance_id(instance_id)
+            .health_status("Unhealthy")
+            .should_respect_grace_period(false)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| sdk_error(SERVICE, "SetInstanceHealth", instance_id.to_owned(), &e))
     }
 }

@@ -5,10 +5,14 @@
 //! client set explicitly: rustls on ring, no default features in the aws-sdk crates.
 
 mod autoscaling;
+mod cloudwatch;
 mod secrets;
+mod ssm;
 
 pub use autoscaling::AutoScaling;
+pub use cloudwatch::CloudWatch;
 pub use secrets::SecretsManager;
+pub use ssm::Ssm;
 
 use crate::ports::PortError;
 use aws_smithy_runtime_api::client::result::SdkError;

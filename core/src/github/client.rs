@@ -29,6 +29,8 @@ pub struct GithubClient {
     target: GithubTarget,
     policy: RetryPolicy,
     calls: AtomicU64,
+    /// `x-ratelimit-remaining` of the last answer; `u64::MAX` before any.
+    remaining: AtomicU64,
     /// Last answer per list URL, for conditional requests (a 304 costs no rate limit).
     pages: Mutex<HashMap<String, CachedPage>>,
 }
@@ -111,6 +113,7 @@ impl GithubClient {
             target,
             policy,
             calls: AtomicU64::new(0),
+            remaining: AtomicU64::new(u64::MAX),
             pages: Mutex::new(HashMap::new()),
         };
         if let GithubCredential::App { .. } = credential {
@@ -127,6 +130,11 @@ impl GithubClient {
             );
         }
         Ok(client)
+    }
+
+    /// What GitHub last said was left of the rate limit (`None` before any answer).
+    pub fn rate_limit_remaining(&self) -> Option<u64> {
+        Some(self.remaining.load(Ordering::Relaxed)).filter(|r| *r != u64::MAX)
     }
 
     pub fn target(&self) -> &GithubTarget {
@@ -346,6 +354,13 @@ impl GithubClient {
                 }
             };
             debug!(%method, path, status = reply.status.as_u16(), attempts, "GitHub answered");
+            if let Some(left) = reply
+                .headers
+                .get("x-ratelimit-remaining")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+            {
+                self.remaining.store(left, Ordering::Relaxed);
+            }
             if reply.status.is_success() || reply.status == StatusCode::NOT_MODIFIED {
                 return Ok(reply);
             }
@@ -498,6 +513,45 @@ fn next_page(link: &str) -> Option<u32> {
         let page = url.query_pairs().find(|(k, _)| k == "page")?.1;
         page.parse().ok()
     })
+}
+
+#[async_trait::async_trait]
+impl crate::ports::RunnerRegistry for GithubClient {
+    async fn registration_token(&self, deadline: Instant) -> Result<RunnerToken, GithubError> {
+        GithubClient::registration_token(self, deadline).await
+    }
+
+    async fn remove_token(&self, deadline: Instant) -> Result<RunnerToken, GithubError> {
+        GithubClient::remove_token(self, deadline).await
+    }
+
+    async fn jit_config(
+        &self,
+        request: &JitRequest,
+        deadline: Instant,
+    ) -> Result<JitConfig, GithubError> {
+        self.generate_jit_config(request, deadline).await
+    }
+
+    async fn runners(
+        &self,
+        label: Option<&str>,
+        deadline: Instant,
+    ) -> Result<Vec<Runner>, GithubError> {
+        self.list_runners(label, deadline).await
+    }
+
+    async fn delete_runner(&self, runner_id: u64, deadline: Instant) -> Result<(), GithubError> {
+        GithubClient::delete_runner(self, runner_id, deadline).await
+    }
+
+    fn api_calls(&self) -> u64 {
+        GithubClient::api_calls(self)
+    }
+
+    fn rate_limit_remaining(&self) -> Option<u64> {
+        GithubClient::rate_limit_remaining(self)
+    }
 }
 
 #[cfg(test)]

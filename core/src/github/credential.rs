@@ -140,6 +140,36 @@ mod tests {
         async fn get(&self, id: &str) -> Result<Option<SecretString>, PortError> {
             Ok((id == "gh").then(|| self.0.to_owned().into()))
         }
+
+        async fn put(
+            &self,
+            id: &str,
+            _: &SecretString,
+            _: &[(&str, &str)],
+        ) -> Result<(), PortError> {
+            Err(read_only(id))
+        }
+
+        async fn delete(&self, id: &str) -> Result<(), PortError> {
+            Err(read_only(id))
+        }
+
+        async fn list(&self, prefix: &str) -> Result<Vec<String>, PortError> {
+            Ok(vec!["gh".to_owned()]
+                .into_iter()
+                .filter(|n| n.starts_with(prefix))
+                .collect())
+        }
+    }
+
+    fn read_only(id: &str) -> PortError {
+        PortError {
+            service: "test",
+            operation: "write",
+            resource: id.to_owned(),
+            message: "this store is read-only".into(),
+            retryable: false,
+        }
     }
 
     #[tokio::test]

@@ -1,0 +1,41 @@
+//! `warmfleet-deregistration`: drains instances leaving service, and sweeps on a schedule.
+
+use anyhow::Context;
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::{json, Value};
+use warmfleet_control::config::{DeregistrationSettings, ProcessEnv};
+use warmfleet_control::deregistration::Deregistration;
+use warmfleet_control::event::Event;
+use warmfleet_control::runtime;
+use warmfleet_core::aws::{AutoScaling, SecretsManager, Ssm};
+use warmfleet_core::github::GithubClient;
+
+type Handler = Deregistration<SecretsManager, AutoScaling, Ssm, GithubClient>;
+
+async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, Error> {
+    let deadline = runtime::deadline(event.context.deadline);
+    match Event::parse(event.payload)? {
+        Event::Scheduled => Ok(serde_json::to_value(handler.sweep(deadline).await?)?),
+        lifecycle => {
+            let outcome = handler.handle(lifecycle, deadline).await?;
+            Ok(json!({ "outcome": format!("{outcome:?}") }))
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    runtime::init_logging();
+    let settings = DeregistrationSettings::from_env(&ProcessEnv).context("configuration")?;
+    let aws = warmfleet_core::aws::load_config().await;
+    let secrets = SecretsManager::new(&aws);
+    let github = runtime::github(&settings.common, &secrets).await?;
+    let handler = Deregistration {
+        secrets,
+        lifecycle: AutoScaling::new(&aws),
+        commands: Ssm::new(&aws),
+        github,
+        settings,
+    };
+    lambda_runtime::run(service_fn(|event| handle(&handler, event))).await
+}

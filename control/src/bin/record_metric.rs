@@ -1,0 +1,34 @@
+//! `warmfleet-record-metric`: publishes idle, busy and offline runner counts every minute.
+
+use anyhow::Context;
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::Value;
+use warmfleet_control::config::{MetricSettings, ProcessEnv};
+use warmfleet_control::record_metric::RecordMetric;
+use warmfleet_control::runtime;
+use warmfleet_core::aws::{AutoScaling, CloudWatch, SecretsManager};
+use warmfleet_core::github::GithubClient;
+
+type Handler = RecordMetric<AutoScaling, GithubClient, CloudWatch>;
+
+async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, Error> {
+    let counts = handler
+        .handle(runtime::deadline(event.context.deadline))
+        .await?;
+    Ok(serde_json::to_value(counts)?)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    runtime::init_logging();
+    let settings = MetricSettings::from_env(&ProcessEnv).context("configuration")?;
+    let aws = warmfleet_core::aws::load_config().await;
+    let github = runtime::github(&settings.common, &SecretsManager::new(&aws)).await?;
+    let handler = RecordMetric {
+        lifecycle: AutoScaling::new(&aws),
+        github,
+        metrics: CloudWatch::new(&aws),
+        settings,
+    };
+    lambda_runtime::run(service_fn(|event| handle(&handler, event))).await
+}

@@ -1,0 +1,37 @@
+//! `warmfleet-registration`: mints the credential of an instance going into service.
+
+use anyhow::Context;
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::{json, Value};
+use warmfleet_control::config::{ProcessEnv, RegistrationSettings};
+use warmfleet_control::event::Event;
+use warmfleet_control::registration::Registration;
+use warmfleet_control::runtime;
+use warmfleet_core::aws::{AutoScaling, SecretsManager};
+use warmfleet_core::github::GithubClient;
+
+type Handler = Registration<SecretsManager, AutoScaling, GithubClient>;
+
+async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, Error> {
+    let deadline = runtime::deadline(event.context.deadline);
+    let outcome = handler
+        .handle(Event::parse(event.payload)?, deadline)
+        .await?;
+    Ok(json!({ "outcome": format!("{outcome:?}") }))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    runtime::init_logging();
+    let settings = RegistrationSettings::from_env(&ProcessEnv).context("configuration")?;
+    let aws = warmfleet_core::aws::load_config().await;
+    let secrets = SecretsManager::new(&aws);
+    let github = runtime::github(&settings.common, &secrets).await?;
+    let handler = Registration {
+        secrets,
+        lifecycle: AutoScaling::new(&aws),
+        github,
+        settings,
+    };
+    lambda_runtime::run(service_fn(|event| handle(&handler, event))).await
+}

@@ -1,0 +1,256 @@
+//! Configuration from environment variables, validated when a function starts: a missing or
+//! malformed value fails its init with the variable's name and what is wrong.
+//! docs/usage/control-plane.md lists every variable.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{var}: {reason}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub reason: String,
+}
+
+/// Where the variables come from (the process environment, or a map in tests).
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<const N: usize> Env for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+fn optional(env: &dyn Env, var: &'static str) -> Option<String> {
+    env.var(var)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn required(env: &dyn Env, var: &'static str) -> Result<String, ConfigError> {
+    optional(env, var).ok_or_else(|| ConfigError {
+        var,
+        reason: "is required".into(),
+    })
+}
+
+fn duration(env: &dyn Env, var: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    match optional(env, var) {
+        None => Ok(default),
+        Some(v) => humantime::parse_duration(&v).map_err(|e| ConfigError {
+            var,
+            reason: format!("{v:?} is not a duration like 30s or 5m: {e}"),
+        }),
+    }
+}
+
+fn list(env: &dyn Env, var: &'static str) -> Vec<String> {
+    optional(env, var)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What every function needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Common {
+    /// `https://github.com/ORG`, `https://github.com/ORG/REPO` or
+    /// `https://github.com/enterprises/ENT` (or a GitHub Enterprise Server URL).
+    pub github_url: String,
+    pub github_api_url: Option<String>,
+    /// The Secrets Manager secret holding the PAT or GitHub App credential.
+    pub github_secret: String,
+    /// Time kept back from the function's deadline to finish (complete a hook with
+    /// ABANDON, log, answer).
+    pub deadline_margin: Duration,
+}
+
+impl Common {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let github_url = required(env, "WARMFLEET_GITHUB_URL")?;
+        if !github_url.starts_with("https://") && !github_url.starts_with("http://") {
+            return Err(ConfigError {
+                var: "WARMFLEET_GITHUB_URL",
+                reason: format!("{github_url:?} is not an http(s) URL"),
+            });
+        }
+        Ok(Common {
+            github_url,
+            github_api_url: optional(env, "WARMFLEET_GITHUB_API_URL"),
+            github_secret: required(env, "WARMFLEET_GITHUB_CREDENTIAL_SECRET")?,
+            deadline_margin: duration(env, "WARMFLEET_DEADLINE_MARGIN", Duration::from_secs(3))?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// A runner per instance, registered with a registration token, for many jobs.
+    Persistent,
+    /// A just-in-time runner per instance, for one job.
+    Ephemeral,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationSettings {
+    pub common: Common,
+    pub mode: Mode,
+    /// The runner group of JIT runners (1 is the default group).
+    pub runner_group_id: u64,
+    /// Labels besides `warmfleet`, the group and the instance id.
+    pub labels: Vec<String>,
+}
+
+impl RegistrationSettings {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let mode = match optional(env, "WARMFLEET_RUNNER_MODE").as_deref() {
+            None | Some("persistent") => Mode::Persistent,
+            Some("ephemeral") => Mode::Ephemeral,
+            Some(other) => {
+                return Err(ConfigError {
+                    var: "WARMFLEET_RUNNER_MODE",
+                    reason: format!("{other:?} is not persistent or ephemeral"),
+                })
+            }
+        };
+        let runner_group_id = match optional(env, "WARMFLEET_RUNNER_GROUP_ID") {
+            None => 1,
+            Some(v) => v
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ConfigError {
+                    var: "WARMFLEET_RUNNER_GROUP_ID",
+                    reason: format!("{v:?} is not a runner group id (a positive number)"),
+                })?,
+        };
+        Ok(RegistrationSettings {
+            common: Common::from_env(env)?,
+            mode,
+            runner_group_id,
+            labels: list(env, "WARMFLEET_RUNNER_LABELS"),
+        })
+    }
+}
+
+/// The groups a scheduled function looks after.
+fn groups(env: &dyn Env) -> Result<Vec<String>, ConfigError> {
+    let groups = list(env, "WARMFLEET_GROUPS");
+    if groups.is_empty() {
+        return Err(ConfigError {
+            var: "WARMFLEET_GROUPS",
+            reason: "is required: the Auto Scaling group names, comma-separated".into(),
+        });
+    }
+    Ok(groups)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricSettings {
+    pub common: Common,
+    pub groups: Vec<String>,
+}
+
+impl MetricSettings {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        Ok(MetricSettings {
+            common: Common::from_env(env)?,
+            groups: groups(env)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeregistrationSettings {
+    pub common: Common,
+    pub groups: Vec<String>,
+    /// What SSM runs on an instance to drain it.
+    pub drain_command: String,
+    /// How long a drain may take (the longest job it waits for).
+    pub drain_timeout: Duration,
+    /// How long an instance may be registered without its runner coming online before the
+    /// sweep has it replaced.
+    pub registration_grace: Duration,
+}
+
+impl DeregistrationSettings {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        Ok(DeregistrationSettings {
+            common: Common::from_env(env)?,
+            groups: groups(env)?,
+            drain_command: optional(env, "WARMFLEET_DRAIN_COMMAND")
+                .unwrap_or_else(|| "warmfleet-agent drain".to_owned()),
+            drain_timeout: duration(
+                env,
+                "WARMFLEET_DRAIN_TIMEOUT",
+                Duration::from_secs(24 * 3600),
+            )?,
+            registration_grace: duration(
+                env,
+                "WARMFLEET_REGISTRATION_GRACE",
+                Duration::from_secs(15 * 60),
+            )?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: [(&str, &str); 2] = [
+        ("WARMFLEET_GITHUB_URL", "https://github.com/acme"),
+        ("WARMFLEET_GITHUB_CREDENTIAL_SECRET", "warmfleet/github"),
+    ];
+
+    #[test]
+    fn defaults_and_named_errors() {
+        let s = RegistrationSettings::from_env(&BASE).unwrap();
+        assert_eq!((s.mode, s.runner_group_id), (Mode::Persistent, 1));
+        assert_eq!(s.common.deadline_margin, Duration::from_secs(3));
+        let e =
+            RegistrationSettings::from_env(&[("WARMFLEET_GITHUB_URL", "https://github.com/acme")])
+                .unwrap_err();
+        assert_eq!(e.var, "WARMFLEET_GITHUB_CREDENTIAL_SECRET");
+        let e = RegistrationSettings::from_env(&[
+            BASE[0],
+            BASE[1],
+            ("WARMFLEET_RUNNER_MODE", "sometimes"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "WARMFLEET_RUNNER_MODE: \"sometimes\" is not persistent or ephemeral"
+        );
+        let e = MetricSettings::from_env(&BASE).unwrap_err();
+        assert_eq!(e.var, "WARMFLEET_GROUPS");
+        let e = DeregistrationSettings::from_env(&[
+            BASE[0],
+            BASE[1],
+            ("WARMFLEET_GROUPS", "a, b"),
+            ("WARMFLEET_DRAIN_TIMEOUT", "soon"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "WARMFLEET_DRAIN_TIMEOUT");
+        let d = DeregistrationSettings::from_env(&[BASE[0], BASE[1], ("WARMFLEET_GROUPS", "a, b")])
+            .unwrap();
+        assert_eq!(d.groups, ["a", "b"]);
+    }
+}

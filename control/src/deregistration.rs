@@ -1,0 +1,658 @@
+//! The deregistration Lambda: terminate lifecycle events on the `deregistration` hook, and
+//! a scheduled sweep.
+//!
+//! Terminate events:
+//! - a warm-pool instance being trimmed, or one that never got a credential: its secret is
+//!   deleted and the hook completed with CONTINUE;
+//! - an instance leaving service: a remove token is added to its secret and SSM runs the
+//!   drain (`warmfleet-agent drain`) on it; the agent lets the running job finish, removes
+//!   the runner and completes the hook. When SSM cannot reach the instance, the runner is
+//!   deleted here (never while busy: then the hook waits for the sweep) and the hook
+//!   completed.
+//!
+//! The sweep reconciles each group in both directions, every item on its own (one failure
+//! never stops the rest): runners whose instance is gone are deleted (busy ones wait for the
+//! next sweep); secrets of gone instances are deleted; instances in Terminating:Wait have
+//! their drain heartbeated while it runs, completed when it has finished, and re-sent when
+//! it was lost; instances in service past the registration grace whose runner never came
+//! online are marked unhealthy, so the group replaces them.
+
+use crate::config::DeregistrationSettings;
+use crate::event::{Event, Place, Transition};
+use crate::{patience, Error};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use tokio::time::Instant;
+use tracing::{info, warn};
+use warmfleet_core::github::{GithubError, Runner, RunnerStatus};
+use warmfleet_core::instance_secret::{InstanceSecret, RemoveToken, RunnerCredential};
+use warmfleet_core::naming::{
+    instance_of_secret, instance_secret_id, DRAIN_COMMENT, FLEET_LABEL, HOOK_DEREGISTRATION,
+    SECRET_PREFIX, TAG_ASG_NAME, TAG_INSTANCE_ID,
+};
+use warmfleet_core::ports::{
+    CommandState, Commands, HookResult, Lifecycle, RunnerRegistry, SecretStore,
+};
+
+/// What a terminate event led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Trimmed from the warm pool, or never registered: cleaned up and completed.
+    Completed,
+    /// The drain runs on the instance; the agent completes the hook.
+    Draining {
+        command_id: String,
+    },
+    /// SSM could not reach the instance: its runner removed here, the hook completed.
+    RemovedWithoutDrain,
+    /// SSM could not reach the instance and its runner is busy: the sweep tries again.
+    Waiting {
+        reason: String,
+    },
+    Ignored {
+        reason: String,
+    },
+}
+
+/// What a sweep did, per action, and its errors per kind.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub runners_deleted: u32,
+    pub busy_runners_kept: u32,
+    pub secrets_deleted: u32,
+    pub drains_heartbeated: u32,
+    pub drains_completed: u32,
+    pub drains_sent: u32,
+    pub removed_without_drain: u32,
+    pub marked_unhealthy: u32,
+    /// Error kind (service and operation) → how many.
+    pub errors: BTreeMap<String, u32>,
+}
+
+impl Summary {
+    fn failed(&mut self, what: &str, e: &Error) {
+        warn!(what, error = %e, "sweep item failed; going on");
+        let kind = match e {
+            Error::Port(p) => format!("{} {}", p.service, p.operation),
+            Error::Github(_) => "GitHub".to_owned(),
+            other => other.to_string(),
+        };
+        *self.errors.entry(kind).or_default() += 1;
+    }
+}
+
+pub struct Deregistration<S, L, C, G> {
+    pub secrets: S,
+    pub lifecycle: L,
+    pub commands: C,
+    pub github: G,
+    pub settings: DeregistrationSettings,
+}
+
+impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistration<S, L, C, G> {
+    fn until(&self, deadline: Instant) -> Instant {
+        deadline
+            .checked_sub(self.settings.common.deadline_margin)
+            .unwrap_or_else(Instant::now)
+    }
+
+    pub async fn handle(&self, event: Event, deadline: Instant) -> Result<Outcome, Error> {
+        let e = match event {
+            Event::Lifecycle(e)
+                if e.hook == HOOK_DEREGISTRATION && e.transition == Transition::Terminating =>
+            {
+                e
+            }
+            other => {
+                let reason =
+                    format!("not a termination on the {HOOK_DEREGISTRATION} hook: {other:?}");
+                warn!(%reason, "event ignored");
+                return Ok(Outcome::Ignored { reason });
+            }
+        };
+        let until = self.until(deadline);
+        let from_pool = e.origin == Place::WarmPool;
+        self.settle(&e.group, &e.instance_id, from_pool, until, deadline)
+            .await
+    }
+
+    /// Ends an instance's registration: cleans up directly when there is nothing to drain,
+    /// else drains it.
+    async fn settle(
+        &self,
+        group: &str,
+        instance: &str,
+        from_pool: bool,
+        until: Instant,
+        deadline: Instant,
+    ) -> Result<Outcome, Error> {
+        let id = instance_secret_id(group, instance);
+        let secret = patience::until(until, || self.secrets.get(&id)).await?;
+        if from_pool || secret.is_none() {
+            self.forget(group, instance, until).await?;
+            self.complete(group, instance, deadline).await?;
+            info!(instance, from_pool, "nothing to drain: cleaned up");
+            return Ok(Outcome::Completed);
+        }
+        self.drain(group, instance, until, deadline).await
+    }
+
+    /// Deletes an instance's secret.
+    async fn forget(&self, group: &str, instance: &str, until: Instant) -> Result<(), Error> {
+        let id = instance_secret_id(group, instance);
+        Ok(patience::until(until, || self.secrets.delete(&id)).await?)
+    }
+
+    async fn complete(&self, group: &str, instance: &str, deadline: Instant) -> Result<(), Error> {
+        let done = patience::until(deadline, || {
+            self.lifecycle
+                .complete(group, HOOK_DEREGISTRATION, instance, HookResult::Continue)
+        })
+        .await?;
+        info!(instance, ?done, "deregistration completed");
+        Ok(())
+    }
+
+    /// Hands the agent a remove token and starts its drain; without SSM, removes the runner
+    /// here.
+    async fn drain(
+        &self,
+        group: &str,
+        instance: &str,
+        until: Instant,
+        deadline: Instant,
+    ) -> Result<Outcome, Error> {
+        self.add_remove_token(group, instance, until).await?;
+        let line = format!(
+            "{} --timeout {}s",
+            self.settings.drain_command,
+            self.settings.drain_timeout.as_secs()
+        );
+        let sent = patience::until(until, || {
+            self.commands.run(
+                instance,
+                std::slice::from_ref(&line),
+                DRAIN_COMMENT,
+                self.settings.drain_timeout,
+            )
+        })
+        .await?;
+        if let Some(command_id) = sent {
+            info!(instance, command_id, "drain sent");
+            return Ok(Outcome::Draining { command_id });
+        }
+        // The agent cannot be told: remove the runner here, unless it is running a job.
+        let runners = self.github.runners(Some(instance), until).await?;
+        if let Some(busy) = runners.iter().find(|r| r.name == instance && r.busy) {
+            let reason = format!("runner {} is busy and SSM cannot reach {instance}", busy.id);
+            warn!(%reason, "deregistration waits");
+            return Ok(Outcome::Waiting { reason });
+        }
+        for r in runners.iter().filter(|r| r.name == instance) {
+            match self.github.delete_runner(r.id, until).await {
+                Ok(()) | Err(GithubError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.forget(group, instance, until).await?;
+        self.complete(group, instance, deadline).await?;
+        info!(
+            instance,
+            "SSM unreachable: runner removed and hook completed here"
+        );
+        Ok(Outcome::RemovedWithoutDrain)
+    }
+
+    /// Adds a fresh remove token to the instance's secret (for `config.sh remove`).
+    async fn add_remove_token(
+        &self,
+        group: &str,
+        instance: &str,
+        until: Instant,
+    ) -> Result<(), Error> {
+        let id = instance_secret_id(group, instance);
+        let Some(text) = patience::until(until, || self.secrets.get(&id)).await? else {
+            return Ok(());
+        };
+        let mut value = InstanceSecret::parse(&text).map_err(|reason| Error::Secret {
+            id: id.clone(),
+            reason,
+        })?;
+        // A JIT runner is removed with the registration's own credentials: no token needed.
+        if let RunnerCredential::RegistrationToken { .. } = value.credential {
+            let t = self.github.remove_token(until).await?;
+            value.remove_token = Some(RemoveToken {
+                token: t.token,
+                expires_at: t.expires_at,
+            });
+            let tags = [(TAG_INSTANCE_ID, instance), (TAG_ASG_NAME, group)];
+            let text = value.to_secret();
+            patience::until(until, || self.secrets.put(&id, &text, &tags)).await?;
+        }
+        Ok(())
+    }
+
+    /// The scheduled sweep over every group.
+    pub async fn sweep(&self, deadline: Instant) -> Result<Summary, Error> {
+        let until = self.until(deadline);
+        let mut summary = Summary::default();
+        let runners = self.github.runners(Some(FLEET_LABEL), until).await?;
+        let groups = &self.settings.groups;
+        let in_groups = patience::until(until, || self.lifecycle.instances(groups)).await?;
+        for group in groups {
+            let warm = match patience::until(until, || self.lifecycle.warm_pool(group)).await {
+                Ok(w) => w,
+                Err(e) => {
+                    summary.failed("warm pool", &e.into());
+                    continue;
+                }
+            };
+            let instances: BTreeMap<&str, &str> = in_groups
+                .iter()
+                .filter(|i| &i.group == group)
+                .chain(warm.iter())
+                .map(|i| (i.instance_id.as_str(), i.lifecycle_state.as_str()))
+                .collect();
+            let mine: Vec<&Runner> = runners.iter().filter(|r| r.has_label(group)).collect();
+            self.sweep_runners(&mine, &instances, until, &mut summary)
+                .await;
+            self.sweep_secrets(group, &instances, &mine, until, &mut summary)
+                .await;
+            self.sweep_terminating(group, &instances, until, deadline, &mut summary)
+                .await;
+        }
+        info!(?summary, "sweep done");
+        Ok(summary)
+    }
+
+    /// Runners whose instance has left the group (or never was in it) are deleted.
+    async fn sweep_runners(
+        &self,
+        runners: &[&Runner],
+        instances: &BTreeMap<&str, &str>,
+        until: Instant,
+        summary: &mut Summary,
+    ) {
+        for r in runners
+            .iter()
+            .filter(|r| !instances.contains_key(r.name.as_str()))
+        {
+            if r.busy {
+                summary.busy_runners_kept += 1;
+                continue;
+            }
+            match self.github.delete_runner(r.id, until).await {
+                Ok(()) | Err(GithubError::NotFound { .. }) => {
+                    info!(runner = r.id, name = %r.name, "orphan runner deleted");
+                    summary.runners_deleted += 1;
+                }
+                Err(GithubError::RunnerBusy { .. }) => summary.busy_runners_kept += 1,
+                Err(e) => summary.failed("delete runner", &e.into()),
+            }
+        }
+    }
+
+    /// Secrets of gone instances are deleted; instances in service past the grace whose
+    /// runner never came online are marked unhealthy.
+    async fn sweep_secrets(
+        &self,
+        group: &str,
+        instances: &BTreeMap<&str, &str>,
+        runners: &[&Runner],
+        until: Instant,
+        summary: &mut Summary,
+    ) {
+        let prefix = format!("{SECRET_PREFIX}/{group}/");
+        let ids = match patience::until(until, || self.secrets.list(&prefix)).await {
+            Ok(ids) => ids,
+            Err(e) => return summary.failed("list secrets", &e.into()),
+        };
+        let online: BTreeSet<&str> = runners
+            .iter()
+            .filter(|r| r.status == RunnerStatus::Online || r.busy)
+            .map(|r| r.name.as_str())
+            .collect();
+        let registered: BTreeSet<&str> = runners.iter().map(|r| r.name.as_str()).collect();
+        for id in ids {
+            let Some(instance) = instance_of_secret(group, &id) else {
+                continue;
+            };
+            match instances.get(instance) {
+                None => match patience::until(until, || self.secrets.delete(&id)).await {
+                    Ok(()) => summary.secrets_deleted += 1,
+                    Err(e) => summary.failed("delete secret", &e.into()),
+                },
+                Some(&"InService") if !online.contains(instance) => {
+                    let stale = match self
+                        .never_came_online(&id, registered.contains(instance), until)
+                        .await
+                    {
+                        Ok(stale) => stale,
+                        Err(e) => {
+                            summary.failed("read secret", &e);
+                            continue;
+                        }
+                    };
+                    if stale {
+                        match patience::until(until, || self.lifecycle.set_unhealthy(instance))
+                            .await
+                        {
+                            Ok(()) => {
+                                warn!(
+                                    instance,
+                                    "runner never came online: instance marked unhealthy"
+                                );
+                                summary.marked_unhealthy += 1;
+                            }
+                            Err(e) => summary.failed("set unhealthy", &e.into()),
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Whether an instance's credential is older than the grace and its runner never came
+    /// online: a persistent runner that GitHub does not know, or a JIT runner still offline
+    /// (a JIT runner exists from the moment it is minted, and is gone after its job).
+    async fn never_came_online(
+        &self,
+        id: &str,
+        registered: bool,
+        until: Instant,
+    ) -> Result<bool, Error> {
+        let Some(text) = patience::until(until, || self.secrets.get(id)).await? else {
+            return Ok(false);
+        };
+        let Ok(value) = InstanceSecret::parse(&text) else {
+            return Ok(false);
+        };
+        let age = chrono::Utc::now() - value.issued_at;
+        let past_grace = age
+            .to_std()
+            .is_ok_and(|a| a > self.settings.registration_grace);
+        let absent = match value.credential {
+            RunnerCredential::RegistrationToken { .. } => !registered,
+            RunnerCredential::JitConfig { .. } => true,
+        };
+        Ok(past_grace && absent)
+    }
+
+    /// Instances in Terminating:Wait: the drain heartbeated while it runs, completed once
+    /// finished, re-sent when lost. Warm-pool instances there are completed.
+    async fn sweep_terminating(
+        &self,
+        group: &str,
+        instances: &BTreeMap<&str, &str>,
+        until: Instant,
+        deadline: Instant,
+        summary: &mut Summary,
+    ) {
+        for (instance, state) in instances {
+            let result: Result<(), Error> = async {
+                match *state {
+                    "Warmed:Terminating:Wait" => {
+                        self.settle(group, instance, true, until, deadline).await?;
+                        summary.drains_completed += 1;
+                    }
+                    "Terminating:Wait" => {
+                        let latest = patience::until(until, || {
+                            self.commands.latest(instance, DRAIN_COMMENT)
+                        })
+                        .await?;
+                        match latest {
+                            Some((_, CommandState::Pending | CommandState::Running)) => {
+                                patience::until(until, || {
+                                    self.lifecycle
+                                        .heartbeat(group, HOOK_DEREGISTRATION, instance)
+                                })
+                                .await?;
+                                summary.drains_heartbeated += 1;
+                            }
+                            Some((_, CommandState::Succeeded)) => {
+                                self.forget(group, instance, until).await?;
+                                self.complete(group, instance, deadline).await?;
+                                summary.drains_completed += 1;
+                            }
+                            // Never sent (the event was lost), or it failed: again.
+                            _ => {
+                                match self.settle(group, instance, false, until, deadline).await? {
+                                    Outcome::Draining { .. } => summary.drains_sent += 1,
+                                    Outcome::RemovedWithoutDrain => {
+                                        summary.removed_without_drain += 1
+                                    }
+                                    Outcome::Completed => summary.drains_completed += 1,
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                summary.failed("terminating instance", &e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Common;
+    use crate::fakes;
+    use chrono::Utc;
+    use std::time::Duration;
+    use warmfleet_core::ports::InstanceStatus;
+
+    type Handler = Deregistration<fakes::Secrets, fakes::Asg, fakes::Ssm, fakes::Github>;
+
+    const I: &str = "i-1234567890abcdef0";
+
+    fn handler() -> Handler {
+        Deregistration {
+            secrets: fakes::Secrets::default(),
+            lifecycle: fakes::Asg::default(),
+            commands: fakes::Ssm::default(),
+            github: fakes::Github::default(),
+            settings: DeregistrationSettings {
+                common: Common {
+                    github_url: "https://github.com/acme".into(),
+                    github_api_url: None,
+                    github_secret: "gh".into(),
+                    deadline_margin: Duration::from_millis(100),
+                },
+                groups: vec!["runners".into()],
+                drain_command: "warmfleet-agent drain".into(),
+                drain_timeout: Duration::from_secs(3600),
+                registration_grace: Duration::from_secs(900),
+            },
+        }
+    }
+
+    fn event(fixture: &str) -> Event {
+        let text = match fixture {
+            "scale-in" => include_str!("../tests/fixtures/terminate-scale-in.json"),
+            "trim" => include_str!("../tests/fixtures/terminate-warm-pool-trim.json"),
+            _ => include_str!("../tests/fixtures/launch-cold.json"),
+        };
+        Event::parse(serde_json::from_str(text).unwrap()).unwrap()
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    fn registered(h: &Handler, instance: &str, issued_ago: Duration) {
+        let v = InstanceSecret {
+            issued_at: Utc::now() - chrono::Duration::from_std(issued_ago).unwrap(),
+            lifecycle_action: "t".into(),
+            credential: RunnerCredential::RegistrationToken {
+                token: "REG".to_owned().into(),
+                expires_at: Utc::now(),
+            },
+            remove_token: None,
+        };
+        h.secrets.values.lock().unwrap().insert(
+            instance_secret_id("runners", instance),
+            (v.to_secret(), vec![]),
+        );
+    }
+
+    fn runner(id: u64, name: &str, busy: bool) -> Runner {
+        serde_json::from_value(
+            serde_json::json!({"id": id, "name": name, "status": "online", "busy": busy,
+            "labels": [{"name": "warmfleet"}, {"name": "runners"}, {"name": name}]}),
+        )
+        .unwrap()
+    }
+
+    fn at(h: &Handler, instance: &str, state: &str) {
+        h.lifecycle.instances.lock().unwrap().push(InstanceStatus {
+            instance_id: instance.into(),
+            group: "runners".into(),
+            lifecycle_state: state.into(),
+            protected_from_scale_in: false,
+        });
+    }
+
+    fn completed(h: &Handler) -> Vec<String> {
+        h.lifecycle
+            .completions
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.1.clone())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn scale_in_hands_the_agent_a_remove_token_and_starts_its_drain() {
+        let h = handler();
+        registered(&h, I, Duration::ZERO);
+        h.commands.reachable.lock().unwrap().push(I.into());
+        let out = h.handle(event("scale-in"), soon()).await.unwrap();
+        assert_eq!(
+            out,
+            Outcome::Draining {
+                command_id: "cmd-1".into()
+            }
+        );
+        assert_eq!(
+            h.commands.sent.lock().unwrap()[0].1,
+            ["warmfleet-agent drain --timeout 3600s"]
+        );
+        let values = h.secrets.values.lock().unwrap();
+        let s = InstanceSecret::parse(&values[&instance_secret_id("runners", I)].0).unwrap();
+        assert!(s.remove_token.is_some());
+        assert!(
+            completed(&h).is_empty(),
+            "the agent completes the hook after its drain"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_trimmed_or_never_registered_instance_is_cleaned_up_and_completed() {
+        let h = handler();
+        registered(&h, I, Duration::ZERO);
+        assert_eq!(
+            h.handle(event("trim"), soon()).await.unwrap(),
+            Outcome::Completed
+        );
+        assert!(h.secrets.values.lock().unwrap().is_empty());
+        assert_eq!(
+            h.handle(event("scale-in"), soon()).await.unwrap(),
+            Outcome::Completed
+        );
+        assert_eq!(completed(&h), [I, I]);
+        assert!(h.commands.sent.lock().unwrap().is_empty());
+        assert!(matches!(
+            h.handle(event("launch"), soon()).await.unwrap(),
+            Outcome::Ignored { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn without_ssm_an_idle_runner_is_removed_here_and_a_busy_one_waits() {
+        let h = handler();
+        registered(&h, I, Duration::ZERO);
+        h.github.runners.lock().unwrap().push(runner(7, I, true));
+        let out = h.handle(event("scale-in"), soon()).await.unwrap();
+        assert!(matches!(out, Outcome::Waiting { .. }), "{out:?}");
+        assert!(completed(&h).is_empty());
+        assert!(
+            h.github.deleted.lock().unwrap().is_empty(),
+            "never a busy runner"
+        );
+        h.github.runners.lock().unwrap()[0].busy = false;
+        assert_eq!(
+            h.handle(event("scale-in"), soon()).await.unwrap(),
+            Outcome::RemovedWithoutDrain
+        );
+        assert_eq!(*h.github.deleted.lock().unwrap(), [7]);
+        assert_eq!(completed(&h), [I]);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_reconciles_both_ways_and_survives_a_failing_item() {
+        let h = handler();
+        at(&h, "i-live", "InService");
+        at(&h, "i-draining", "Terminating:Wait");
+        at(&h, "i-lost-drain", "Terminating:Wait");
+        at(&h, "i-stuck", "InService");
+        registered(&h, "i-live", Duration::ZERO);
+        registered(&h, "i-draining", Duration::ZERO);
+        registered(&h, "i-lost-drain", Duration::ZERO);
+        registered(&h, "i-stuck", Duration::from_secs(3600));
+        registered(&h, "i-gone", Duration::ZERO);
+        *h.github.runners.lock().unwrap() = vec![
+            runner(1, "i-live", false),
+            runner(2, "i-draining", true),
+            runner(3, "i-orphan", false),
+            runner(4, "i-orphan-busy", true),
+            runner(5, "i-orphan-broken", false),
+            runner(6, "i-orphan-2", false),
+        ];
+        h.github.undeletable.lock().unwrap().push(5);
+        h.commands
+            .reachable
+            .lock()
+            .unwrap()
+            .extend(["i-draining".to_owned(), "i-lost-drain".to_owned()]);
+        h.commands
+            .run(
+                "i-draining",
+                &["drain".into()],
+                DRAIN_COMMENT,
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
+
+        let s = h.sweep(soon()).await.unwrap();
+        assert_eq!(s.runners_deleted, 2, "{s:?}");
+        assert_eq!(
+            *h.github.deleted.lock().unwrap(),
+            [3, 6],
+            "past the failing one"
+        );
+        assert_eq!(s.busy_runners_kept, 1);
+        assert_eq!(s.errors["GitHub"], 1);
+        assert_eq!(s.secrets_deleted, 1);
+        assert!(!h
+            .secrets
+            .values
+            .lock()
+            .unwrap()
+            .contains_key(&instance_secret_id("runners", "i-gone")));
+        assert_eq!(s.drains_heartbeated, 1);
+        assert_eq!(*h.lifecycle.heartbeats.lock().unwrap(), ["i-draining"]);
+        assert_eq!(s.drains_sent, 1, "the lost drain is sent again");
+        assert_eq!(s.marked_unhealthy, 1);
+        assert_eq!(*h.lifecycle.unhealthy.lock().unwrap(), ["i-stuck"]);
+    }
+}

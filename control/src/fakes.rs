@@ -1,0 +1,284 @@
+//! In-memory ports for the handlers' unit tests: they record what was asked and answer from
+//! plain state. Integration tests use the testbed's real servers instead.
+
+#![allow(clippy::unwrap_used)]
+
+use async_trait::async_trait;
+use chrono::Utc;
+use secrecy::SecretString;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+use warmfleet_core::github::{GithubError, JitConfig, JitRequest, Runner, RunnerToken};
+use warmfleet_core::ports::{
+    CommandState, Commands, Completion, HookResult, InstanceStatus, Lifecycle, Metrics, PortError,
+    RunnerRegistry, SecretStore,
+};
+
+/// A stored secret: its value and tags.
+pub type Stored = (SecretString, Vec<(String, String)>);
+/// One PutMetricData: the group and its values.
+pub type Published = (String, Vec<(String, f64)>);
+
+#[derive(Default)]
+pub struct Secrets {
+    pub values: Mutex<BTreeMap<String, Stored>>,
+    pub puts: Mutex<u32>,
+}
+
+#[async_trait]
+impl SecretStore for Secrets {
+    async fn get(&self, id: &str) -> Result<Option<SecretString>, PortError> {
+        Ok(self.values.lock().unwrap().get(id).map(|v| v.0.clone()))
+    }
+    async fn put(
+        &self,
+        id: &str,
+        value: &SecretString,
+        tags: &[(&str, &str)],
+    ) -> Result<(), PortError> {
+        *self.puts.lock().unwrap() += 1;
+        let tags = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.values
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), (value.clone(), tags));
+        Ok(())
+    }
+    async fn delete(&self, id: &str) -> Result<(), PortError> {
+        self.values.lock().unwrap().remove(id);
+        Ok(())
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, PortError> {
+        Ok(self
+            .values
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+}
+
+#[derive(Default)]
+pub struct Asg {
+    pub instances: Mutex<Vec<InstanceStatus>>,
+    /// (hook, instance, result) of every completion.
+    pub completions: Mutex<Vec<(String, String, HookResult)>>,
+    pub heartbeats: Mutex<Vec<String>>,
+    pub unhealthy: Mutex<Vec<String>>,
+    pub describes: Mutex<u32>,
+}
+
+#[async_trait]
+impl Lifecycle for Asg {
+    async fn complete(
+        &self,
+        _: &str,
+        hook: &str,
+        instance: &str,
+        result: HookResult,
+    ) -> Result<Completion, PortError> {
+        self.completions
+            .lock()
+            .unwrap()
+            .push((hook.to_owned(), instance.to_owned(), result));
+        Ok(Completion::Done)
+    }
+    async fn heartbeat(&self, _: &str, _: &str, instance: &str) -> Result<Completion, PortError> {
+        self.heartbeats.lock().unwrap().push(instance.to_owned());
+        Ok(Completion::Done)
+    }
+    async fn set_protection(&self, _: &str, _: &str, _: bool) -> Result<(), PortError> {
+        Ok(())
+    }
+    async fn instance(&self, id: &str) -> Result<Option<InstanceStatus>, PortError> {
+        Ok(self
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|i| i.instance_id == id)
+            .cloned())
+    }
+    async fn instances(&self, groups: &[String]) -> Result<Vec<InstanceStatus>, PortError> {
+        *self.describes.lock().unwrap() += 1;
+        Ok(self
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|i| groups.contains(&i.group) && !i.lifecycle_state.starts_with("Warmed:"))
+            .cloned()
+            .collect())
+    }
+    async fn warm_pool(&self, group: &str) -> Result<Vec<InstanceStatus>, PortError> {
+        Ok(self
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|i| i.group == group && i.lifecycle_state.starts_with("Warmed:"))
+            .cloned()
+            .collect())
+    }
+    async fn set_unhealthy(&self, id: &str) -> Result<(), PortError> {
+        self.unhealthy.lock().unwrap().push(id.to_owned());
+        Ok(())
+    }
+}
+
+/// GitHub: runners in memory; `fail` makes every token call fail as a 5xx would.
+#[derive(Default)]
+pub struct Github {
+    pub runners: Mutex<Vec<Runner>>,
+    pub tokens: Mutex<u32>,
+    pub deleted: Mutex<Vec<u64>>,
+    pub fail: Mutex<bool>,
+    /// Runners whose deletion fails as a 5xx would.
+    pub undeletable: Mutex<Vec<u64>>,
+}
+
+fn server_error() -> GithubError {
+    GithubError::Server {
+        method: http::Method::POST,
+        path: "/orgs/acme/actions/runners/registration-token".into(),
+        status: http::StatusCode::BAD_GATEWAY,
+        attempts: 3,
+        message: "bad gateway".into(),
+    }
+}
+
+#[async_trait]
+impl RunnerRegistry for Github {
+    async fn registration_token(&self, _: Instant) -> Result<RunnerToken, GithubError> {
+        if *self.fail.lock().unwrap() {
+            return Err(server_error());
+        }
+        let mut n = self.tokens.lock().unwrap();
+        *n += 1;
+        Ok(RunnerToken {
+            token: format!("REG{n}").into(),
+            expires_at: Utc::now() + chrono::Duration::hours(1),
+        })
+    }
+    async fn remove_token(&self, _: Instant) -> Result<RunnerToken, GithubError> {
+        Ok(RunnerToken {
+            token: "REMOVE".to_owned().into(),
+            expires_at: Utc::now(),
+        })
+    }
+    async fn jit_config(&self, request: &JitRequest, _: Instant) -> Result<JitConfig, GithubError> {
+        if *self.fail.lock().unwrap() {
+            return Err(server_error());
+        }
+        let mut runners = self.runners.lock().unwrap();
+        if runners.iter().any(|r| r.name == request.name) {
+            return Err(GithubError::Rejected {
+                method: http::Method::POST,
+                path: "generate-jitconfig".into(),
+                status: http::StatusCode::CONFLICT,
+                message: "Already exists".into(),
+            });
+        }
+        let runner: Runner = serde_json::from_value(serde_json::json!({
+            "id": 100 + (runners.len() + self.deleted.lock().unwrap().len()) as u64, "name": request.name, "os": "Linux",
+            "status": "offline", "busy": false,
+            "labels": request.labels.iter().map(|l| serde_json::json!({"name": l, "type": "custom"})).collect::<Vec<_>>(),
+        }))
+        .unwrap();
+        runners.push(runner.clone());
+        Ok(JitConfig {
+            runner,
+            encoded_jit_config: "JIT".to_owned().into(),
+        })
+    }
+    async fn runners(&self, label: Option<&str>, _: Instant) -> Result<Vec<Runner>, GithubError> {
+        Ok(self
+            .runners
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| label.is_none_or(|l| r.has_label(l)))
+            .cloned()
+            .collect())
+    }
+    async fn delete_runner(&self, id: u64, _: Instant) -> Result<(), GithubError> {
+        if self.undeletable.lock().unwrap().contains(&id) {
+            return Err(server_error());
+        }
+        let mut runners = self.runners.lock().unwrap();
+        if runners.iter().any(|r| r.id == id && r.busy) {
+            return Err(GithubError::RunnerBusy { runner_id: id });
+        }
+        runners.retain(|r| r.id != id);
+        self.deleted.lock().unwrap().push(id);
+        Ok(())
+    }
+    fn api_calls(&self) -> u64 {
+        0
+    }
+    fn rate_limit_remaining(&self) -> Option<u64> {
+        Some(4999)
+    }
+}
+
+#[derive(Default)]
+pub struct Ssm {
+    /// Instances whose agent answers.
+    pub reachable: Mutex<Vec<String>>,
+    pub sent: Mutex<Vec<(String, Vec<String>)>>,
+}
+
+#[async_trait]
+impl Commands for Ssm {
+    async fn run(
+        &self,
+        instance: &str,
+        lines: &[String],
+        _: &str,
+        _: Duration,
+    ) -> Result<Option<String>, PortError> {
+        if !self.reachable.lock().unwrap().iter().any(|i| i == instance) {
+            return Ok(None);
+        }
+        let mut sent = self.sent.lock().unwrap();
+        sent.push((instance.to_owned(), lines.to_vec()));
+        Ok(Some(format!("cmd-{}", sent.len())))
+    }
+    async fn state(&self, _: &str, _: &str) -> Result<CommandState, PortError> {
+        Ok(CommandState::Running)
+    }
+    async fn latest(
+        &self,
+        instance: &str,
+        _: &str,
+    ) -> Result<Option<(String, CommandState)>, PortError> {
+        let sent = self.sent.lock().unwrap();
+        Ok(sent
+            .iter()
+            .rposition(|(i, _)| i == instance)
+            .map(|n| (format!("cmd-{}", n + 1), CommandState::Running)))
+    }
+}
+
+#[derive(Default)]
+pub struct Cloudwatch {
+    pub published: Mutex<Vec<Published>>,
+}
+
+#[async_trait]
+impl Metrics for Cloudwatch {
+    async fn publish(&self, group: &str, values: &[(&str, f64)]) -> Result<(), PortError> {
+        self.published.lock().unwrap().push((
+            group.to_owned(),
+            values.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,50 @@
+//! `Metrics` on CloudWatch: one `PutMetricData` per group, namespace and dimension from
+//! `naming`.
+
+use super::sdk_error;
+use crate::naming::{METRIC_DIMENSION_ASG, METRIC_NAMESPACE};
+use crate::ports::{Metrics, PortError};
+use async_trait::async_trait;
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+
+pub struct CloudWatch {
+    client: aws_sdk_cloudwatch::Client,
+}
+
+impl CloudWatch {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        CloudWatch {
+            client: aws_sdk_cloudwatch::Client::new(config),
+        }
+    }
+}
+
+#[async_trait]
+impl Metrics for CloudWatch {
+    async fn publish(&self, group: &str, values: &[(&str, f64)]) -> Result<(), PortError> {
+        let dimension = Dimension::builder()
+            .name(METRIC_DIMENSION_ASG)
+            .value(group)
+            .build();
+        // No timestamp: CloudWatch stamps the data when it arrives.
+        let data = values
+            .iter()
+            .map(|(name, value)| {
+                MetricDatum::builder()
+                    .metric_name(*name)
+                    .dimensions(dimension.clone())
+                    .value(*value)
+                    .unit(StandardUnit::Count)
+                    .build()
+            })
+            .collect();
+        self.client
+            .put_metric_data()
+            .namespace(METRIC_NAMESPACE)
+            .set_metric_data(Some(data))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| sdk_error("CloudWatch", "PutMetricData", group.to_owned(), &e))
+    }
+}

@@ -1,0 +1,105 @@
+//! What an instance's secret (`warmfleet/<asg>/<instance-id>`) holds: the credential the
+//! registration Lambda minted for this launch, and, once a drain is asked for, a remove
+//! token. Written by the Lambdas, read by the agent; JSON, so operators can inspect its
+//! shape (never its tokens) with the AWS CLI.
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The credential a runner registers with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum RunnerCredential {
+    /// For `config.sh --token` (persistent runners); reusable within its hour.
+    RegistrationToken {
+        #[serde(serialize_with = "expose", deserialize_with = "secret")]
+        token: SecretString,
+        expires_at: DateTime<Utc>,
+    },
+    /// For `run.sh --jitconfig` (ephemeral runners); single use, the runner already exists.
+    JitConfig {
+        #[serde(serialize_with = "expose", deserialize_with = "secret")]
+        encoded_jit_config: SecretString,
+        runner_id: u64,
+    },
+}
+
+/// A remove token for `config.sh remove`, placed before a drain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemoveToken {
+    #[serde(serialize_with = "expose", deserialize_with = "secret")]
+    pub token: SecretString,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceSecret {
+    /// When the credential was minted: the agent uses only one newer than any it used.
+    pub issued_at: DateTime<Utc>,
+    /// The lifecycle action (its token) the credential was minted for: a repeated event
+    /// for the same action finds it here and mints nothing.
+    pub lifecycle_action: String,
+    pub credential: RunnerCredential,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_token: Option<RemoveToken>,
+}
+
+fn expose<S: Serializer>(s: &SecretString, out: S) -> Result<S::Ok, S::Error> {
+    out.serialize_str(s.expose_secret())
+}
+
+fn secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    String::deserialize(d).map(SecretString::from)
+}
+
+impl InstanceSecret {
+    /// The secret's text. It holds tokens, so it is itself a secret.
+    pub fn to_secret(&self) -> SecretString {
+        // Serialising plain strings and numbers cannot fail.
+        SecretString::from(serde_json::to_string(self).unwrap_or_default())
+    }
+
+    /// Reads a secret's text; the error says what is wrong, never the value.
+    pub fn parse(text: &SecretString) -> Result<Self, String> {
+        serde_json::from_str(text.expose_secret()).map_err(|e| {
+            format!(
+                "not a warmfleet instance secret (line {}, column {}: {})",
+                e.line(),
+                e.column(),
+                match e.classify() {
+                    serde_json::error::Category::Data => "a field is missing or has the wrong type",
+                    _ => "not JSON",
+                }
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_never_debugs_a_token() {
+        let s = InstanceSecret {
+            issued_at: Utc::now(),
+            lifecycle_action: "a-b".into(),
+            credential: RunnerCredential::RegistrationToken {
+                token: "AABBCC".to_owned().into(),
+                expires_at: Utc::now(),
+            },
+            remove_token: None,
+        };
+        let text = s.to_secret();
+        assert!(text
+            .expose_secret()
+            .contains("\"kind\":\"registration-token\""));
+        let back = InstanceSecret::parse(&text).unwrap();
+        assert_eq!(back.lifecycle_action, "a-b");
+        assert!(!format!("{back:?}").contains("AABBCC"));
+        let err = InstanceSecret::parse(&SecretString::from("{\"token\": \"AABBCC\"}".to_owned()))
+            .unwrap_err();
+        assert!(!err.contains("AABBCC") && err.contains("missing"), "{err}");
+    }
+}
