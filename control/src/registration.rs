@@ -70,17 +70,18 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
             return Ok(Outcome::WarmPoolEntry);
         }
         let id = instance_secret_id(&e.group, &e.instance_id);
-        let current = patience::until(work_until, || self.secrets.get(&id)).await?;
-        if let Some(text) = current {
-            // An unreadable value is replaced: only a credential for this action counts.
-            if InstanceSecret::parse(&text).is_ok_and(|s| s.lifecycle_action == e.token) {
-                self.complete(&e, HookResult::Continue, deadline).await?;
-                info!(instance = %e.instance_id, "repeated event: already registered");
-                return Ok(Outcome::AlreadyRegistered);
-            }
+        if self.registered(&e, &id, work_until).await? {
+            self.complete(&e, HookResult::Continue, deadline).await?;
+            info!(instance = %e.instance_id, "repeated event: already registered");
+            return Ok(Outcome::AlreadyRegistered);
         }
         match self.mint_and_store(&e, &id, work_until).await {
-            Ok(kind) => {
+            Ok(None) => {
+                self.complete(&e, HookResult::Continue, deadline).await?;
+                info!(instance = %e.instance_id, "a repeated event registered it meanwhile");
+                Ok(Outcome::AlreadyRegistered)
+            }
+            Ok(Some(kind)) => {
                 self.complete(&e, HookResult::Continue, deadline).await?;
                 info!(instance = %e.instance_id, group = %e.group, kind, origin = ?e.origin, "registered");
                 Ok(Outcome::Registered)
@@ -109,13 +110,14 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
         Ok(())
     }
 
-    /// Mints the credential for this launch and writes it as the secret's new version.
+    /// Mints the credential for this launch and writes it as the secret's new version;
+    /// `None` when a repeated delivery of the same event got there first.
     async fn mint_and_store(
         &self,
         e: &LifecycleEvent,
         id: &str,
         until: Instant,
-    ) -> Result<&'static str, Error> {
+    ) -> Result<Option<&'static str>, Error> {
         let (kind, credential) = match self.settings.mode {
             Mode::Persistent => {
                 let t = self.github.registration_token(until).await?;
@@ -128,7 +130,9 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
                 )
             }
             Mode::Ephemeral => {
-                let jit = self.jit_config(e, until).await?;
+                let Some(jit) = self.jit_config(e, id, until).await? else {
+                    return Ok(None);
+                };
                 (
                     "jit-config",
                     RunnerCredential::JitConfig {
@@ -150,17 +154,34 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
         ];
         let text = value.to_secret();
         patience::until(until, || self.secrets.put(id, &text, &tags)).await?;
-        Ok(kind)
+        Ok(Some(kind))
+    }
+
+    /// Whether the instance's secret already holds a credential for this lifecycle action.
+    async fn registered(
+        &self,
+        e: &LifecycleEvent,
+        id: &str,
+        until: Instant,
+    ) -> Result<bool, Error> {
+        let current = patience::until(until, || self.secrets.get(id)).await?;
+        Ok(current.is_some_and(|text| {
+            // An unreadable value is replaced: only a credential for this action counts.
+            InstanceSecret::parse(&text).is_ok_and(|s| s.lifecycle_action == e.token)
+        }))
     }
 
     /// A JIT configuration named after the instance. GitHub refuses a second runner of the
-    /// same name (409): one left by an earlier attempt (generate-jitconfig is not idempotent)
-    /// is deleted, if idle, and the request made once more.
+    /// same name (409). If a repeated delivery of this event registered it meanwhile, that
+    /// one stands (`None`); otherwise the runner was left by an earlier attempt
+    /// (generate-jitconfig is not idempotent): it is deleted, if idle, and the request made
+    /// once more.
     async fn jit_config(
         &self,
         e: &LifecycleEvent,
+        id: &str,
         until: Instant,
-    ) -> Result<warmfleet_core::github::JitConfig, Error> {
+    ) -> Result<Option<warmfleet_core::github::JitConfig>, Error> {
         let request = JitRequest {
             name: runner_name(&e.instance_id),
             runner_group_id: self.settings.runner_group_id,
@@ -169,14 +190,17 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
         };
         match self.github.jit_config(&request, until).await {
             Err(GithubError::Rejected { status, .. }) if status.as_u16() == 409 => {
+                if self.registered(e, id, until).await? {
+                    return Ok(None);
+                }
                 let stale = self.github.runners(Some(&e.instance_id), until).await?;
                 for r in stale.iter().filter(|r| r.name == request.name) {
                     warn!(runner = r.id, name = %r.name, "deleting a stale runner of the same name");
                     self.github.delete_runner(r.id, until).await?;
                 }
-                Ok(self.github.jit_config(&request, until).await?)
+                Ok(Some(self.github.jit_config(&request, until).await?))
             }
-            other => Ok(other?),
+            other => Ok(Some(other?)),
         }
     }
 }

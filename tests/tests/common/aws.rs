@@ -41,16 +41,24 @@ impl Aws {
         time_scale: &str,
         args: &[&str],
     ) -> Aws {
+        Aws::start_world(instance_command, time_scale, args, false).await
+    }
+
+    /// Starts the world; with `moto`, Secrets Manager too (moto_server from PATH, as
+    /// `make test` sets it, or the testbed's own venv).
+    pub async fn start_world(
+        instance_command: Option<&str>,
+        time_scale: &str,
+        args: &[&str],
+        moto: bool,
+    ) -> Aws {
         let mut command = Command::new(TESTBED);
         command.args(["aws", "--listen", "127.0.0.1:0", "--time-scale", time_scale]);
         command.args(args);
-        command.args([
-            "--no-moto",
-            "--resume-delay",
-            "0s",
-            "--hibernate-delay",
-            "0s",
-        ]);
+        if !moto {
+            command.arg("--no-moto");
+        }
+        command.args(["--resume-delay", "0s", "--hibernate-delay", "0s"]);
         command.arg("--boot-delay");
         match instance_command {
             // Time for the command to set itself up before hooks fire or it hibernates.

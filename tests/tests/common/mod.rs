@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
 pub mod aws;
+pub mod control;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};

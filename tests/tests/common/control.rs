@@ -1,0 +1,155 @@
+//! The control plane on the testbed: the GitHub fake, the AWS world with moto, and the real
+//! Lambda binaries run by the world through the Lambda Runtime API.
+
+use super::aws::Aws;
+use super::{Github, PAT, TESTBED};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::time::Instant;
+use warmfleet_core::instance_secret::InstanceSecret;
+
+/// A control-plane binary, built beside the testbed by `cargo test --workspace`.
+pub fn lambda(name: &str) -> PathBuf {
+    let path = std::path::Path::new(TESTBED).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test --workspace` (or `cargo build -p warmfleet-control`)",
+        path.display()
+    );
+    path
+}
+
+pub struct Plane {
+    pub github: Github,
+    pub aws: Aws,
+    pub secrets: aws_sdk_secretsmanager::Client,
+    _world: tempfile::NamedTempFile,
+}
+
+/// One function of the world file: name, binary, timeout (world seconds), extra env.
+pub struct Function<'a> {
+    pub name: &'a str,
+    pub binary: &'a str,
+    pub timeout: f64,
+    pub env: &'a [(&'a str, &'a str)],
+}
+
+pub const CREDENTIAL_SECRET: &str = "warmfleet/github";
+
+impl Plane {
+    pub async fn start(
+        time_scale: &str,
+        instance_command: Option<&str>,
+        functions: &[Function<'_>],
+        rules: &str,
+    ) -> Plane {
+        let github = Github::start(&[]);
+        let mut text = String::new();
+        for f in functions {
+            text.push_str(&format!(
+                "[[function]]\nname = \"{}\"\ncommand = \"{}\"\ntimeout_seconds = {}\nretries = 0\n\
+                 [function.environment]\nWARMFLEET_GITHUB_URL = \"{}\"\n\
+                 WARMFLEET_GITHUB_CREDENTIAL_SECRET = \"{CREDENTIAL_SECRET}\"\n\
+                 WARMFLEET_DEADLINE_MARGIN = \"1s\"\nRUST_LOG = \"info\"\n",
+                f.name,
+                lambda(f.binary).display(),
+                f.timeout,
+                github.org_url()
+            ));
+            for (k, v) in f.env {
+                text.push_str(&format!("{k} = \"{v}\"\n"));
+            }
+        }
+        text.push_str(rules);
+        let world = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(world.path(), text).unwrap();
+        let aws = Aws::start_world(
+            instance_command,
+            time_scale,
+            &["--world", world.path().to_str().unwrap()],
+            true,
+        )
+        .await;
+        let endpoints: Value = reqwest::get(format!("{}/_testbed/aws/endpoints", aws.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let moto = endpoints["secretsmanager"].as_str().expect("moto is up");
+        let config = aws.config.to_builder().endpoint_url(moto).build();
+        let secrets = aws_sdk_secretsmanager::Client::new(&config);
+        secrets
+            .create_secret()
+            .name(CREDENTIAL_SECRET)
+            .secret_string(format!("{{\"token\": \"{PAT}\"}}"))
+            .send()
+            .await
+            .unwrap();
+        Plane {
+            github,
+            aws,
+            secrets,
+            _world: world,
+        }
+    }
+
+    /// An instance's secret, parsed, if it exists.
+    pub async fn instance_secret(&self, group: &str, instance: &str) -> Option<InstanceSecret> {
+        let id = warmfleet_core::naming::instance_secret_id(group, instance);
+        match self.secrets.get_secret_value().secret_id(&id).send().await {
+            Ok(out) => Some(
+                InstanceSecret::parse(&out.secret_string().unwrap().to_owned().into()).unwrap(),
+            ),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_resource_not_found_exception()) =>
+            {
+                None
+            }
+            Err(e) => panic!("reading {id}: {e:?}"),
+        }
+    }
+
+    /// How many versions an instance's secret has had.
+    pub async fn versions(&self, group: &str, instance: &str) -> usize {
+        let id = warmfleet_core::naming::instance_secret_id(group, instance);
+        let out = self
+            .secrets
+            .list_secret_version_ids()
+            .secret_id(&id)
+            .send()
+            .await
+            .unwrap();
+        out.versions().len()
+    }
+
+    /// Invocations of a function that have ended.
+    pub async fn ended(&self, function: &str) -> Vec<Value> {
+        self.aws
+            .control("invocations")
+            .await
+            .into_iter()
+            .filter(|i| i["function"] == function && i["ended_at"].is_number())
+            .collect()
+    }
+
+    /// Waits until `function` has ended `n` invocations; returns them.
+    pub async fn until_ended(&self, function: &str, n: usize) -> Vec<Value> {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let done = self.ended(function).await;
+            if done.len() >= n {
+                return done;
+            }
+            assert!(
+                Instant::now() < until,
+                "{function}: {} of {n} invocations ended: {:#?}",
+                done.len(),
+                self.aws.control("invocations").await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The registration Lambda, the real `warmfleet-registration` binary, run by the testbed
+//! through the Lambda Runtime API on lifecycle events, with moto's Secrets Manager and the
+//! GitHub fake.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+mod common;
+
+use aws_sdk_autoscaling::types::{InstanceReusePolicy, LifecycleHookSpecification, WarmPoolState};
+use common::control::{Function, Plane};
+use secrecy::ExposeSecret;
+use serde_json::json;
+use warmfleet_core::instance_secret::RunnerCredential;
+
+const RULES: &str = r#"
+[[rule]]
+name = "registration"
+event_pattern = { source = ["aws.autoscaling"], detail-type = ["EC2 Instance-launch Lifecycle Action"], detail = { LifecycleHookName = ["registration"] } }
+targets = ["registration"]
+"#;
+
+const REGISTRATION: Function = Function {
+    name: "registration",
+    binary: "warmfleet-registration",
+    timeout: 20.0,
+    env: &[],
+};
+
+fn hook() -> LifecycleHookSpecification {
+    LifecycleHookSpecification::builder()
+        .lifecycle_hook_name("registration")
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_LAUNCHING")
+        .heartbeat_timeout(300)
+        .default_result("ABANDON")
+        .build()
+}
+
+async fn start() -> Plane {
+    Plane::start("1", None, &[REGISTRATION], RULES).await
+}
+
+/// The registration token an instance's secret holds.
+async fn token(plane: &Plane, instance: &str) -> String {
+    let secret = plane
+        .instance_secret("runners", instance)
+        .await
+        .expect("a secret");
+    match secret.credential {
+        RunnerCredential::RegistrationToken { token, .. } => token.expose_secret().to_owned(),
+        other => panic!("not a registration token: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_cold_launch_leaves_a_fresh_token_in_the_instance_secret_and_the_hook_completed() {
+    let plane = start().await;
+    plane.aws.create("runners", 0, 2, 1, vec![hook()]).await;
+    let running = plane
+        .aws
+        .until("runners", false, "in service", |i| {
+            i.len() == 1 && i[0].1 == "InService"
+        })
+        .await;
+    let instance = &running[0].0;
+    let secret = plane.instance_secret("runners", instance).await.unwrap();
+    assert_eq!(
+        secret.lifecycle_action.len(),
+        36,
+        "the lifecycle action's token"
+    );
+    let described = plane
+        .secrets
+        .describe_secret()
+        .secret_id(format!("warmfleet/runners/{instance}"))
+        .send()
+        .await
+        .unwrap();
+    let tags: Vec<(&str, &str)> = described
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap(), t.value().unwrap()))
+        .collect();
+    assert!(
+        tags.contains(&("warmfleet:instance-id", instance.as_str())),
+        "{tags:?}"
+    );
+    assert!(
+        tags.contains(&("warmfleet:asg-name", "runners")),
+        "{tags:?}"
+    );
+    // The token is GitHub's: a runner registers with it.
+    let t = token(&plane, instance).await;
+    plane
+        .github
+        .register_with(&t, instance, &["warmfleet", "runners", instance], false)
+        .await;
+    let calls = plane.until_ended("registration", 1).await;
+    assert_eq!(calls[0]["outcome"], "success", "{calls:#?}");
+    assert_eq!(calls[0]["response"]["outcome"], "Registered");
+    assert!(calls[0]["init_ms"].is_number());
+}
+
+#[tokio::test]
+async fn a_warm_pool_entry_mints_nothing_and_each_resume_mints_a_new_token() {
+    let plane = start().await;
+    // One instance in all, so that the same instance goes out, back and out again.
+    plane.aws.create("runners", 0, 1, 0, vec![hook()]).await;
+    plane
+        .aws
+        .asg
+        .put_warm_pool()
+        .auto_scaling_group_name("runners")
+        .min_size(0)
+        .pool_state(WarmPoolState::Hibernated)
+        .instance_reuse_policy(
+            InstanceReusePolicy::builder()
+                .reuse_on_scale_in(true)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let warm = plane
+        .aws
+        .until("runners", true, "hibernated", |i| {
+            i.len() == 1 && i[0].1 == "Warmed:Hibernated"
+        })
+        .await;
+    let instance = warm[0].0.clone();
+    assert!(plane.instance_secret("runners", &instance).await.is_none());
+    assert_eq!(plane.github.count("POST", "/registration-token").await, 0);
+    assert_eq!(
+        plane.ended("registration").await[0]["response"]["outcome"],
+        "WarmPoolEntry"
+    );
+
+    plane.aws.set_desired("runners", 1).await;
+    let resumed = plane
+        .aws
+        .until("runners", false, "resumed", |i| {
+            i.len() == 1 && i[0].1 == "InService"
+        })
+        .await;
+    assert_eq!(resumed[0].0, instance);
+    let first = token(&plane, &instance).await;
+    // Back into the pool, then out again: a new lifecycle action, a new token.
+    plane.aws.set_desired("runners", 0).await;
+    plane
+        .aws
+        .until("runners", true, "back in the pool", |i| {
+            i.len() == 1 && i[0].1 == "Warmed:Hibernated"
+        })
+        .await;
+    plane.aws.set_desired("runners", 1).await;
+    let resumed = plane
+        .aws
+        .until("runners", false, "resumed again", |i| {
+            i.len() == 1 && i[0].1 == "InService"
+        })
+        .await;
+    assert_eq!(resumed[0].0, instance);
+    let second = token(&plane, &instance).await;
+    assert_ne!(first, second, "a resume never reuses the old token");
+    assert_eq!(plane.versions("runners", &instance).await, 2);
+    assert_eq!(plane.github.count("POST", "/registration-token").await, 2);
+}
+
+#[tokio::test]
+async fn a_duplicate_event_is_harmless() {
+    let plane = start().await;
+    let faults = reqwest::Client::new()
+        .put(format!("{}/_testbed/aws/faults/events", plane.aws.url))
+        .json(&json!({"duplicate": 1.0, "max_delay_seconds": 0.5}))
+        .send()
+        .await
+        .unwrap();
+    assert!(faults.status().is_success());
+    plane.aws.create("runners", 0, 2, 1, vec![hook()]).await;
+    let running = plane
+        .aws
+        .until("runners", false, "in service", |i| {
+            i.len() == 1 && i[0].1 == "InService"
+        })
+        .await;
+    let calls = plane.until_ended("registration", 2).await;
+    assert!(
+        calls.iter().all(|c| c["outcome"] == "success"),
+        "{calls:#?}"
+    );
+    assert_eq!(calls[0]["source"], calls[1]["source"], "one event, twice");
+    let instance = &running[0].0;
+    let t = token(&plane, instance).await;
+    plane
+        .github
+        .register_with(&t, instance, &["warmfleet", "runners", instance], false)
+        .await;
+}
+
+#[tokio::test]
+async fn github_failing_past_the_deadline_abandons_the_launch() {
+    let plane = Plane::start(
+        "1",
+        None,
+        &[Function {
+            timeout: 5.0,
+            ..REGISTRATION
+        }],
+        RULES,
+    )
+    .await;
+    plane
+        .github
+        .fault(json!({"path": "/orgs/acme/actions/runners/registration-token", "status": 502, "count": 100000}))
+        .await;
+    plane.aws.create("runners", 0, 2, 1, vec![hook()]).await;
+    let calls = plane.until_ended("registration", 1).await;
+    let outcome = calls[0]["response"]["outcome"].as_str().unwrap();
+    assert!(
+        outcome.starts_with("Abandoned") && outcome.contains("502"),
+        "{calls:#?}"
+    );
+    let first = plane.aws.effects().await.iter().find_map(|e| {
+        e["effect"]["LifecycleAction"]["instance"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    let first = first.unwrap();
+    // ABANDON terminates the instance; the group launches another.
+    plane
+        .aws
+        .until("runners", false, "replaced", |i| {
+            i.iter().all(|(id, _)| *id != first) && !i.is_empty()
+        })
+        .await;
+    assert!(plane.instance_secret("runners", &first).await.is_none());
+}
