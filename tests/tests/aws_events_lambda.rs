@@ -319,3 +319,40 @@ async fn an_idle_process_that_died_is_replaced_not_blamed() {
     assert_ne!(second["pid"].as_u64().unwrap(), pid);
     assert!(second["init_ms"].is_number(), "a cold start");
 }
+
+#[tokio::test]
+async fn the_invoke_api_answers_with_the_function_result_or_its_error() {
+    let file = world(
+        &[
+            ("echo", "echo", 10.0, ""),
+            ("fail", "fail", 10.0, "retries = 0"),
+        ],
+        "",
+    );
+    let aws = Aws::start_with(None, "1", &["--world", file.path().to_str().unwrap()]).await;
+    let http = reqwest::Client::new();
+    let invoke = |name: &str| {
+        http.post(format!(
+            "{}/2015-03-31/functions/{name}/invocations",
+            aws.url
+        ))
+        .body(r#"{"hello": "world"}"#)
+        .send()
+    };
+    let ok = invoke("echo").await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert!(ok.headers().get("x-amz-function-error").is_none());
+    let body: Value = ok.json().await.unwrap();
+    assert_eq!(body["event"], json!({"hello": "world"}));
+    let failed = invoke("fail").await.unwrap();
+    assert_eq!(failed.status(), 200);
+    assert_eq!(failed.headers()["x-amz-function-error"], "Unhandled");
+    let body: Value = failed.json().await.unwrap();
+    assert_eq!(body["errorMessage"], "asked to fail");
+    let missing = invoke("nope").await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(
+        missing.headers()["x-amzn-errortype"],
+        "ResourceNotFoundException"
+    );
+}

@@ -144,6 +144,8 @@ struct Job {
     index: usize,
     payload: Value,
     retry: Option<Retry>,
+    /// A synchronous caller waiting for the outcome.
+    answer: Option<oneshot::Sender<Invocation>>,
 }
 
 /// What a failed asynchronous invocation needs to be tried again.
@@ -230,7 +232,16 @@ impl Lambda {
                 left: retries,
                 attempt: 0,
             }),
+            None,
         )
+    }
+
+    /// Runs one invocation and waits for its outcome (Lambda's `RequestResponse` Invoke).
+    pub async fn invoke(&self, function: &str, payload: Value) -> Result<Invocation, String> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(function, payload, "invoke", None, Some(tx))?;
+        rx.await
+            .map_err(|_| format!("function {function} ended without an answer"))
     }
 
     fn enqueue(
@@ -239,6 +250,7 @@ impl Lambda {
         payload: Value,
         source: &str,
         retry: Option<Retry>,
+        answer: Option<oneshot::Sender<Invocation>>,
     ) -> Result<(), String> {
         let functions = lock(&self.functions);
         let f = functions
@@ -268,6 +280,7 @@ impl Lambda {
                 index,
                 payload,
                 retry,
+                answer,
             })
             .map_err(|_| format!("function {function} is shutting down"))
     }
@@ -436,7 +449,10 @@ impl Lambda {
     }
 
     /// Schedules the retry of a failed asynchronous invocation.
-    fn finish(self: &Arc<Self>, spec: &FunctionSpec, record: Invocation, job: Job) {
+    fn finish(self: &Arc<Self>, spec: &FunctionSpec, record: Invocation, mut job: Job) {
+        if let Some(answer) = job.answer.take() {
+            let _ = answer.send(record.clone());
+        }
         if record.outcome == "success" {
             return;
         }
@@ -453,7 +469,7 @@ impl Lambda {
             tokio::select! {
                 _ = me.shutdown.cancelled() => {}
                 _ = tokio::time::sleep(wait) => {
-                    let _ = me.enqueue(&name, job.payload, &record.source, Some(Retry { left: retry.left - 1, attempt: retry.attempt + 1 }));
+                    let _ = me.enqueue(&name, job.payload, &record.source, Some(Retry { left: retry.left - 1, attempt: retry.attempt + 1 }), None);
                 }
             }
         });

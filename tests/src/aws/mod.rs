@@ -514,6 +514,10 @@ pub async fn serve(
     let app = Router::new()
         .route("/", post(dispatch))
         .route("/service/{service}/operation/{op}", post(cloudwatch_cbor))
+        .route(
+            "/2015-03-31/functions/{name}/invocations",
+            post(lambda_invoke),
+        )
         .route("/_testbed/aws/effects", get(effects))
         .route("/_testbed/aws/instances", get(instance_list))
         .route("/_testbed/aws/endpoints", get(endpoint_list))
@@ -554,6 +558,78 @@ async fn instance_list(State(world): State<Arc<World>>) -> Json<Vec<InstanceInfo
 
 async fn effects(State(world): State<Arc<World>>) -> Json<Vec<Recorded>> {
     Json(lock(&world.effects).clone())
+}
+
+/// Lambda's Invoke API (restJson): `RequestResponse` waits for the function's answer,
+/// `Event` queues it as EventBridge would.
+async fn lambda_invoke(
+    State(world): State<Arc<World>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    use axum::http::StatusCode;
+    let name = lambda::function_name(&name).unwrap_or(&name).to_owned();
+    let not_found = || {
+        let e = JsonError {
+            status: StatusCode::NOT_FOUND,
+            code: "ResourceNotFoundException",
+            message: format!("Function not found: {}", lambda::function_arn(&name)),
+        };
+        json::error("1.1", &e)
+    };
+    if !world.lambda.exists(&name) {
+        return not_found();
+    }
+    let payload: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                let e = JsonError::new(
+                    "InvalidRequestContentException",
+                    format!("Could not parse request body into json: {e}"),
+                );
+                return json::error("1.1", &e);
+            }
+        }
+    };
+    let kind = headers
+        .get("x-amz-invocation-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("RequestResponse");
+    match kind {
+        "Event" => match world.lambda.invoke_async(&name, payload, "invoke") {
+            Ok(()) => StatusCode::ACCEPTED.into_response(),
+            Err(_) => not_found(),
+        },
+        "RequestResponse" => match world.lambda.invoke(&name, payload).await {
+            Ok(done) if done.outcome == "success" => (
+                StatusCode::OK,
+                [("x-amz-executed-version", "$LATEST")],
+                done.response.unwrap_or(Value::Null).to_string(),
+            )
+                .into_response(),
+            Ok(done) => (
+                StatusCode::OK,
+                [
+                    ("x-amz-executed-version", "$LATEST"),
+                    ("x-amz-function-error", "Unhandled"),
+                ],
+                done.error.unwrap_or(Value::Null).to_string(),
+            )
+                .into_response(),
+            Err(_) => not_found(),
+        },
+        other => json::error(
+            "1.1",
+            &JsonError::new(
+                "InvalidParameterValueException",
+                format!("InvocationType {other} is not modelled by the testbed"),
+            ),
+        ),
+    }
 }
 
 async fn function_list(State(world): State<Arc<World>>) -> Json<Vec<FunctionSpec>> {
