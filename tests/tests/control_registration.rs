@@ -36,7 +36,7 @@ fn hook() -> LifecycleHookSpecification {
 }
 
 async fn start() -> Plane {
-    Plane::start("1", None, &[REGISTRATION], RULES).await
+    Plane::start("1", None, &[REGISTRATION], RULES, &[]).await
 }
 
 /// The registration token an instance's secret holds.
@@ -206,6 +206,7 @@ async fn github_failing_past_the_deadline_abandons_the_launch() {
             ..REGISTRATION
         }],
         RULES,
+        &[],
     )
     .await;
     plane

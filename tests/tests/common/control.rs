@@ -38,13 +38,15 @@ pub struct Function<'a> {
 pub const CREDENTIAL_SECRET: &str = "warmfleet/github";
 
 impl Plane {
+    /// Starts the world with these functions and rules; `github_args` go to the GitHub fake.
     pub async fn start(
         time_scale: &str,
         instance_command: Option<&str>,
         functions: &[Function<'_>],
         rules: &str,
+        github_args: &[&str],
     ) -> Plane {
-        let github = Github::start(&[]);
+        let github = Github::start(github_args);
         let mut text = String::new();
         for f in functions {
             text.push_str(&format!(
@@ -133,6 +135,31 @@ impl Plane {
             .into_iter()
             .filter(|i| i["function"] == function && i["ended_at"].is_number())
             .collect()
+    }
+
+    /// Invokes a function with a scheduled event and returns its answer (`Err` with the
+    /// function's error).
+    pub async fn invoke_scheduled(&self, function: &str) -> Result<Value, Value> {
+        let event = serde_json::json!({"version": "0", "id": "00000000-0000-4000-8000-000000000001",
+            "detail-type": "Scheduled Event", "source": "aws.events", "account": "123456789012",
+            "time": "2026-11-28T12:00:00Z", "region": "us-east-1",
+            "resources": ["arn:aws:events:us-east-1:123456789012:rule/test"], "detail": {}});
+        let resp = reqwest::Client::new()
+            .post(format!(
+                "{}/2015-03-31/functions/{function}/invocations",
+                self.aws.url
+            ))
+            .json(&event)
+            .send()
+            .await
+            .unwrap();
+        let failed = resp.headers().contains_key("x-amz-function-error");
+        let body: Value = resp.json().await.unwrap();
+        if failed {
+            Err(body)
+        } else {
+            Ok(body)
+        }
     }
 
     /// Waits until `function` has ended `n` invocations; returns them.
