@@ -71,6 +71,10 @@ impl Aws {
             .read_line(&mut line)
             .unwrap();
         let url = line.trim().rsplit(' ').next().unwrap().to_owned();
+        assert!(
+            url.starts_with("http://"),
+            "the AWS world did not start (its error is above): {line:?}"
+        );
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .http_client(aws_smithy_http_client::Builder::new().build_http())
             .region(aws_config::Region::new("us-east-1"))

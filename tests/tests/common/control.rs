@@ -60,7 +60,8 @@ impl Plane {
                 github.org_url()
             ));
             for (k, v) in f.env {
-                text.push_str(&format!("{k} = \"{v}\"\n"));
+                let quoted = toml::Value::String(v.to_string());
+                text.push_str(&format!("{k} = {quoted}\n"));
             }
         }
         text.push_str(rules);

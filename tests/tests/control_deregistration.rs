@@ -1,0 +1,196 @@
+//! The deregistration Lambda, the real `warmfleet-deregistration` binary on the testbed:
+//! the drain sent over SSM to the instance leaving service, the sweep that finishes it, and
+//! the sweep's reconciliation of runners and secrets.
+
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
+mod common;
+
+use aws_sdk_autoscaling::types::LifecycleHookSpecification;
+use common::control::{Function, Plane};
+use common::fast_retries;
+use serde_json::{json, Value};
+
+/// What SSM runs instead of `warmfleet-agent drain` until the agent exists: it records that
+/// it ran (the appended `--timeout` arguments land in `$@`).
+const DRAIN: &str = "sh -c 'echo drained \"$@\" > drained.txt' drain";
+
+const RULES: &str = r#"
+[[rule]]
+name = "deregistration"
+event_pattern = { source = ["aws.autoscaling"], detail-type = ["EC2 Instance-terminate Lifecycle Action"], detail = { LifecycleHookName = ["deregistration"] } }
+targets = ["deregistration"]
+
+[[rule]]
+name = "registration"
+event_pattern = { source = ["aws.autoscaling"], detail-type = ["EC2 Instance-launch Lifecycle Action"], detail = { LifecycleHookName = ["registration"] } }
+targets = ["registration"]
+"#;
+
+fn hooks() -> Vec<LifecycleHookSpecification> {
+    [
+        ("registration", "autoscaling:EC2_INSTANCE_LAUNCHING"),
+        ("deregistration", "autoscaling:EC2_INSTANCE_TERMINATING"),
+    ]
+    .into_iter()
+    .map(|(name, transition)| {
+        LifecycleHookSpecification::builder()
+            .lifecycle_hook_name(name)
+            .lifecycle_transition(transition)
+            .heartbeat_timeout(600)
+            .default_result("ABANDON")
+            .build()
+    })
+    .collect()
+}
+
+async fn start() -> Plane {
+    let functions = [
+        Function {
+            name: "deregistration",
+            binary: "warmfleet-deregistration",
+            timeout: 30.0,
+            env: &[
+                ("WARMFLEET_GROUPS", "runners"),
+                ("WARMFLEET_DRAIN_COMMAND", DRAIN),
+            ],
+        },
+        Function {
+            name: "registration",
+            binary: "warmfleet-registration",
+            timeout: 30.0,
+            env: &[],
+        },
+    ];
+    Plane::start("1", Some("exec sleep 600"), &functions, RULES, &[]).await
+}
+
+#[tokio::test]
+async fn scale_in_drains_over_ssm_and_the_sweep_completes_a_finished_drain() {
+    let plane = start().await;
+    plane.aws.create("runners", 0, 2, 1, hooks()).await;
+    let instance = plane
+        .aws
+        .until("runners", false, "in service", |i| {
+            i.len() == 1 && i[0].1 == "InService"
+        })
+        .await[0]
+        .0
+        .clone();
+    plane.aws.set_desired("runners", 0).await;
+    plane
+        .aws
+        .until("runners", false, "draining", |i| {
+            i.len() == 1 && i[0].1 == "Terminating:Wait"
+        })
+        .await;
+    let calls = plane.until_ended("deregistration", 1).await;
+    let outcome = calls[0]["response"]["outcome"].as_str().unwrap();
+    assert!(outcome.starts_with("Draining"), "{calls:#?}");
+    // The agent got a remove token in its own secret, and the drain ran in the instance.
+    let secret = plane.instance_secret("runners", &instance).await.unwrap();
+    assert!(secret.remove_token.is_some());
+    let root = plane.aws.instance(&instance).await["root"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let drained = std::path::Path::new(&root).join("drained.txt");
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !drained.exists() {
+        assert!(tokio::time::Instant::now() < until, "the drain never ran");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(&drained).unwrap(),
+        "drained --timeout 86400s\n"
+    );
+    // Here the agent would complete the hook. It did not: the sweep finds the drain
+    // finished and completes it.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let summary = plane.invoke_scheduled("deregistration").await.unwrap();
+    assert_eq!(summary["drains_completed"], 1, "{summary:#}");
+    plane
+        .aws
+        .until("runners", false, "terminated", |i| i.is_empty())
+        .await;
+    assert!(plane.instance_secret("runners", &instance).await.is_none());
+}
+
+#[tokio::test]
+async fn the_sweep_removes_orphans_keeps_busy_runners_and_survives_a_failing_item() {
+    let plane = start().await;
+    let client = plane.github.pat_client(fast_retries()).await;
+    let t = client
+        .registration_token(common::deadline(10))
+        .await
+        .unwrap();
+    let t = secrecy::ExposeSecret::expose_secret(&t.token).to_owned();
+    let mut ids = vec![];
+    for name in ["i-gone-1", "i-gone-2", "i-gone-3"] {
+        let (id, _) = plane
+            .github
+            .register_with(&t, name, &["warmfleet", "runners", name], false)
+            .await;
+        ids.push(id);
+    }
+    // A busy orphan: registered, in a session, running a job.
+    let (busy, credential) = plane
+        .github
+        .register_with(
+            &t,
+            "i-gone-busy",
+            &["warmfleet", "runners", "i-gone-busy"],
+            false,
+        )
+        .await;
+    let session: Value = plane
+        .github
+        .post(
+            "/_runner/sessions",
+            json!({ "runner_id": busy, "credential": credential }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sid = session["session_id"].as_str().unwrap();
+    plane.github.enqueue(&["i-gone-busy"], 600.0).await;
+    let _: Value = reqwest::get(format!(
+        "{}/_runner/sessions/{sid}/message",
+        plane.github.url
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    // An orphan secret, and one runner GitHub will fail to delete.
+    plane
+        .secrets
+        .create_secret()
+        .name("warmfleet/runners/i-gone-9")
+        .secret_string("{}")
+        .send()
+        .await
+        .unwrap();
+    plane
+        .github
+        .fault(json!({"path": format!("/orgs/acme/actions/runners/{}", ids[1]), "status": 500, "count": 1000}))
+        .await;
+    plane.aws.create("runners", 0, 1, 0, vec![]).await;
+
+    let summary = plane.invoke_scheduled("deregistration").await.unwrap();
+    assert_eq!(summary["runners_deleted"], 2, "{summary:#}");
+    assert_eq!(summary["busy_runners_kept"], 1, "{summary:#}");
+    assert_eq!(summary["secrets_deleted"], 1, "{summary:#}");
+    assert_eq!(summary["errors"]["GitHub"], 1, "{summary:#}");
+    let left: Vec<String> = client
+        .list_runners(None, common::deadline(10))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(left, ["i-gone-2", "i-gone-busy"]);
+    assert!(plane.instance_secret("runners", "i-gone-9").await.is_none());
+}
