@@ -8,7 +8,7 @@ CONTRACT_STAMP := $(CONTRACT)/node_modules/.installed
 VENV := .deps/venv
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint contract-deps py-deps deny
+.PHONY: demo test lint contract-deps py-deps deny bench
 
 ## The main job on the local testbed (see README.md).
 demo:
@@ -18,6 +18,11 @@ demo:
 test: contract-deps py-deps lint deny
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" timeout 40m $(CARGO) test --workspace --all-targets --no-fail-fast
 	WARMFLEET_TESTBED=target/debug/warmfleet-testbed timeout 10m $(VENV)/bin/pytest -q tests/python
+
+## Benchmark of the Lambda binaries (release build): target/bench/control.json.
+bench: py-deps
+	$(CARGO) build --release -p warmfleet-control -p warmfleet-testbed
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/release/warmfleet-testbed bench-control --lambdas target/release --out target/bench/control.json
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -37,3 +37,19 @@ impl Error {
         }
     }
 }
+
+/// What the Runtime API reports for a failed invocation: `errorType` says whether a retry
+/// can help (`warmfleet.Retryable` or `warmfleet.Fatal`), `errorMessage` what went wrong.
+impl From<Error> for lambda_runtime::Diagnostic {
+    fn from(e: Error) -> Self {
+        let kind = if e.is_retryable() {
+            "Retryable"
+        } else {
+            "Fatal"
+        };
+        lambda_runtime::Diagnostic {
+            error_type: format!("warmfleet.{kind}"),
+            error_message: e.to_string(),
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! - `demo`: the README's main job, run on these parts.
 
 pub mod aws;
+pub mod bench;
 pub mod demo;
 pub mod github;
 pub mod runner;

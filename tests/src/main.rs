@@ -27,10 +27,14 @@ enum Command {
     /// The fake actions runner.
     #[command(subcommand)]
     Runner(RunnerCommand),
-    /// Serve the AWS world (Auto Scaling, for now).
+    /// Serve the AWS world (Auto Scaling, EventBridge, Lambda, SSM, CloudWatch; moto's
+    /// Secrets Manager).
     Aws(AwsArgs),
     /// Run the main job: a runner's round trip through registration, jobs and removal.
     Demo(demo::DemoArgs),
+    /// Benchmark the control plane's Lambda binaries (init, durations, memory, GitHub
+    /// requests at several runner counts) into a JSON file.
+    BenchControl(warmfleet_testbed::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -266,6 +270,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Demo(args) => demo::run(args).await,
+        Command::BenchControl(args) => warmfleet_testbed::bench::run(args).await,
     }
 }
 

@@ -7,15 +7,20 @@ use warmfleet_control::config::{DeregistrationSettings, ProcessEnv};
 use warmfleet_control::deregistration::Deregistration;
 use warmfleet_control::event::Event;
 use warmfleet_control::runtime;
+use warmfleet_control::Error as HandlerError;
 use warmfleet_core::aws::{AutoScaling, SecretsManager, Ssm};
 use warmfleet_core::github::GithubClient;
 
 type Handler = Deregistration<SecretsManager, AutoScaling, Ssm, GithubClient>;
 
-async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, Error> {
+async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let deadline = runtime::deadline(event.context.deadline);
     match Event::parse(event.payload)? {
-        Event::Scheduled => Ok(serde_json::to_value(handler.sweep(deadline).await?)?),
+        Event::Scheduled => {
+            let summary = handler.sweep(deadline).await?;
+            // Plain counts: serialising cannot fail.
+            Ok(serde_json::to_value(summary).unwrap_or_default())
+        }
         lifecycle => {
             let outcome = handler.handle(lifecycle, deadline).await?;
             Ok(json!({ "outcome": format!("{outcome:?}") }))

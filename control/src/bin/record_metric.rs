@@ -6,16 +6,18 @@ use serde_json::Value;
 use warmfleet_control::config::{MetricSettings, ProcessEnv};
 use warmfleet_control::record_metric::RecordMetric;
 use warmfleet_control::runtime;
+use warmfleet_control::Error as HandlerError;
 use warmfleet_core::aws::{AutoScaling, CloudWatch, SecretsManager};
 use warmfleet_core::github::GithubClient;
 
 type Handler = RecordMetric<AutoScaling, GithubClient, CloudWatch>;
 
-async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, Error> {
+async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let counts = handler
         .handle(runtime::deadline(event.context.deadline))
         .await?;
-    Ok(serde_json::to_value(counts)?)
+    // Plain maps of numbers: serialising cannot fail.
+    Ok(serde_json::to_value(counts).unwrap_or_default())
 }
 
 #[tokio::main]

@@ -7,12 +7,13 @@ use warmfleet_control::config::{ProcessEnv, RegistrationSettings};
 use warmfleet_control::event::Event;
 use warmfleet_control::registration::Registration;
 use warmfleet_control::runtime;
+use warmfleet_control::Error as HandlerError;
 use warmfleet_core::aws::{AutoScaling, SecretsManager};
 use warmfleet_core::github::GithubClient;
 
 type Handler = Registration<SecretsManager, AutoScaling, GithubClient>;
 
-async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, Error> {
+async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let deadline = runtime::deadline(event.context.deadline);
     let outcome = handler
         .handle(Event::parse(event.payload)?, deadline)

@@ -61,11 +61,21 @@ where
         ),
         _ => false,
     };
+    // The service's own code and message say it best; anything else (timeouts, the
+    // network) needs its whole chain of causes.
+    let message = match err {
+        SdkError::ServiceError(e) => format!(
+            "{}: {}",
+            e.err().code().unwrap_or("error"),
+            e.err().message().unwrap_or("(no message)")
+        ),
+        other => aws_smithy_types::error::display::DisplayErrorContext(other).to_string(),
+    };
     PortError {
         service,
         operation,
         resource,
         retryable,
-        message: aws_smithy_types::error::display::DisplayErrorContext(err).to_string(),
+        message,
     }
 }
