@@ -336,7 +336,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                     .await?,
             );
             let mut registration = world
-                .measure("registration", "launch", &launch(1), 1)
+                .measure("registration", "launch, launch, repeat", &launch(1), 1)
                 .await?;
             let again = world
                 .measure("registration", "launch, then its repeat", &launch(2), 2)
