@@ -20,6 +20,34 @@ pub fn init_logging() {
         .init();
 }
 
+/// Runs a function's initialisation; a failure is reported to the Runtime API's
+/// `/init/error` (so the invocation's error names what is wrong, as with any runtime)
+/// before the process exits with it.
+pub async fn init<T>(
+    build: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let err = match build.await {
+        Ok(t) => return Ok(t),
+        Err(e) => e,
+    };
+    let message = format!("{err:#}");
+    tracing::error!(error = %message, "initialisation failed");
+    if let Ok(api) = std::env::var("AWS_LAMBDA_RUNTIME_API") {
+        let body = serde_json::json!({"errorType": "warmfleet.InitError", "errorMessage": message});
+        let sent = reqwest::Client::new()
+            .post(format!("http://{api}/2018-06-01/runtime/init/error"))
+            .header("Lambda-Runtime-Function-Error-Type", "warmfleet.InitError")
+            .json(&body)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if let Err(e) = sent {
+            tracing::error!(error = %e, "could not report the init error");
+        }
+    }
+    Err(err)
+}
+
 /// The invocation's deadline (epoch milliseconds, from the Runtime API) as an `Instant`.
 pub fn deadline(epoch_ms: u64) -> Instant {
     let now = SystemTime::now()

@@ -235,3 +235,26 @@ async fn github_failing_past_the_deadline_abandons_the_launch() {
         .await;
     assert!(plane.instance_secret("runners", &first).await.is_none());
 }
+
+#[tokio::test]
+async fn a_bad_variable_fails_init_and_the_invocation_names_it() {
+    let plane = Plane::start(
+        "1",
+        None,
+        &[Function {
+            env: &[("WARMFLEET_RUNNER_MODE", "sometimes")],
+            ..REGISTRATION
+        }],
+        RULES,
+        &[],
+    )
+    .await;
+    plane.aws.create("runners", 0, 1, 1, vec![hook()]).await;
+    let calls = plane.until_ended("registration", 1).await;
+    assert_eq!(calls[0]["outcome"], "init_error", "{calls:#?}");
+    assert_eq!(calls[0]["error"]["errorType"], "warmfleet.InitError");
+    assert_eq!(
+        calls[0]["error"]["errorMessage"],
+        "configuration: WARMFLEET_RUNNER_MODE: \"sometimes\" is not persistent or ephemeral"
+    );
+}

@@ -31,16 +31,19 @@ async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, H
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     runtime::init_logging();
-    let settings = DeregistrationSettings::from_env(&ProcessEnv).context("configuration")?;
-    let aws = warmfleet_core::aws::load_config().await;
-    let secrets = SecretsManager::new(&aws);
-    let github = runtime::github(&settings.common, &secrets).await?;
-    let handler = Deregistration {
-        secrets,
-        lifecycle: AutoScaling::new(&aws),
-        commands: Ssm::new(&aws),
-        github,
-        settings,
-    };
+    let handler = runtime::init(async {
+        let settings = DeregistrationSettings::from_env(&ProcessEnv).context("configuration")?;
+        let aws = warmfleet_core::aws::load_config().await;
+        let secrets = SecretsManager::new(&aws);
+        let github = runtime::github(&settings.common, &secrets).await?;
+        anyhow::Ok(Deregistration {
+            secrets,
+            lifecycle: AutoScaling::new(&aws),
+            commands: Ssm::new(&aws),
+            github,
+            settings,
+        })
+    })
+    .await?;
     lambda_runtime::run(service_fn(|event| handle(&handler, event))).await
 }

@@ -23,14 +23,17 @@ async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, H
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     runtime::init_logging();
-    let settings = MetricSettings::from_env(&ProcessEnv).context("configuration")?;
-    let aws = warmfleet_core::aws::load_config().await;
-    let github = runtime::github(&settings.common, &SecretsManager::new(&aws)).await?;
-    let handler = RecordMetric {
-        lifecycle: AutoScaling::new(&aws),
-        github,
-        metrics: CloudWatch::new(&aws),
-        settings,
-    };
+    let handler = runtime::init(async {
+        let settings = MetricSettings::from_env(&ProcessEnv).context("configuration")?;
+        let aws = warmfleet_core::aws::load_config().await;
+        let github = runtime::github(&settings.common, &SecretsManager::new(&aws)).await?;
+        anyhow::Ok(RecordMetric {
+            lifecycle: AutoScaling::new(&aws),
+            github,
+            metrics: CloudWatch::new(&aws),
+            settings,
+        })
+    })
+    .await?;
     lambda_runtime::run(service_fn(|event| handle(&handler, event))).await
 }

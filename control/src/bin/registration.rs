@@ -24,15 +24,18 @@ async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, H
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     runtime::init_logging();
-    let settings = RegistrationSettings::from_env(&ProcessEnv).context("configuration")?;
-    let aws = warmfleet_core::aws::load_config().await;
-    let secrets = SecretsManager::new(&aws);
-    let github = runtime::github(&settings.common, &secrets).await?;
-    let handler = Registration {
-        secrets,
-        lifecycle: AutoScaling::new(&aws),
-        github,
-        settings,
-    };
+    let handler = runtime::init(async {
+        let settings = RegistrationSettings::from_env(&ProcessEnv).context("configuration")?;
+        let aws = warmfleet_core::aws::load_config().await;
+        let secrets = SecretsManager::new(&aws);
+        let github = runtime::github(&settings.common, &secrets).await?;
+        anyhow::Ok(Registration {
+            secrets,
+            lifecycle: AutoScaling::new(&aws),
+            github,
+            settings,
+        })
+    })
+    .await?;
     lambda_runtime::run(service_fn(|event| handle(&handler, event))).await
 }
