@@ -5,6 +5,8 @@ CARGO ?= cargo
 CONTRACT := tests/contract
 CONTRACT_STAMP := $(CONTRACT)/node_modules/.installed
 
+LAMBDAS := warmfleet-registration warmfleet-deregistration warmfleet-record-metric
+
 VENV := .deps/venv
 VENV_STAMP := $(VENV)/.installed
 
@@ -22,7 +24,8 @@ test: contract-deps py-deps lint deny
 ## Benchmark of the Lambda binaries (release build): target/bench/control.json.
 bench: py-deps
 	$(CARGO) build --release -p warmfleet-control -p warmfleet-testbed
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/release/warmfleet-testbed bench-control --lambdas target/release --out target/bench/control.json
+	python3 packaging/lambda/zip.py --out target/bench/zips $(addprefix target/release/,$(LAMBDAS))
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/release/warmfleet-testbed bench-control --lambdas target/release --zips target/bench/zips --out target/bench/control.json
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -21,6 +21,9 @@ pub struct BenchArgs {
     /// Where the Lambda binaries are (`target/release` after `cargo build --release`).
     #[arg(long, default_value = "target/release")]
     pub lambdas: PathBuf,
+    /// Where their zips are (`packaging/lambda/zip.py` makes them), for their sizes.
+    #[arg(long)]
+    pub zips: Option<PathBuf>,
     /// Runner counts to measure at.
     #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
     pub runners: Vec<usize>,
@@ -355,10 +358,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         world.stop().await;
         runs.push(result?);
     }
-    let sizes: Vec<Value> = ["warmfleet-registration", "warmfleet-deregistration", "warmfleet-record-metric"]
-        .iter()
-        .map(|b| json!({"binary": b, "bytes": std::fs::metadata(args.lambdas.join(b)).map(|m| m.len()).ok()}))
-        .collect();
+    let sizes: Vec<Value> = [
+        "warmfleet-registration",
+        "warmfleet-deregistration",
+        "warmfleet-record-metric",
+    ]
+    .iter()
+    .map(|b| {
+        let size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).ok();
+        json!({"binary": b, "bytes": size(args.lambdas.join(b)),
+                   "zip_bytes": args.zips.as_ref().and_then(|z| size(z.join(format!("{b}.zip"))))})
+    })
+    .collect();
     let report = json!({
         "lambdas": args.lambdas,
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),

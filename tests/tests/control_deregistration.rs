@@ -134,36 +134,13 @@ async fn the_sweep_removes_orphans_keeps_busy_runners_and_survives_a_failing_ite
         ids.push(id);
     }
     // A busy orphan: registered, in a session, running a job.
-    let (busy, credential) = plane
+    let (_, sid) = plane
         .github
-        .register_with(
-            &t,
-            "i-gone-busy",
-            &["warmfleet", "runners", "i-gone-busy"],
-            false,
-        )
+        .fleet_runner(&t, "i-gone-busy", "runners")
         .await;
-    let session: Value = plane
-        .github
-        .post(
-            "/_runner/sessions",
-            json!({ "runner_id": busy, "credential": credential }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    let sid = session["session_id"].as_str().unwrap();
     plane.github.enqueue(&["i-gone-busy"], 600.0).await;
-    let _: Value = reqwest::get(format!(
-        "{}/_runner/sessions/{sid}/message",
-        plane.github.url
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let message = plane.github.poll(&sid).await;
+    assert!(message["job"]["id"].is_number(), "the orphan took its job");
     // An orphan secret, and one runner GitHub will fail to delete.
     plane
         .secrets

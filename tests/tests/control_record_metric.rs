@@ -29,25 +29,6 @@ async fn token(plane: &Plane) -> String {
     secrecy::ExposeSecret::expose_secret(&t.token).to_owned()
 }
 
-/// Registers `name` with the labels the agent gives it, and opens a session.
-async fn runner(plane: &Plane, token: &str, name: &str, group: &str) -> (u64, String) {
-    let (id, credential) = plane
-        .github
-        .register_with(token, name, &["warmfleet", group, name], false)
-        .await;
-    let session: Value = plane
-        .github
-        .post(
-            "/_runner/sessions",
-            json!({ "runner_id": id, "credential": credential }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
-    (id, session["session_id"].as_str().unwrap().to_owned())
-}
-
 /// Keeps a runner online by polling for work, as a listener does.
 fn poll(url: String, session: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -73,28 +54,20 @@ async fn counts_idle_busy_protected_and_offline_runners_and_publishes_them() {
     let t = token(&plane).await;
     let (idle, busy, protected, offline) = (&ids[0], &ids[1], &ids[2], &ids[3]);
     // Busy: it takes a job only it can run.
-    let (_, busy_session) = runner(&plane, &t, busy, "runners").await;
+    let (_, busy_session) = plane.github.fleet_runner(&t, busy, "runners").await;
     let job = plane.github.enqueue(&[busy.as_str()], 600.0).await;
-    let message: Value = reqwest::get(format!(
-        "{}/_runner/sessions/{busy_session}/message",
-        plane.github.url
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let message = plane.github.poll(&busy_session).await;
     assert_eq!(message["job"]["id"], job);
-    let (_, s1) = runner(&plane, &t, idle, "runners").await;
-    let (_, s2) = runner(&plane, &t, protected, "runners").await;
+    let (_, s1) = plane.github.fleet_runner(&t, idle, "runners").await;
+    let (_, s2) = plane.github.fleet_runner(&t, protected, "runners").await;
     let pollers = [
         poll(plane.github.url.clone(), s1),
         poll(plane.github.url.clone(), s2),
         poll(plane.github.url.clone(), busy_session),
     ];
-    runner(&plane, &t, offline, "runners").await;
+    plane.github.fleet_runner(&t, offline, "runners").await;
     // Another pool's runner: not this group's.
-    runner(&plane, &t, "i-elsewhere", "other").await;
+    plane.github.fleet_runner(&t, "i-elsewhere", "other").await;
     plane
         .aws
         .asg

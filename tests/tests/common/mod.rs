@@ -214,25 +214,44 @@ impl Github {
         secs: f64,
     ) -> (u64, String, u64) {
         let (id, credential) = self.register(client, name).await;
+        let sid = self.session(id, &credential).await;
+        let job = self.enqueue(&["warmfleet"], secs).await;
+        let message = self.poll(&sid).await;
+        assert_eq!(message["job"]["id"], job, "the runner took the job");
+        (id, sid, job)
+    }
+
+    /// Opens a listener session for a registered runner, as `run.sh` does; its id.
+    pub async fn session(&self, runner_id: u64, credential: &str) -> String {
         let session: Value = self
             .post(
                 "/_runner/sessions",
-                json!({ "runner_id": id, "credential": credential }),
+                json!({ "runner_id": runner_id, "credential": credential }),
             )
             .await
             .json()
             .await
             .unwrap();
-        let sid = session["session_id"].as_str().unwrap().to_owned();
-        let job = self.enqueue(&["warmfleet"], secs).await;
-        let message: Value = reqwest::get(format!("{}/_runner/sessions/{sid}/message", self.url))
+        session["session_id"].as_str().unwrap().to_owned()
+    }
+
+    /// One poll of a session for work, as the listener makes it.
+    pub async fn poll(&self, session: &str) -> Value {
+        reqwest::get(format!("{}/_runner/sessions/{session}/message", self.url))
             .await
             .unwrap()
             .json()
             .await
-            .unwrap();
-        assert_eq!(message["job"]["id"], job, "the runner took the job");
-        (id, sid, job)
+            .unwrap()
+    }
+
+    /// Registers `name` with the labels warmfleet gives a runner (fleet, group, instance)
+    /// and opens its session: its id and session id.
+    pub async fn fleet_runner(&self, token: &str, name: &str, group: &str) -> (u64, String) {
+        let (id, credential) = self
+            .register_with(token, name, &["warmfleet", group, name], false)
+            .await;
+        (id, self.session(id, &credential).await)
     }
 
     /// A client for organisation `acme` with the test PAT.
