@@ -9,7 +9,7 @@ mod common;
 use aws_sdk_autoscaling::types::LifecycleHookSpecification;
 use common::control::{Function, Plane};
 use common::fast_retries;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// What SSM runs instead of `warmfleet-agent drain` until the agent exists: it records that
 /// it ran (the appended `--timeout` arguments land in `$@`).
