@@ -25,11 +25,22 @@ pub type Published = (String, Vec<(String, f64)>);
 pub struct Secrets {
     pub values: Mutex<BTreeMap<String, Stored>>,
     pub puts: Mutex<u32>,
+    /// Every read fails as throttling would.
+    pub unreadable: Mutex<bool>,
 }
 
 #[async_trait]
 impl SecretStore for Secrets {
     async fn get(&self, id: &str) -> Result<Option<SecretString>, PortError> {
+        if *self.unreadable.lock().unwrap() {
+            return Err(PortError {
+                service: "Secrets Manager",
+                operation: "GetSecretValue",
+                resource: id.to_owned(),
+                message: "ThrottlingException: Rate exceeded".into(),
+                retryable: true,
+            });
+        }
         Ok(self.values.lock().unwrap().get(id).map(|v| v.0.clone()))
     }
     async fn put(

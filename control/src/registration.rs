@@ -70,15 +70,18 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
             return Ok(Outcome::WarmPoolEntry);
         }
         let id = instance_secret_id(&e.group, &e.instance_id);
-        if self.registered(&e, &id, work_until).await? {
-            self.complete(&e, HookResult::Continue, deadline).await?;
-            info!(instance = %e.instance_id, "repeated event: already registered");
-            return Ok(Outcome::AlreadyRegistered);
-        }
-        match self.mint_and_store(&e, &id, work_until).await {
+        // Reading the secret counts as part of the work: if AWS fails it, the launch is
+        // abandoned like any other failure.
+        let attempt = async {
+            if self.registered(&e, &id, work_until).await? {
+                return Ok(None);
+            }
+            self.mint_and_store(&e, &id, work_until).await
+        };
+        match attempt.await {
             Ok(None) => {
                 self.complete(&e, HookResult::Continue, deadline).await?;
-                info!(instance = %e.instance_id, "a repeated event registered it meanwhile");
+                info!(instance = %e.instance_id, "repeated event: already registered");
                 Ok(Outcome::AlreadyRegistered)
             }
             Ok(Some(kind)) => {
@@ -111,7 +114,7 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
     }
 
     /// Mints the credential for this launch and writes it as the secret's new version;
-    /// `None` when a repeated delivery of the same event got there first.
+    /// `None` when a repeated delivery of the same event got there first (ephemeral mode).
     async fn mint_and_store(
         &self,
         e: &LifecycleEvent,
@@ -326,6 +329,20 @@ mod tests {
         );
         assert_eq!(completions(&h), [HookResult::Abandon]);
         assert!(h.secrets.values.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn aws_failing_until_the_deadline_abandons_the_launch() {
+        let h = handler(Mode::Persistent);
+        *h.secrets.unreadable.lock().unwrap() = true;
+        let deadline = Instant::now() + Duration::from_millis(800);
+        let out = h.handle(event("cold"), deadline).await.unwrap();
+        assert!(
+            matches!(&out, Outcome::Abandoned { reason } if reason.contains("Rate exceeded")),
+            "{out:?}"
+        );
+        assert_eq!(completions(&h), [HookResult::Abandon]);
+        assert_eq!(*h.github.tokens.lock().unwrap(), 0);
     }
 
     #[tokio::test]
