@@ -18,6 +18,9 @@ demo:
 
 ## Every check CI runs: format, lints, licences, then every test (Rust, then boto3).
 test: contract-deps py-deps lint deny
+	# The control-plane tests run the Lambda binaries themselves: cargo test alone builds
+	# only the testbed's, so build every binary first (same profile: seconds).
+	$(CARGO) build --workspace --bins
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" timeout 40m $(CARGO) test --workspace --all-targets --no-fail-fast
 	WARMFLEET_TESTBED=target/debug/warmfleet-testbed timeout 10m $(VENV)/bin/pytest -q tests/python
 

@@ -258,3 +258,57 @@ async fn a_bad_variable_fails_init_and_the_invocation_names_it() {
         "configuration: WARMFLEET_RUNNER_MODE: \"sometimes\" is not persistent or ephemeral"
     );
 }
+
+#[tokio::test]
+async fn ephemeral_mode_stores_a_jit_configuration_for_a_runner_named_after_the_instance() {
+    let plane = Plane::start(
+        "1",
+        None,
+        &[Function {
+            env: &[
+                ("WARMFLEET_RUNNER_MODE", "ephemeral"),
+                ("WARMFLEET_RUNNER_LABELS", "linux, x64"),
+            ],
+            ..REGISTRATION
+        }],
+        RULES,
+        &[],
+    )
+    .await;
+    plane.aws.create("runners", 0, 1, 1, vec![hook()]).await;
+    let instance = plane
+        .aws
+        .until("runners", false, "in service", |i| {
+            i.len() == 1 && i[0].1 == "InService"
+        })
+        .await[0]
+        .0
+        .clone();
+    let secret = plane.instance_secret("runners", &instance).await.unwrap();
+    let RunnerCredential::JitConfig {
+        runner_id,
+        encoded_jit_config,
+    } = secret.credential
+    else {
+        panic!("not a JIT configuration");
+    };
+    assert!(!encoded_jit_config.expose_secret().is_empty());
+    let runners = plane.github.get("/_testbed/runners").await;
+    let runner = runners
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == runner_id)
+        .unwrap_or_else(|| panic!("runner {runner_id} not in {runners:#}"));
+    assert_eq!(runner["name"], instance.as_str());
+    assert_eq!(runner["ephemeral"], true, "{runner:#}");
+    let labels: Vec<&str> = runner["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["name"].as_str().or(l.as_str()))
+        .collect();
+    for want in ["warmfleet", "runners", instance.as_str(), "linux", "x64"] {
+        assert!(labels.contains(&want), "{want} missing from {labels:?}");
+    }
+}
