@@ -69,14 +69,7 @@ async fn start() -> Plane {
 async fn scale_in_drains_over_ssm_and_the_sweep_completes_a_finished_drain() {
     let plane = start().await;
     plane.aws.create("runners", 0, 2, 1, hooks()).await;
-    let instance = plane
-        .aws
-        .until("runners", false, "in service", |i| {
-            i.len() == 1 && i[0].1 == "InService"
-        })
-        .await[0]
-        .0
-        .clone();
+    let instance = plane.aws.sole_in_service("runners").await;
     plane.aws.set_desired("runners", 0).await;
     plane
         .aws

@@ -55,13 +55,7 @@ async fn token(plane: &Plane, instance: &str) -> String {
 async fn a_cold_launch_leaves_a_fresh_token_in_the_instance_secret_and_the_hook_completed() {
     let plane = start().await;
     plane.aws.create("runners", 0, 2, 1, vec![hook()]).await;
-    let running = plane
-        .aws
-        .until("runners", false, "in service", |i| {
-            i.len() == 1 && i[0].1 == "InService"
-        })
-        .await;
-    let instance = &running[0].0;
+    let instance = &plane.aws.sole_in_service("runners").await;
     let secret = plane.instance_secret("runners", instance).await.unwrap();
     assert_eq!(
         secret.lifecycle_action.len(),
@@ -135,13 +129,8 @@ async fn a_warm_pool_entry_mints_nothing_and_each_resume_mints_a_new_token() {
     );
 
     plane.aws.set_desired("runners", 1).await;
-    let resumed = plane
-        .aws
-        .until("runners", false, "resumed", |i| {
-            i.len() == 1 && i[0].1 == "InService"
-        })
-        .await;
-    assert_eq!(resumed[0].0, instance);
+    let resumed = plane.aws.sole_in_service("runners").await;
+    assert_eq!(resumed, instance);
     let first = token(&plane, &instance).await;
     // Back into the pool, then out again: a new lifecycle action, a new token.
     plane.aws.set_desired("runners", 0).await;
@@ -152,13 +141,8 @@ async fn a_warm_pool_entry_mints_nothing_and_each_resume_mints_a_new_token() {
         })
         .await;
     plane.aws.set_desired("runners", 1).await;
-    let resumed = plane
-        .aws
-        .until("runners", false, "resumed again", |i| {
-            i.len() == 1 && i[0].1 == "InService"
-        })
-        .await;
-    assert_eq!(resumed[0].0, instance);
+    let resumed = plane.aws.sole_in_service("runners").await;
+    assert_eq!(resumed, instance);
     let second = token(&plane, &instance).await;
     assert_ne!(first, second, "a resume never reuses the old token");
     assert_eq!(plane.versions("runners", &instance).await, 2);
@@ -176,19 +160,13 @@ async fn a_duplicate_event_is_harmless() {
         .unwrap();
     assert!(faults.status().is_success());
     plane.aws.create("runners", 0, 2, 1, vec![hook()]).await;
-    let running = plane
-        .aws
-        .until("runners", false, "in service", |i| {
-            i.len() == 1 && i[0].1 == "InService"
-        })
-        .await;
+    let instance = &plane.aws.sole_in_service("runners").await;
     let calls = plane.until_ended("registration", 2).await;
     assert!(
         calls.iter().all(|c| c["outcome"] == "success"),
         "{calls:#?}"
     );
     assert_eq!(calls[0]["source"], calls[1]["source"], "one event, twice");
-    let instance = &running[0].0;
     let t = token(&plane, instance).await;
     plane
         .github
@@ -276,14 +254,7 @@ async fn ephemeral_mode_stores_a_jit_configuration_for_a_runner_named_after_the_
     )
     .await;
     plane.aws.create("runners", 0, 1, 1, vec![hook()]).await;
-    let instance = plane
-        .aws
-        .until("runners", false, "in service", |i| {
-            i.len() == 1 && i[0].1 == "InService"
-        })
-        .await[0]
-        .0
-        .clone();
+    let instance = plane.aws.sole_in_service("runners").await;
     let secret = plane.instance_secret("runners", &instance).await.unwrap();
     let RunnerCredential::JitConfig {
         runner_id,

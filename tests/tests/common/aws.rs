@@ -178,6 +178,16 @@ impl Aws {
         }
     }
 
+    /// Waits until the group holds exactly one instance, in service; its id.
+    pub async fn sole_in_service(&self, group: &str) -> String {
+        let running = self
+            .until(group, false, "one instance in service", |i| {
+                i.len() == 1 && i[0].1 == "InService"
+            })
+            .await;
+        running[0].0.clone()
+    }
+
     pub async fn set_desired(&self, group: &str, desired: i32) {
         self.asg
             .set_desired_capacity()
