@@ -27,8 +27,8 @@ use tracing::{info, warn};
 use warmfleet_core::github::{GithubError, Runner, RunnerStatus};
 use warmfleet_core::instance_secret::{InstanceSecret, RemoveToken, RunnerCredential};
 use warmfleet_core::naming::{
-    instance_of_secret, instance_secret_id, DRAIN_COMMENT, FLEET_LABEL, HOOK_DEREGISTRATION,
-    SECRET_PREFIX, TAG_ASG_NAME, TAG_INSTANCE_ID,
+    group_secret_prefix, instance_of_secret, instance_secret_id, DRAIN_COMMENT, FLEET_LABEL,
+    HOOK_DEREGISTRATION, TAG_ASG_NAME, TAG_INSTANCE_ID,
 };
 use warmfleet_core::ports::{
     CommandState, Commands, HookResult, Lifecycle, RunnerRegistry, SecretStore,
@@ -302,7 +302,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         until: Instant,
         summary: &mut Summary,
     ) {
-        let prefix = format!("{SECRET_PREFIX}/{group}/");
+        let prefix = group_secret_prefix(group);
         let ids = match patience::until(until, || self.secrets.list(&prefix)).await {
             Ok(ids) => ids,
             Err(e) => return summary.failed("list secrets", &e.into()),

@@ -56,7 +56,12 @@ pub fn runner_labels(asg_name: &str, instance_id: &str, extra: &[String]) -> Vec
 
 /// The id of an instance's secret in Secrets Manager.
 pub fn instance_secret_id(asg_name: &str, instance_id: &str) -> String {
-    format!("{SECRET_PREFIX}/{asg_name}/{instance_id}")
+    format!("{}{instance_id}", group_secret_prefix(asg_name))
+}
+
+/// What the ids of every instance secret of a group start with.
+pub fn group_secret_prefix(asg_name: &str) -> String {
+    format!("{SECRET_PREFIX}/{asg_name}/")
 }
 
 /// The instance id a per-instance secret id names, if it is one of this group's.

@@ -6,7 +6,8 @@
 //! (`super`) turns its answers into invocations.
 
 use super::json::{required, strings, uuid, JsonError};
-use super::lambda::{function_name, ACCOUNT, REGION};
+use super::lambda::function_name;
+use super::{ACCOUNT, REGION};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};

@@ -20,8 +20,7 @@ pub trait MetadataSource: Send + Sync + 'static {
     fn tags(&self, instance: &str) -> Vec<(String, String)>;
 }
 
-pub const REGION: &str = "us-east-1";
-pub const ZONE: &str = "us-east-1a";
+use super::{REGION, ZONE};
 const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 

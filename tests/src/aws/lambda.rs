@@ -29,8 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub const REGION: &str = super::imds::REGION;
-pub const ACCOUNT: &str = "123456789012";
+use super::{ACCOUNT, REGION};
 
 /// One function, as a world file or a test declares it.
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -80,6 +80,11 @@ pub enum MotoMode {
     Path(PathBuf),
 }
 
+/// The one region, zone and account of this world, as every service prints them.
+pub const REGION: &str = "us-east-1";
+pub const ZONE: &str = "us-east-1a";
+pub const ACCOUNT: &str = "123456789012";
+
 /// World time: real time since start, times the scale.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
@@ -137,7 +142,7 @@ pub struct Endpoints {
 impl Endpoints {
     /// What a process (instance or function) needs to find this world with the aws-sdk.
     fn env(&self) -> Vec<(String, String)> {
-        let mut env = vec![("AWS_REGION".to_owned(), imds::REGION.to_owned())];
+        let mut env = vec![("AWS_REGION".to_owned(), REGION.to_owned())];
         for service in ["AUTO_SCALING", "EVENTBRIDGE", "SSM", "CLOUDWATCH"] {
             env.push((
                 format!("AWS_ENDPOINT_URL_{service}"),

@@ -387,7 +387,7 @@ impl Ssm {
                 format!(
                     "Instances [{}] not in a valid state for account {}",
                     list.join(", "),
-                    super::lambda::ACCOUNT
+                    super::ACCOUNT
                 ),
             ));
         }

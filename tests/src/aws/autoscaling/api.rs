@@ -10,9 +10,7 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 pub const NAMESPACE: &str = "http://autoscaling.amazonaws.com/doc/2011-01-01/";
-const REGION: &str = "us-east-1";
-const ZONE: &str = "us-east-1a";
-const ACCOUNT: &str = "123456789012";
+use crate::aws::{ACCOUNT, REGION, ZONE};
 
 impl From<AsgError> for QueryError {
     fn from(e: AsgError) -> Self {

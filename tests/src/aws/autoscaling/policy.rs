@@ -118,8 +118,8 @@ fn target(kind: AdjustmentType, adjustment: i64, min_magnitude: Option<i64>, des
 pub fn policy_arn(group: &str, name: &str) -> String {
     format!(
         "arn:aws:autoscaling:{}:{}:scalingPolicy:00000000-0000-4000-8000-000000000000:autoScalingGroupName/{group}:policyName/{name}",
-        super::super::lambda::REGION,
-        super::super::lambda::ACCOUNT
+        crate::aws::REGION,
+        crate::aws::ACCOUNT
     )
 }
 
