@@ -3,7 +3,9 @@
 use super::sdk_error;
 use crate::ports::{PortError, SecretStore};
 use async_trait::async_trait;
+use aws_sdk_secretsmanager::config::http::HttpResponse;
 use aws_sdk_secretsmanager::error::SdkError;
+use aws_sdk_secretsmanager::operation::put_secret_value::PutSecretValueError;
 use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -18,6 +20,21 @@ impl SecretsManager {
         SecretsManager {
             client: aws_sdk_secretsmanager::Client::new(config),
         }
+    }
+
+    /// A new current version of an existing secret.
+    async fn put_version(
+        &self,
+        id: &str,
+        value: &SecretString,
+    ) -> Result<(), SdkError<PutSecretValueError, HttpResponse>> {
+        self.client
+            .put_secret_value()
+            .secret_id(id)
+            .secret_string(value.expose_secret())
+            .send()
+            .await
+            .map(|_| ())
     }
 }
 
@@ -39,6 +56,14 @@ impl SecretStore for SecretsManager {
         value: &SecretString,
         tags: &[(&str, &str)],
     ) -> Result<(), PortError> {
+        // A resume, the path that must be fast, finds the secret there: one call.
+        match self.put_version(id, value).await {
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => {}
+            other => {
+                return other
+                    .map_err(|err| sdk_error(SERVICE, "PutSecretValue", id.to_owned(), &err))
+            }
+        }
         let created = self
             .client
             .create_secret()
@@ -53,14 +78,10 @@ impl SecretStore for SecretsManager {
             .await;
         match created {
             Ok(_) => Ok(()),
+            // Created meanwhile (a repeated event): then this is its new version.
             Err(SdkError::ServiceError(e)) if e.err().is_resource_exists_exception() => self
-                .client
-                .put_secret_value()
-                .secret_id(id)
-                .secret_string(value.expose_secret())
-                .send()
+                .put_version(id, value)
                 .await
-                .map(|_| ())
                 .map_err(|err| sdk_error(SERVICE, "PutSecretValue", id.to_owned(), &err)),
             Err(err) => Err(sdk_error(SERVICE, "CreateSecret", id.to_owned(), &err)),
         }
