@@ -196,6 +196,15 @@ async fn an_alarm_below_its_threshold_runs_the_step_policy_and_the_group_grows()
     alarm(&cw, "no-data-breaching", "silent", "breaching", None).await;
     alarm(&cw, "no-data-not-breaching", "silent", "notBreaching", None).await;
     assert_eq!(state(&cw, "idle-low").await, StateValue::InsufficientData);
+    // Out of its initial state, so that going back to INSUFFICIENT_DATA shows evaluation.
+    cw.set_alarm_state()
+        .alarm_name("no-data-missing")
+        .state_value(StateValue::Ok)
+        .state_reason("test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(state(&cw, "no-data-missing").await, StateValue::Ok);
 
     // No idle runner, reported every half world minute.
     let until = Instant::now() + Duration::from_secs(20);

@@ -218,10 +218,11 @@ async fn a_schedule_fires_at_its_rate_in_world_time() {
     for (n, i) in done.iter().enumerate() {
         let queued = i["queued_at"].as_f64().unwrap();
         let due = 60.0 * (n as f64 + 1.0);
-        // The world moves in 50 ms real steps: 3 world seconds at this scale.
+        // Never early; how late depends on the machine's load (the event times above show
+        // the rate exactly).
         assert!(
-            (due..due + 6.0).contains(&queued),
-            "invocation {n} queued at {queued}"
+            queued >= due,
+            "invocation {n} queued at {queued}, before {due}"
         );
         assert_eq!(i["response"]["event"]["detail-type"], "Scheduled Event");
         assert_eq!(i["response"]["event"]["source"], "aws.events");

@@ -15,7 +15,7 @@
 pub mod wire;
 
 use super::json::{strings, JsonError};
-use super::lambda::{ACCOUNT, REGION};
+use super::{ACCOUNT, REGION};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -689,8 +689,6 @@ impl CloudWatch {
                 if let Some(d) = &a.reason_data {
                     v["StateReasonData"] = json!(d);
                 }
-                // Always a float, as the model says, whatever the value.
-                v["Threshold"] = Value::Number(serde_json::Number::from_f64(a.threshold).unwrap_or(0.into()));
                 v
             })
             .collect();
@@ -900,17 +898,29 @@ mod tests {
 
     #[test]
     fn missing_data_follows_the_alarms_setting() {
-        for (setting, want) in [
-            ("missing", "INSUFFICIENT_DATA"),
-            ("ignore", "INSUFFICIENT_DATA"),
-            ("breaching", "ALARM"),
-            ("notBreaching", "OK"),
+        // Each alarm starts in a state other than the one its setting must lead to (but
+        // `ignore`, which must keep it), so every case shows the evaluation acting.
+        for (setting, start, want) in [
+            ("missing", "OK", "INSUFFICIENT_DATA"),
+            ("ignore", "ALARM", "ALARM"),
+            ("breaching", "OK", "ALARM"),
+            ("notBreaching", "ALARM", "OK"),
         ] {
             let mut cw = CloudWatch::default();
             alarm(&mut cw, setting);
+            let set = json!({"AlarmName": "low", "StateValue": start, "StateReason": "test"});
+            cw.handle("SetAlarmState", &set, 1.0).unwrap();
             cw.evaluate(600.0);
-            // `ignore` leaves the initial state as it is.
-            assert_eq!(cw.alarms().next().unwrap().state, want, "{setting}");
+            let a = cw.alarms().next().unwrap();
+            assert_eq!(a.state, want, "{setting}");
+            if setting == "missing" {
+                assert!(
+                    a.reason
+                        .starts_with("Insufficient Data: 3 datapoints were unknown"),
+                    "{}",
+                    a.reason
+                );
+            }
         }
     }
 
