@@ -47,6 +47,8 @@ struct RunnerFragment {
     labels: Option<Vec<String>>,
     group: Option<String>,
     mode: Option<String>,
+    job_started_hook: Option<PathBuf>,
+    job_completed_hook: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +101,10 @@ pub struct Settings {
     /// The runner group persistent runners register into (`config.sh --runnergroup`).
     pub runner_group: Option<String>,
     pub mode: Mode,
+    /// The runner's job hooks (`ACTIONS_RUNNER_HOOK_JOB_STARTED` / `_COMPLETED`): scripts
+    /// that call `warmfleet-agent hook job-started|job-completed`.
+    pub job_started_hook: PathBuf,
+    pub job_completed_hook: PathBuf,
     pub bootstrap_hook: String,
     pub deregistration_hook: String,
     pub timeouts: Timeouts,
@@ -120,6 +126,8 @@ struct Merged {
     labels: Option<Set<Vec<String>>>,
     runner_group: Option<Set<String>>,
     mode: Option<Set<String>>,
+    job_started_hook: Option<Set<PathBuf>>,
+    job_completed_hook: Option<Set<PathBuf>>,
     bootstrap_hook: Option<Set<String>>,
     deregistration_hook: Option<Set<String>>,
     timeouts: BTreeMap<String, Set<String>>,
@@ -145,6 +153,8 @@ impl Merged {
         set(&mut self.labels, r.labels, file);
         set(&mut self.runner_group, r.group, file);
         set(&mut self.mode, r.mode, file);
+        set(&mut self.job_started_hook, r.job_started_hook, file);
+        set(&mut self.job_completed_hook, r.job_completed_hook, file);
         let h = f.hooks.unwrap_or_default();
         set(&mut self.bootstrap_hook, h.bootstrap, file);
         set(&mut self.deregistration_hook, h.deregistration, file);
@@ -273,6 +283,14 @@ impl Merged {
             labels,
             runner_group: self.runner_group.map(|s| s.value),
             mode,
+            job_started_hook: self.job_started_hook.map_or_else(
+                || PathBuf::from("/usr/lib/warmfleet/job-started.sh"),
+                |s| s.value,
+            ),
+            job_completed_hook: self.job_completed_hook.map_or_else(
+                || PathBuf::from("/usr/lib/warmfleet/job-completed.sh"),
+                |s| s.value,
+            ),
             bootstrap_hook: text(self.bootstrap_hook, "hooks.bootstrap", Some(HOOK_BOOTSTRAP))?,
             deregistration_hook: text(
                 self.deregistration_hook,

@@ -1,4 +1,11 @@
-//! warmfleet-agent: the systemd service on every runner instance. So far: its layered
-//! configuration (`config`). The state machine, its driver and the commands follow (issue 6).
+//! warmfleet-agent: the systemd service on every runner instance. `machine` is its state
+//! machine (pure), `driver` performs its actions; `runner` runs the actions runner's
+//! programs, `control` carries the commands (`drain`, `status`, `hook`, `sleep-hook`) to the
+//! running service, `record` keeps its state across restarts, `config` reads its files.
 
 pub mod config;
+pub mod control;
+pub mod driver;
+pub mod machine;
+pub mod record;
+pub mod runner;

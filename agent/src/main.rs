@@ -1,7 +1,217 @@
-//! warmfleet-agent: the systemd service on every runner instance. Its state machine, driver
-//! and commands are built in issue 6; until then the binary says so and fails.
+//! warmfleet-agent: parses the command line, sets up logging, and runs one command.
+//! docs/usage/agent.md describes every command, flag and configuration key.
 
-fn main() {
-    eprintln!("warmfleet-agent: not built yet (the agent is issue 6)");
-    std::process::exit(2);
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use warmfleet_agent::config::{self, Settings};
+use warmfleet_agent::control::{self, JobHook, Request, SleepPhase};
+use warmfleet_agent::driver::{Driver, Exit};
+use warmfleet_agent::record;
+
+#[derive(Parser)]
+#[command(
+    name = "warmfleet-agent",
+    version,
+    about = "Registers, supervises and drains a GitHub Actions runner on an EC2 instance of a warmfleet Auto Scaling group"
+)]
+struct Cli {
+    /// The main configuration file.
+    #[arg(long, global = true, env = "WARMFLEET_AGENT_CONFIG", default_value = config::DEFAULT_FILE)]
+    config: PathBuf,
+    /// Drop-in directory: its *.toml files override the main file, in name order.
+    #[arg(long, global = true, env = "WARMFLEET_AGENT_CONFIG_DIR", default_value = config::DEFAULT_DIR)]
+    config_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (systemd Type=notify).
+    Run,
+    /// Stop taking jobs, let the running job finish, remove the runner and complete the
+    /// terminate hook if the instance is terminating. Exits 0 once drained.
+    Drain {
+        /// How long to wait for the drain (default: the timeouts.drain setting).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Show the agent's state, runner, job, last hook and last error.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Called by the runner's job hooks.
+    Hook {
+        #[arg(value_enum)]
+        hook: JobHook,
+        /// The agent's socket (the agent sets WARMFLEET_AGENT_SOCKET for the runner).
+        #[arg(long, env = control::SOCKET_ENV)]
+        socket: Option<PathBuf>,
+    },
+    /// Called by systemd-sleep around hibernation: `pre` or `post` (then the sleep kind).
+    SleepHook {
+        #[arg(value_enum)]
+        phase: SleepPhase,
+        /// hibernate, suspend... (given by systemd-sleep; ignored).
+        kind: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warmfleet-agent: cannot start its runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("warmfleet-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::prelude::*;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARMFLEET_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Under systemd (JOURNAL_STREAM is set) straight to the journal with structured fields.
+    let journald = std::env::var_os("JOURNAL_STREAM")
+        .and_then(|_| tracing_journald::layer().ok())
+        .map(|l| l.with_syslog_identifier("warmfleet-agent".into()));
+    let stderr = journald.is_none().then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(journald)
+        .with(stderr)
+        .init();
+}
+
+fn settings(cli: &Cli) -> anyhow::Result<Settings> {
+    Ok(config::load(&cli.config, &cli.config_dir)?)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match &cli.command {
+        Command::Run => {
+            let settings = settings(&cli)?;
+            let driver = Driver::new(settings).map_err(anyhow::Error::msg)?;
+            match driver.run().await.map_err(anyhow::Error::msg)? {
+                Exit::Drained => Ok(ExitCode::SUCCESS),
+                Exit::Failed(reason) => anyhow::bail!("{reason}"),
+            }
+        }
+        Command::Drain { timeout } => {
+            let settings = settings(&cli)?;
+            let wait = timeout.unwrap_or(settings.timeouts.drain);
+            let socket = control::socket(&settings.state_dir);
+            let reply = control::ask(&socket, &Request::Drain, wait).await?;
+            println!("{}", reply.message);
+            Ok(if reply.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Status { json } => {
+            let settings = settings(&cli)?;
+            let socket = control::socket(&settings.state_dir);
+            let (running, record) =
+                match control::ask(&socket, &Request::Status, Duration::from_secs(5)).await {
+                    Ok(reply) => (true, reply.status),
+                    Err(_) => (
+                        false,
+                        record::load(&settings.state_dir).map_err(anyhow::Error::msg)?,
+                    ),
+                };
+            let record = record.context("the agent has not run on this instance yet")?;
+            if *json {
+                let mut value = serde_json::to_value(&record)?;
+                value["running"] = running.into();
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                print_status(running, &record);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Hook { hook, socket } => {
+            let socket = match socket {
+                Some(s) => s.clone(),
+                None => control::socket(&settings(&cli)?.state_dir),
+            };
+            // Never fail the job: without the agent the job runs unprotected.
+            match control::ask(
+                &socket,
+                &Request::Hook { hook: *hook },
+                Duration::from_secs(60),
+            )
+            .await
+            {
+                Ok(reply) if reply.ok => {}
+                Ok(reply) => eprintln!("warmfleet-agent: {}", reply.message),
+                Err(e) => {
+                    eprintln!("warmfleet-agent: {e}; the job runs without scale-in protection")
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SleepHook { phase, .. } => {
+            let settings = settings(&cli)?;
+            let socket = control::socket(&settings.state_dir);
+            // Never hold up the machine's sleep or wake.
+            if let Err(e) = control::ask(
+                &socket,
+                &Request::Sleep { phase: *phase },
+                Duration::from_secs(10),
+            )
+            .await
+            {
+                eprintln!("warmfleet-agent: {e}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_status(running: bool, r: &record::Record) {
+    let or_none = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    println!(
+        "agent:        {}",
+        if running { "running" } else { "not running" }
+    );
+    println!("state:        {} ({})", r.state.name(), r.state.describe());
+    println!("instance:     {}", or_none(&r.instance_id));
+    println!("group:        {}", or_none(&r.group));
+    println!("runner:       {}", or_none(&r.runner_name));
+    println!(
+        "job:          {}",
+        if r.job_in_progress {
+            "in progress"
+        } else {
+            "none"
+        }
+    );
+    println!("protected:    {}", r.protected);
+    println!("last hook:    {}", or_none(&r.last_hook));
+    println!("last error:   {}", or_none(&r.last_error));
+    println!("updated:      {}", r.updated_at);
 }

@@ -153,8 +153,8 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         Ok(())
     }
 
-    /// Hands the agent a remove token and starts its drain; without SSM, removes the runner
-    /// here.
+    /// Takes the runner's labels (so it gets no new job), hands the agent a remove token and
+    /// starts its drain; without SSM, removes the runner here.
     async fn drain(
         &self,
         group: &str,
@@ -162,6 +162,17 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         until: Instant,
         deadline: Instant,
     ) -> Result<Outcome, Error> {
+        // No job can be routed to a runner without its labels; the running one finishes.
+        let runners: Vec<Runner> = (self.github.runners(Some(instance), until).await?)
+            .into_iter()
+            .filter(|r| r.name == instance)
+            .collect();
+        for r in &runners {
+            match self.github.remove_labels(r.id, until).await {
+                Ok(()) | Err(GithubError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         self.add_remove_token(group, instance, until).await?;
         let line = format!(
             "{} --timeout {}s",
@@ -182,13 +193,12 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
             return Ok(Outcome::Draining { command_id });
         }
         // The agent cannot be told: remove the runner here, unless it is running a job.
-        let runners = self.github.runners(Some(instance), until).await?;
-        if let Some(busy) = runners.iter().find(|r| r.name == instance && r.busy) {
+        if let Some(busy) = runners.iter().find(|r| r.busy) {
             let reason = format!("runner {} is busy and SSM cannot reach {instance}", busy.id);
             warn!(%reason, "deregistration waits");
             return Ok(Outcome::Waiting { reason });
         }
-        for r in runners.iter().filter(|r| r.name == instance) {
+        for r in &runners {
             match self.github.delete_runner(r.id, until).await {
                 Ok(()) | Err(GithubError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
@@ -531,9 +541,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn scale_in_hands_the_agent_a_remove_token_and_starts_its_drain() {
+    async fn scale_in_takes_the_labels_hands_over_a_remove_token_and_starts_the_drain() {
         let h = handler();
         registered(&h, I, Duration::ZERO);
+        h.github.runners.lock().unwrap().push(runner(7, I, true));
         h.commands.reachable.lock().unwrap().push(I.into());
         let out = h.handle(event("scale-in"), soon()).await.unwrap();
         assert_eq!(
@@ -549,6 +560,7 @@ mod tests {
         let values = h.secrets.values.lock().unwrap();
         let s = InstanceSecret::parse(&values[&instance_secret_id("runners", I)].0).unwrap();
         assert!(s.remove_token.is_some());
+        assert_eq!(*h.github.unlabelled.lock().unwrap(), [7]);
         assert!(
             completed(&h).is_empty(),
             "the agent completes the hook after its drain"

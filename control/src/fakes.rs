@@ -142,6 +142,9 @@ impl Lifecycle for Asg {
         self.unhealthy.lock().unwrap().push(id.to_owned());
         Ok(())
     }
+    async fn replace(&self, _: &str) -> Result<(), PortError> {
+        unimplemented!("the Lambdas never replace an instance")
+    }
 }
 
 /// GitHub: runners in memory; `fail` makes every token call fail as a 5xx would.
@@ -153,6 +156,8 @@ pub struct Github {
     pub fail: Mutex<bool>,
     /// Runners whose deletion fails as a 5xx would.
     pub undeletable: Mutex<Vec<u64>>,
+    /// Runners whose custom labels were removed.
+    pub unlabelled: Mutex<Vec<u64>>,
 }
 
 fn server_error() -> GithubError {
@@ -229,6 +234,10 @@ impl RunnerRegistry for Github {
         }
         runners.retain(|r| r.id != id);
         self.deleted.lock().unwrap().push(id);
+        Ok(())
+    }
+    async fn remove_labels(&self, id: u64, _: Instant) -> Result<(), GithubError> {
+        self.unlabelled.lock().unwrap().push(id);
         Ok(())
     }
     fn api_calls(&self) -> u64 {

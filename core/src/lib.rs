@@ -1,9 +1,10 @@
 //! Shared by the warmfleet agent, the control-plane Lambdas and the testbed: the names of
 //! everything (`naming`), the ports the domain talks through (`ports`), their aws-sdk
-//! adapters (`aws`) and the GitHub client (`github`).
+//! adapters (`aws`), the GitHub client (`github`) and the IMDSv2 client (`imds`).
 
 pub mod aws;
 pub mod github;
+pub mod imds;
 pub mod instance_secret;
 pub mod naming;
 pub mod ports;

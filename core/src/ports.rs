@@ -114,6 +114,10 @@ pub trait Lifecycle: Send + Sync {
 
     /// Marks an instance unhealthy, so that its group replaces it.
     async fn set_unhealthy(&self, instance_id: &str) -> Result<(), PortError>;
+
+    /// Terminates an instance without lowering its group's desired capacity, so that the
+    /// group launches (or resumes) a replacement at once.
+    async fn replace(&self, instance_id: &str) -> Result<(), PortError>;
 }
 
 /// Where a command sent to an instance has got to.
@@ -185,6 +189,9 @@ pub trait RunnerRegistry: Send + Sync {
         deadline: Instant,
     ) -> Result<Vec<Runner>, GithubError>;
     async fn delete_runner(&self, runner_id: u64, deadline: Instant) -> Result<(), GithubError>;
+    /// Removes a runner's custom labels (allowed while it runs a job): no further job can
+    /// be routed to it. The first step of a drain.
+    async fn remove_labels(&self, runner_id: u64, deadline: Instant) -> Result<(), GithubError>;
     /// Requests made so far.
     fn api_calls(&self) -> u64;
     /// What GitHub last said was left of the rate limit.

@@ -5,6 +5,7 @@ use crate::ports::{Completion, HookResult, InstanceStatus, Lifecycle, PortError}
 use async_trait::async_trait;
 use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
 
+#[derive(Clone)]
 pub struct AutoScaling {
     client: aws_sdk_autoscaling::Client,
 }
@@ -217,5 +218,23 @@ impl Lifecycle for AutoScaling {
             .await
             .map(|_| ())
             .map_err(|e| sdk_error(SERVICE, "SetInstanceHealth", instance_id.to_owned(), &e))
+    }
+
+    async fn replace(&self, instance_id: &str) -> Result<(), PortError> {
+        self.client
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(instance_id)
+            .should_decrement_desired_capacity(false)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                sdk_error(
+                    SERVICE,
+                    "TerminateInstanceInAutoScalingGroup",
+                    instance_id.to_owned(),
+                    &e,
+                )
+            })
     }
 }

@@ -22,13 +22,22 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 
 /// The shared AWS configuration every client is built from.
 pub async fn load_config() -> aws_config::SdkConfig {
+    loader().load().await
+}
+
+/// The same in a region known already (an instance's, from IMDS).
+pub async fn load_config_in(region: &str) -> aws_config::SdkConfig {
+    loader()
+        .region(aws_config::Region::new(region.to_owned()))
+        .load()
+        .await
+}
+
+fn loader() -> aws_config::ConfigLoader {
     let http = aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https();
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(http)
-        .load()
-        .await
+    aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http)
 }
 
 /// A port error from an aws-sdk error, saying whether trying again later can help

@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 const SERVICE: &str = "Secrets Manager";
 
+#[derive(Clone)]
 pub struct SecretsManager {
     client: aws_sdk_secretsmanager::Client,
 }

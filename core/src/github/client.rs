@@ -545,6 +545,12 @@ impl crate::ports::RunnerRegistry for GithubClient {
         GithubClient::delete_runner(self, runner_id, deadline).await
     }
 
+    async fn remove_labels(&self, runner_id: u64, deadline: Instant) -> Result<(), GithubError> {
+        self.remove_custom_labels(runner_id, deadline)
+            .await
+            .map(|_| ())
+    }
+
     fn api_calls(&self) -> u64 {
         GithubClient::api_calls(self)
     }

@@ -1,0 +1,790 @@
+//! The driver: performs the state machine's actions and turns what happens (IMDS answers,
+//! the secret, the listener's output and exit, job hooks, drains, sleep and wake, SIGTERM)
+//! into its events. One task owns the state; slow actions run in tasks of their own and
+//! report back through a channel.
+
+use crate::config::Settings;
+use crate::control::{self, JobHook, Reply, Request, SleepPhase};
+use crate::machine::{self, Action, Event, State};
+use crate::record::{self, Record};
+use crate::runner::{self, Line, RunAs, Runner};
+use chrono::Utc;
+use secrecy::SecretString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+use warmfleet_core::aws::{AutoScaling, SecretsManager};
+use warmfleet_core::imds::{Identity, Imds, Target};
+use warmfleet_core::instance_secret::{InstanceSecret, RunnerCredential};
+use warmfleet_core::naming;
+use warmfleet_core::ports::{Completion, HookResult, Lifecycle, SecretStore};
+
+/// How often the agent looks for a wake-up (IMDS, the clocks).
+const POLL: Duration = Duration::from_secs(1);
+/// How often it reads its secret while waiting for a credential.
+const CREDENTIAL_POLL: Duration = Duration::from_millis(250);
+/// The pause before a listener that asked for a restart is started again.
+const RELAUNCH_DELAY: Duration = Duration::from_secs(2);
+
+/// What the driver's tasks report.
+enum Msg {
+    Event(Event),
+    Identity(Identity, Target),
+    Credential(InstanceSecret),
+    /// Time to start the listener again.
+    Relaunch,
+    ListenDeadline(u32),
+    Request(Request, oneshot::Sender<Reply>),
+}
+
+/// How `run` ended.
+pub enum Exit {
+    /// Drained after SIGTERM.
+    Drained,
+    /// Could not even learn who it is: systemd restarts it.
+    Failed(String),
+}
+
+pub struct Driver {
+    settings: Settings,
+    record: Record,
+    imds: Imds,
+    identity: Option<Identity>,
+    clients: Option<(AutoScaling, SecretsManager)>,
+    runner: Runner,
+    credential: Option<InstanceSecret>,
+    log_offset: Arc<AtomicU64>,
+    tx: mpsc::UnboundedSender<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    drain_waiters: Vec<oneshot::Sender<Reply>>,
+    stopping: bool,
+    /// CLOCK_BOOTTIME − CLOCK_MONOTONIC at the last tick: it grows while the machine sleeps.
+    slept: Option<Duration>,
+}
+
+impl Driver {
+    pub fn new(settings: Settings) -> Result<Driver, String> {
+        std::fs::create_dir_all(&settings.state_dir)
+            .map_err(|e| format!("{}: {e}", settings.state_dir.display()))?;
+        let record = record::load(&settings.state_dir)?.unwrap_or_default();
+        let run_as = RunAs::lookup(&settings.runner_user)?;
+        let socket = control::socket(&settings.state_dir);
+        let exe = std::env::current_exe().map_err(|e| format!("the agent's own path: {e}"))?;
+        let runner = Runner {
+            dir: settings.runner_dir.clone(),
+            run_as,
+            env: vec![
+                (
+                    "ACTIONS_RUNNER_HOOK_JOB_STARTED".into(),
+                    settings.job_started_hook.display().to_string(),
+                ),
+                (
+                    "ACTIONS_RUNNER_HOOK_JOB_COMPLETED".into(),
+                    settings.job_completed_hook.display().to_string(),
+                ),
+                (control::SOCKET_ENV.into(), socket.display().to_string()),
+                ("WARMFLEET_AGENT".into(), exe.display().to_string()),
+            ],
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Driver {
+            imds: Imds::new(settings.timeouts.call),
+            log_offset: Arc::new(AtomicU64::new(record.listener_log_offset)),
+            settings,
+            record,
+            identity: None,
+            clients: None,
+            runner,
+            credential: None,
+            tx,
+            rx,
+            drain_waiters: vec![],
+            stopping: false,
+            slept: None,
+        })
+    }
+
+    /// The service: runs until a SIGTERM drain has finished.
+    pub async fn run(mut self) -> Result<Exit, String> {
+        let socket = control::socket(&self.settings.state_dir);
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket)
+            .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
+        // Anyone may connect; each request is checked against who sent it.
+        set_mode(&socket, 0o666)?;
+        tokio::spawn(serve(listener, self.tx.clone(), self.runner.run_as.clone()));
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        let mut tick = tokio::time::interval(POLL);
+        let mut watchdog = watchdog_interval();
+
+        let (state, actions) = machine::recover(&self.record.state);
+        info!(state = state.name(), "starting");
+        self.enter(state);
+        self.perform_all(actions).await;
+        loop {
+            tokio::select! {
+                Some(msg) = self.rx.recv() => self.message(msg).await,
+                _ = sigterm.recv() => {
+                    info!("SIGTERM: draining");
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                    self.stopping = true;
+                    self.event(Event::Drain).await;
+                }
+                _ = tick.tick() => self.tick().await,
+                _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+            match &self.record.state {
+                State::Drained if self.stopping => return Ok(Exit::Drained),
+                State::Failed { reason } if self.identity.is_none() => {
+                    return Ok(Exit::Failed(reason.clone()))
+                }
+                State::Failed { .. } if self.stopping => return Ok(Exit::Drained),
+                _ => {}
+            }
+        }
+    }
+
+    async fn message(&mut self, msg: Msg) {
+        match msg {
+            Msg::Event(e) => self.event(e).await,
+            Msg::Identity(identity, target) => {
+                if self.identity.as_ref() != Some(&identity) {
+                    let config = warmfleet_core::aws::load_config_in(&identity.region).await;
+                    self.clients = Some((AutoScaling::new(&config), SecretsManager::new(&config)));
+                }
+                self.record.instance_id = Some(identity.instance_id.clone());
+                self.record.group = Some(identity.group.clone());
+                self.identity = Some(identity);
+                self.event(Event::Target(target)).await;
+            }
+            Msg::Credential(secret) => {
+                self.credential = Some(secret);
+                self.event(Event::Credential).await;
+            }
+            Msg::Relaunch => {
+                if matches!(self.record.state, State::Registering | State::Restarting) {
+                    let jit = self.jit_config();
+                    if let Err(reason) = self.start_listener(jit.as_ref()) {
+                        self.event(Event::Failed(reason)).await;
+                    }
+                }
+            }
+            Msg::ListenDeadline(pid) => {
+                if self.record.state == State::Registering && self.record.listener_pid == Some(pid)
+                {
+                    let reason = format!(
+                        "the listener did not listen within {}",
+                        humantime::format_duration(self.settings.timeouts.listen)
+                    );
+                    self.event(Event::Failed(reason)).await;
+                }
+            }
+            Msg::Request(request, reply) => self.request(request, reply).await,
+        }
+    }
+
+    async fn request(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
+        let answer = match request {
+            Request::Hook { hook } => {
+                let event = match hook {
+                    JobHook::JobStarted => Event::JobStarted,
+                    JobHook::JobCompleted => Event::JobCompleted,
+                };
+                self.event(event).await;
+                // A job hook never fails the job: protection is a second line of defence.
+                Reply::ok(self.record.state.describe())
+            }
+            Request::Sleep { phase } => {
+                self.event(match phase {
+                    SleepPhase::Pre => Event::Hibernating,
+                    SleepPhase::Post => Event::Resumed,
+                })
+                .await;
+                Reply::ok(self.record.state.describe())
+            }
+            Request::Drain => {
+                info!("drain requested");
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                self.event(Event::Drain).await;
+                self.drain_waiters.push(reply);
+                self.answer_drains();
+                return;
+            }
+            Request::Status => Reply {
+                status: Some(self.record.clone()),
+                ..Reply::ok(self.record.state.describe())
+            },
+        };
+        let _ = reply.send(answer);
+    }
+
+    fn answer_drains(&mut self) {
+        let answer = match &self.record.state {
+            State::Drained => Reply::ok("drained: the runner is removed"),
+            State::Failed { reason } => Reply::err(format!("the drain failed: {reason}")),
+            _ => return,
+        };
+        for w in self.drain_waiters.drain(..) {
+            let _ = w.send(answer.clone());
+        }
+    }
+
+    async fn event(&mut self, event: Event) {
+        let (next, actions) = match machine::on(&self.record.state, event, self.settings.mode) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(state = self.record.state.name(), "{e}; ignored");
+                return;
+            }
+        };
+        self.enter(next);
+        self.perform_all(actions).await;
+        self.answer_drains();
+    }
+
+    fn enter(&mut self, state: State) {
+        if state != self.record.state {
+            match &state {
+                State::Failed { reason } => {
+                    tracing::error!(
+                        instance_id = self.instance(),
+                        state = state.name(),
+                        %reason,
+                        "failed"
+                    );
+                    self.record.last_error = Some(reason.clone());
+                }
+                _ => info!(
+                    instance_id = self.instance(),
+                    state = state.name(),
+                    "{}",
+                    state.describe()
+                ),
+            }
+        }
+        self.record.job_in_progress = matches!(state, State::Busy | State::Draining);
+        self.record.state = state;
+        let _ = sd_notify::notify(
+            false,
+            &[sd_notify::NotifyState::Status(
+                &self.record.state.describe(),
+            )],
+        );
+        self.save();
+    }
+
+    fn save(&mut self) {
+        self.record.listener_log_offset = self.log_offset.load(Ordering::Relaxed);
+        self.record.updated_at = Utc::now();
+        if let Err(e) = record::save(&self.settings.state_dir, &self.record) {
+            warn!("cannot save the state: {e}");
+        }
+    }
+
+    fn instance(&self) -> &str {
+        self.identity
+            .as_ref()
+            .map_or("unknown", |i| i.instance_id.as_str())
+    }
+
+    async fn perform_all(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            if let Err(reason) = self.perform(action.clone()).await {
+                warn!(?action, %reason, "action failed");
+                self.record.last_error = Some(reason.clone());
+                self.save();
+                // Protection is best effort; anything else fails the state.
+                if !matches!(action, Action::Protect(_)) {
+                    let _ = self.tx.send(Msg::Event(Event::Failed(reason)));
+                }
+            }
+        }
+    }
+
+    fn send_later(&self, f: impl std::future::Future<Output = Msg> + Send + 'static) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(f.await);
+        });
+    }
+
+    fn aws(&self) -> Result<(&Identity, &AutoScaling, &SecretsManager), String> {
+        match (&self.identity, &self.clients) {
+            (Some(i), Some((a, s))) => Ok((i, a, s)),
+            _ => Err("the instance's identity is not known yet".into()),
+        }
+    }
+
+    fn secret_id(&self, identity: &Identity) -> String {
+        format!(
+            "{}/{}/{}",
+            self.settings.secret_prefix, identity.group, identity.instance_id
+        )
+    }
+
+    async fn perform(&mut self, action: Action) -> Result<(), String> {
+        let call = self.settings.timeouts.call;
+        match action {
+            Action::Identify => {
+                // A fresh IMDS session: the old token may have expired while asleep.
+                self.imds = Imds::new(call);
+                let imds = self.imds.clone();
+                self.send_later(async move {
+                    let found = async { Ok((imds.identity().await?, imds.target().await?)) };
+                    let found: Result<_, warmfleet_core::imds::ImdsError> = found.await;
+                    match found {
+                        Ok((i, t)) => Msg::Identity(i, t),
+                        Err(e) => Msg::Event(Event::Failed(format!(
+                            "IMDS cannot tell who this instance is: {e}"
+                        ))),
+                    }
+                });
+            }
+            Action::AwaitCredential => {
+                let (identity, _, secrets) = self.aws()?;
+                let id = self.secret_id(identity);
+                let secrets = secrets.clone();
+                let newer_than = self.record.credential_used;
+                let limit = self.settings.timeouts.credential;
+                self.send_later(await_credential(secrets, id, newer_than, limit));
+            }
+            Action::Register => self.register().await?,
+            Action::RestartListener => self.send_later(async {
+                tokio::time::sleep(RELAUNCH_DELAY).await;
+                Msg::Relaunch
+            }),
+            Action::Protect(on) => {
+                let (identity, asg, _) = self.aws()?;
+                tokio::time::timeout(
+                    call,
+                    asg.set_protection(&identity.group, &identity.instance_id, on),
+                )
+                .await
+                .map_err(|_| "SetInstanceProtection timed out".to_owned())?
+                .map_err(|e| e.to_string())?;
+                info!(instance_id = %identity.instance_id, protected = on, "scale-in protection");
+                self.record.protected = on;
+                self.save();
+            }
+            Action::StopListener => match self.record.listener_pid {
+                Some(pid) if runner::listener_alive(pid) => {
+                    info!(pid, "stopping the listener");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGINT,
+                    );
+                }
+                _ => {
+                    let _ = self.tx.send(Msg::Event(Event::ListenerExited(None)));
+                }
+            },
+            Action::RemoveRunner => {
+                let token = self.remove_token().await;
+                let configured = self.runner.configured();
+                let runner = Runner {
+                    dir: self.runner.dir.clone(),
+                    run_as: self.runner.run_as.clone(),
+                    env: self.runner.env.clone(),
+                };
+                self.send_later(async move {
+                    if configured {
+                        remove(&runner, token).await;
+                    }
+                    Msg::Event(Event::Removed)
+                });
+                self.record.runner_name = None;
+            }
+            Action::CompleteBootstrap(result) => {
+                let hook = self.settings.bootstrap_hook.clone();
+                // The agent may be up before its launch hooks fire (the instance is still
+                // Pending, not Pending:Wait): then wait for them.
+                let until = tokio::time::Instant::now() + self.settings.timeouts.credential;
+                while self.complete(&hook, result).await? == Completion::NotPending
+                    && tokio::time::Instant::now() < until
+                    && self.hooks_not_yet_fired().await
+                {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+            Action::CompleteDeregistration => {
+                let target = self.imds.target().await.map_err(|e| e.to_string())?;
+                self.record.back_to_pool = target == Target::WarmPool;
+                if target != Target::InService {
+                    let hook = self.settings.deregistration_hook.clone();
+                    self.complete(&hook, HookResult::Continue).await?;
+                }
+            }
+            Action::Replace => {
+                let (identity, asg, _) = self.aws()?;
+                tokio::time::timeout(call, asg.replace(&identity.instance_id))
+                    .await
+                    .map_err(|_| "TerminateInstanceInAutoScalingGroup timed out".to_owned())?
+                    .map_err(|e| e.to_string())?;
+                info!(instance_id = %identity.instance_id, "ephemeral runner done: instance replaced");
+            }
+            Action::Ready => {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            }
+            Action::MarkUnhealthy => {
+                let (identity, asg, _) = self.aws()?;
+                asg.set_unhealthy(&identity.instance_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                warn!(instance_id = %identity.instance_id, "instance marked unhealthy");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the instance is still Pending (or Warmed:Pending), before its hooks' wait.
+    async fn hooks_not_yet_fired(&self) -> bool {
+        let Ok((identity, asg, _)) = self.aws() else {
+            return false;
+        };
+        let state = match asg.instance(&identity.instance_id).await {
+            Ok(Some(i)) => Some(i.lifecycle_state),
+            // Warm-pool instances are listed with the pool.
+            Ok(None) => asg.warm_pool(&identity.group).await.ok().and_then(|w| {
+                w.into_iter()
+                    .find(|i| i.instance_id == identity.instance_id)
+                    .map(|i| i.lifecycle_state)
+            }),
+            Err(_) => None,
+        };
+        matches!(state.as_deref(), Some("Pending" | "Warmed:Pending"))
+    }
+
+    async fn complete(&mut self, hook: &str, result: HookResult) -> Result<Completion, String> {
+        let (identity, asg, _) = self.aws()?;
+        let done = tokio::time::timeout(
+            self.settings.timeouts.call,
+            asg.complete(&identity.group, hook, &identity.instance_id, result),
+        )
+        .await
+        .map_err(|_| format!("completing {hook} timed out"))?
+        .map_err(|e| e.to_string())?;
+        let reason = self.record.last_error.clone().unwrap_or_default();
+        match result {
+            HookResult::Continue => {
+                info!(instance_id = %identity.instance_id, hook, result = result.as_str(), ?done, "hook completed")
+            }
+            HookResult::Abandon => {
+                warn!(instance_id = %identity.instance_id, hook, result = result.as_str(), ?done, %reason, "hook completed")
+            }
+        }
+        if done == Completion::Done {
+            self.record.last_hook = Some(format!("{hook} {} at {}", result.as_str(), Utc::now()));
+            self.save();
+        }
+        Ok(done)
+    }
+
+    fn jit_config(&self) -> Option<SecretString> {
+        match self.credential.as_ref().map(|c| &c.credential) {
+            Some(RunnerCredential::JitConfig {
+                encoded_jit_config, ..
+            }) => Some(encoded_jit_config.clone()),
+            _ => None,
+        }
+    }
+
+    /// Configures the runner unless it is, then starts (or adopts) its listener.
+    async fn register(&mut self) -> Result<(), String> {
+        let (identity, _, secrets) = self.aws()?;
+        let identity = identity.clone();
+        if let Some(pid) = self
+            .record
+            .listener_pid
+            .filter(|p| runner::listener_alive(*p))
+        {
+            info!(pid, "the listener outlived the agent: adopted");
+            self.watch(None, pid);
+            let _ = self.tx.send(Msg::Event(Event::Listening));
+            return Ok(());
+        }
+        if self.credential.is_none() {
+            // After a restart: the credential last written for this launch.
+            let id = self.secret_id(&identity);
+            let text = secrets
+                .get(&id)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("the secret {id} is gone"))?;
+            self.credential = Some(InstanceSecret::parse(&text).map_err(|e| format!("{id}: {e}"))?);
+        }
+        let Some(secret) = self.credential.as_ref() else {
+            return Err("no credential".into());
+        };
+        self.record.credential_used = Some(secret.issued_at);
+        let name = naming::runner_name(&identity.instance_id);
+        if let RunnerCredential::RegistrationToken { token, .. } = &secret.credential {
+            if !self.runner.configured() {
+                let labels = naming::runner_labels(
+                    &identity.group,
+                    &identity.instance_id,
+                    &self.settings.labels,
+                );
+                let out = self
+                    .runner
+                    .configure(
+                        &self.settings.github_url,
+                        &name,
+                        &labels,
+                        self.settings.runner_group.as_deref(),
+                        token,
+                    )
+                    .await
+                    .map_err(|e| format!("config.sh could not run: {e}"))?;
+                if !out.success {
+                    return Err(format!("config.sh failed: {}", last_lines(&out.output)));
+                }
+                info!(instance_id = %identity.instance_id, runner = %name, "runner configured");
+            }
+        }
+        self.record.runner_name = Some(name);
+        let jit = self.jit_config();
+        let pid = self.start_listener(jit.as_ref())?;
+        let tx = self.tx.clone();
+        let listen = self.settings.timeouts.listen;
+        tokio::spawn(async move {
+            tokio::time::sleep(listen).await;
+            let _ = tx.send(Msg::ListenDeadline(pid));
+        });
+        Ok(())
+    }
+
+    fn start_listener(&mut self, jit: Option<&SecretString>) -> Result<u32, String> {
+        let log = self.settings.state_dir.join("listener.log");
+        let offset = std::fs::metadata(&log).map_or(0, |m| m.len());
+        self.log_offset.store(offset, Ordering::Relaxed);
+        let child = self
+            .runner
+            .start_listener(&log, jit)
+            .map_err(|e| format!("the listener could not start: {e}"))?;
+        let pid = child.id().unwrap_or(0);
+        info!(pid, "listener started");
+        self.record.listener_pid = Some(pid);
+        self.save();
+        self.watch(Some(child), pid);
+        Ok(pid)
+    }
+
+    /// Follows a listener: its output lines and its exit become events.
+    fn watch(&self, child: Option<tokio::process::Child>, pid: u32) {
+        let log = self.settings.state_dir.join("listener.log");
+        let offset = self.log_offset.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let read = |offset: &AtomicU64| {
+                for line in read_new_lines(&log, offset) {
+                    if let Some(l) = runner::parse_line(&line) {
+                        let event = match l {
+                            Line::Listening => Event::Listening,
+                            Line::JobRunning => Event::JobRunning,
+                            Line::JobFinished => Event::JobFinished,
+                        };
+                        let _ = tx.send(Msg::Event(event));
+                    }
+                }
+            };
+            let code = match child {
+                Some(mut child) => loop {
+                    tokio::select! {
+                        status = child.wait() => break status.ok().and_then(|s| s.code()),
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => read(&offset),
+                    }
+                },
+                None => loop {
+                    if !runner::listener_alive(pid) {
+                        break None;
+                    }
+                    read(&offset);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                },
+            };
+            read(&offset);
+            info!(pid, ?code, "listener exited");
+            let _ = tx.send(Msg::Event(Event::ListenerExited(code)));
+        });
+    }
+
+    /// The remove token the deregistration Lambda put in the secret, if it is still valid.
+    async fn remove_token(&self) -> Option<SecretString> {
+        let (identity, _, secrets) = self.aws().ok()?;
+        let text = secrets.get(&self.secret_id(identity)).await.ok()??;
+        let secret = InstanceSecret::parse(&text).ok()?;
+        secret
+            .remove_token
+            .filter(|t| t.expires_at > Utc::now())
+            .map(|t| t.token)
+    }
+
+    async fn tick(&mut self) {
+        // A jump of CLOCK_BOOTTIME against CLOCK_MONOTONIC: the machine slept.
+        let slept = slept();
+        let jumped =
+            matches!((self.slept, slept), (Some(a), Some(b)) if b > a + Duration::from_secs(2));
+        self.slept = slept;
+        let asleep_before = matches!(self.record.state, State::Warm)
+            || (self.record.state == State::Drained && self.record.back_to_pool);
+        if !asleep_before {
+            return;
+        }
+        let woke = jumped || matches!(self.imds.target().await, Ok(Target::InService));
+        if woke {
+            info!("woke up (clock jump or IMDS target state)");
+            self.event(Event::Resumed).await;
+        }
+    }
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn watchdog_interval() -> Option<tokio::time::Interval> {
+    let mut usec = 0;
+    sd_notify::watchdog_enabled(false, &mut usec)
+        .then(|| tokio::time::interval(Duration::from_micros(usec / 2)))
+}
+
+fn slept() -> Option<Duration> {
+    use nix::time::{clock_gettime, ClockId};
+    let boot = clock_gettime(ClockId::CLOCK_BOOTTIME).ok()?;
+    let mono = clock_gettime(ClockId::CLOCK_MONOTONIC).ok()?;
+    let d = Duration::from(boot).checked_sub(Duration::from(mono))?;
+    Some(d)
+}
+
+fn last_lines(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" / ")
+}
+
+/// Lines appended to `log` since `offset` (complete lines only); moves `offset` on.
+fn read_new_lines(log: &std::path::Path, offset: &AtomicU64) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return vec![];
+    };
+    let start = offset.load(Ordering::Relaxed);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return vec![];
+    }
+    let mut buf = Vec::new();
+    if f.read_to_end(&mut buf).is_err() {
+        return vec![];
+    }
+    let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
+        return vec![];
+    };
+    offset.store(start + end as u64 + 1, Ordering::Relaxed);
+    String::from_utf8_lossy(&buf[..end])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn await_credential(
+    secrets: SecretsManager,
+    id: String,
+    newer_than: Option<chrono::DateTime<Utc>>,
+    limit: Duration,
+) -> Msg {
+    let until = tokio::time::Instant::now() + limit;
+    let mut last;
+    loop {
+        match secrets.get(&id).await {
+            Ok(Some(text)) => match InstanceSecret::parse(&text) {
+                Ok(s) if newer_than.is_none_or(|t| s.issued_at > t) => {
+                    info!(secret = %id, issued_at = %s.issued_at, "new credential");
+                    return Msg::Credential(s);
+                }
+                Ok(s) => {
+                    last = format!(
+                        "it holds only a credential issued at {} (used)",
+                        s.issued_at
+                    )
+                }
+                Err(e) => last = e,
+            },
+            Ok(None) => last = "the secret does not exist".into(),
+            Err(e) => last = e.to_string(),
+        }
+        if tokio::time::Instant::now() >= until {
+            return Msg::Event(Event::Failed(format!(
+                "no new credential in {id} within {}: {last}",
+                humantime::format_duration(limit)
+            )));
+        }
+        tokio::time::sleep(CREDENTIAL_POLL).await;
+    }
+}
+
+async fn remove(runner: &Runner, token: Option<SecretString>) {
+    let with_token = token.is_some();
+    match runner.remove(token.as_ref()).await {
+        Ok(out) if out.success => info!(with_token, "runner removed"),
+        Ok(out) => {
+            warn!(output = %last_lines(&out.output), "config.sh remove failed; removing the local configuration only (the sweep deletes the registration)");
+            let _ = runner.remove(None).await;
+        }
+        Err(e) => warn!("config.sh remove could not run: {e}"),
+    }
+    if !with_token {
+        warn!(
+            "no remove token in the secret: the registration is left to the deregistration sweep"
+        );
+    }
+}
+
+/// Accepts connections on the control socket and passes each request to the driver.
+async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>, runner: Option<RunAs>) {
+    let me = nix::unistd::geteuid().as_raw();
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let tx = tx.clone();
+        let runner_uid = runner.as_ref().map(|r| r.uid);
+        tokio::spawn(async move {
+            let request = match control::read_request(&mut stream).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = control::write_reply(&mut stream, &Reply::err(e)).await;
+                    return;
+                }
+            };
+            let uid = stream.peer_cred().map(|c| c.uid()).ok();
+            let allowed = match uid {
+                Some(0) => true,
+                Some(u) if u == me => true,
+                Some(u) => request.for_runner() && Some(u) == runner_uid,
+                None => false,
+            };
+            if !allowed {
+                let _ = control::write_reply(
+                    &mut stream,
+                    &Reply::err(format!("uid {uid:?} may not ask for {request:?}")),
+                )
+                .await;
+                return;
+            }
+            let (reply_tx, reply_rx) = oneshot::channel();
+            if tx.send(Msg::Request(request, reply_tx)).is_err() {
+                return;
+            }
+            if let Ok(reply) = reply_rx.await {
+                let _ = control::write_reply(&mut stream, &reply).await;
+            }
+        });
+    }
+}

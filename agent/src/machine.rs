@@ -1,0 +1,480 @@
+//! The agent's state machine: `on(state, event)` says what the agent becomes and what it must
+//! do, without doing any of it. The driver (`driver.rs`) performs the actions and feeds their
+//! outcomes back as events. docs/development/agent.md draws it.
+
+use crate::config::Mode;
+use serde::{Deserialize, Serialize};
+use warmfleet_core::imds::Target;
+use warmfleet_core::ports::HookResult;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "kebab-case")]
+pub enum State {
+    /// Asking IMDS where Auto Scaling is taking the instance (at start, after a resume).
+    Identifying,
+    /// In the warm pool: bootstrap completed, nothing registered; waiting to sleep.
+    Warm,
+    /// On the way into service: waiting for a credential newer than any used before.
+    AwaitingCredential,
+    /// Configuring the runner and starting its listener; bootstrap completes when it listens.
+    Registering,
+    /// Listening for jobs.
+    Idle,
+    /// Running a job.
+    Busy,
+    /// Restarting the listener after it asked for it (exit codes 2, 3, 4).
+    Restarting,
+    /// Draining while a job runs: the runner takes no new job, the running one finishes.
+    Draining,
+    /// Draining: stopping the idle listener.
+    Stopping,
+    /// Draining: removing the runner's registration.
+    Removing,
+    /// Nothing registered, nothing running; a terminating instance's hook is completed.
+    Drained,
+    /// Ephemeral runner after its job: the group replaces the instance.
+    Replacing,
+    /// Stopped by a failure, with the reason; a pending bootstrap was abandoned.
+    Failed { reason: String },
+}
+
+impl State {
+    /// The one-line status systemd and `warmfleet-agent status` show.
+    pub fn describe(&self) -> String {
+        match self {
+            State::Identifying => "identifying the instance".into(),
+            State::Warm => "in the warm pool, nothing registered".into(),
+            State::AwaitingCredential => "waiting for a new runner credential".into(),
+            State::Registering => "registering the runner".into(),
+            State::Idle => "listening for jobs".into(),
+            State::Busy => "running a job".into(),
+            State::Restarting => "restarting the listener".into(),
+            State::Draining => "draining: the running job finishes, no new job".into(),
+            State::Stopping => "draining: stopping the listener".into(),
+            State::Removing => "draining: removing the registration".into(),
+            State::Drained => "drained, nothing registered".into(),
+            State::Replacing => "job done (ephemeral): instance being replaced".into(),
+            State::Failed { reason } => format!("failed: {reason}"),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Identifying => "identifying",
+            State::Warm => "warm",
+            State::AwaitingCredential => "awaiting-credential",
+            State::Registering => "registering",
+            State::Idle => "idle",
+            State::Busy => "busy",
+            State::Restarting => "restarting",
+            State::Draining => "draining",
+            State::Stopping => "stopping",
+            State::Removing => "removing",
+            State::Drained => "drained",
+            State::Replacing => "replacing",
+            State::Failed { .. } => "failed",
+        }
+    }
+
+    /// Whether a listener may be running.
+    fn has_listener(&self) -> bool {
+        matches!(
+            self,
+            State::Registering
+                | State::Idle
+                | State::Busy
+                | State::Restarting
+                | State::Draining
+                | State::Stopping
+                | State::Replacing
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// IMDS answered where the instance is going.
+    Target(Target),
+    /// A credential newer than any used before is in hand.
+    Credential,
+    /// The listener printed that it listens.
+    Listening,
+    /// The listener took a job.
+    JobRunning,
+    /// The listener reported its job finished.
+    JobFinished,
+    /// The runner's job-started hook ran.
+    JobStarted,
+    /// The runner's job-completed hook ran.
+    JobCompleted,
+    /// The listener exited with this code (`None`: killed by a signal, or not our child).
+    ListenerExited(Option<i32>),
+    /// SIGTERM, or `warmfleet-agent drain`.
+    Drain,
+    /// The runner's registration is gone.
+    Removed,
+    /// The sleep hook's `pre`: the instance is about to hibernate.
+    Hibernating,
+    /// The sleep hook's `post`, or a clock jump: the instance woke up.
+    Resumed,
+    /// The action in progress failed for good.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Ask IMDS for the target lifecycle state (a fresh IMDS session).
+    Identify,
+    /// Complete the bootstrap launch hook.
+    CompleteBootstrap(HookResult),
+    /// Wait for a credential newer than any used before.
+    AwaitCredential,
+    /// Configure the runner unless it is configured, then start its listener.
+    Register,
+    /// Start the listener again after a pause.
+    RestartListener,
+    /// Set or clear the instance's scale-in protection.
+    Protect(bool),
+    /// Stop the listener (SIGINT: it ends its session and exits 0).
+    StopListener,
+    /// Remove the runner's registration (`config.sh remove`).
+    RemoveRunner,
+    /// Complete the deregistration hook if the instance is terminating.
+    CompleteDeregistration,
+    /// Terminate the instance without lowering desired capacity (ephemeral mode).
+    Replace,
+    /// Tell systemd the service is ready.
+    Ready,
+    /// Mark the instance unhealthy, so that the group replaces it.
+    MarkUnhealthy,
+}
+
+/// An event that makes no sense in a state. The driver logs it and carries on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{event:?} is not expected while {state}")]
+pub struct Unexpected {
+    pub state: &'static str,
+    pub event: Event,
+}
+
+fn failed(reason: String) -> State {
+    State::Failed { reason }
+}
+
+fn listener_exit(code: Option<i32>) -> String {
+    match code {
+        Some(1) => "the listener exited with code 1 (terminated: its registration or \
+                    credentials were refused)"
+            .into(),
+        Some(c) => format!("the listener exited with code {c}"),
+        None => "the listener ended without an exit code (killed by a signal)".into(),
+    }
+}
+
+/// The transition function.
+pub fn on(state: &State, event: Event, mode: Mode) -> Result<(State, Vec<Action>), Unexpected> {
+    use Action as A;
+    use Event as E;
+    use State as S;
+    let next = match (state, event) {
+        // Where the instance is going decides everything else.
+        (S::Identifying, E::Target(Target::WarmPool)) => {
+            (S::Warm, vec![A::CompleteBootstrap(HookResult::Continue)])
+        }
+        (S::Identifying, E::Target(Target::InService)) => {
+            (S::AwaitingCredential, vec![A::AwaitCredential])
+        }
+        (S::Identifying, E::Target(Target::Terminated)) => (S::Drained, vec![]),
+
+        (S::AwaitingCredential, E::Credential) => (S::Registering, vec![A::Register]),
+        (S::Registering, E::Listening) => (
+            S::Idle,
+            vec![A::CompleteBootstrap(HookResult::Continue), A::Ready],
+        ),
+        (S::Restarting, E::Listening) => (S::Idle, vec![]),
+
+        // Jobs: the listener's output says when one runs; the hooks bracket it exactly,
+        // and protection follows them.
+        (S::Idle, E::JobRunning) => (S::Busy, vec![]),
+        (S::Idle, E::JobStarted) => (S::Busy, vec![A::Protect(true)]),
+        (s @ (S::Busy | S::Draining), E::JobRunning) => (s.clone(), vec![]),
+        (s @ (S::Busy | S::Draining), E::JobStarted) => (s.clone(), vec![A::Protect(true)]),
+        (s, E::JobCompleted) if s.has_listener() => (s.clone(), vec![A::Protect(false)]),
+        (S::Busy, E::JobFinished) => match mode {
+            Mode::Persistent => (S::Idle, vec![]),
+            Mode::Ephemeral => (S::Replacing, vec![A::Replace]),
+        },
+        (S::Draining, E::JobFinished) => (S::Stopping, vec![A::StopListener]),
+        (S::Idle, E::JobFinished) => (S::Idle, vec![]),
+
+        // Draining: no new job from the moment it is acknowledged.
+        (S::Busy, E::Drain) => (S::Draining, vec![]),
+        (S::Registering | S::Idle | S::Restarting, E::Drain) => {
+            (S::Stopping, vec![A::StopListener])
+        }
+        (s @ (S::Draining | S::Stopping | S::Removing), E::Drain) => (s.clone(), vec![]),
+        (S::Drained, E::Drain) => (S::Drained, vec![A::CompleteDeregistration]),
+        (_, E::Drain) => (S::Removing, vec![A::StopListener, A::RemoveRunner]),
+        (S::Stopping, E::ListenerExited(_)) => (S::Removing, vec![A::RemoveRunner]),
+        (S::Draining, E::ListenerExited(_)) => {
+            (S::Removing, vec![A::Protect(false), A::RemoveRunner])
+        }
+        (S::Removing, E::Removed) => (S::Drained, vec![A::CompleteDeregistration]),
+
+        // The listener's exit codes, as the real runner defines them.
+        (S::Registering, E::ListenerExited(Some(2..=4))) => {
+            (S::Registering, vec![A::RestartListener])
+        }
+        (S::Idle | S::Restarting, E::ListenerExited(Some(2..=4))) => {
+            (S::Restarting, vec![A::RestartListener])
+        }
+        (S::Busy, E::ListenerExited(Some(2..=4))) => {
+            (S::Restarting, vec![A::Protect(false), A::RestartListener])
+        }
+        (S::Busy | S::Idle, E::ListenerExited(Some(0))) if mode == Mode::Ephemeral => {
+            (S::Replacing, vec![A::Protect(false), A::Replace])
+        }
+        (S::Replacing, E::ListenerExited(_)) => (S::Replacing, vec![]),
+        (S::Registering, E::ListenerExited(code)) => (
+            failed(listener_exit(code)),
+            vec![A::CompleteBootstrap(HookResult::Abandon)],
+        ),
+        (S::Idle | S::Busy | S::Restarting, E::ListenerExited(code)) => (
+            failed(listener_exit(code)),
+            vec![A::Protect(false), A::MarkUnhealthy],
+        ),
+
+        // Failures: fail closed. A pending bootstrap is abandoned, so the group replaces
+        // the instance.
+        (S::AwaitingCredential | S::Registering, E::Failed(reason)) => (
+            failed(reason),
+            vec![A::StopListener, A::CompleteBootstrap(HookResult::Abandon)],
+        ),
+        (S::Warm | S::Identifying | S::Removing, E::Failed(reason)) => (failed(reason), vec![]),
+        (S::Idle | S::Busy | S::Restarting, E::Failed(reason)) => {
+            (failed(reason), vec![A::StopListener, A::MarkUnhealthy])
+        }
+
+        // Sleep and wake: only an instance with nothing registered sleeps.
+        (s, E::Hibernating) => (s.clone(), vec![]),
+        (S::Warm | S::Drained | S::Failed { .. }, E::Resumed) => {
+            (S::Identifying, vec![A::Identify])
+        }
+        (s, E::Resumed) => (s.clone(), vec![]),
+
+        (state, event) => {
+            return Err(Unexpected {
+                state: state.name(),
+                event,
+            })
+        }
+    };
+    Ok(next)
+}
+
+/// Where to pick up after a restart (a crash, or systemd's `Restart=on-failure`): the state
+/// the agent was in when it stopped, and what to do again. Nothing is registered twice:
+/// `Register` keeps an existing configuration, `AwaitCredential` wants one newer than the
+/// last used.
+pub fn recover(state: &State) -> (State, Vec<Action>) {
+    use Action as A;
+    use State as S;
+    match state {
+        S::Identifying | S::Warm | S::AwaitingCredential => (S::Identifying, vec![A::Identify]),
+        S::Registering | S::Idle | S::Busy | S::Restarting => (S::Registering, vec![A::Register]),
+        S::Draining | S::Stopping => (S::Stopping, vec![A::StopListener]),
+        S::Removing => (S::Removing, vec![A::StopListener, A::RemoveRunner]),
+        S::Drained | S::Replacing | S::Failed { .. } => (state.clone(), vec![]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Action as A;
+    use Event as E;
+    use State as S;
+
+    /// Runs events from a state; returns the end state and every action, in order.
+    fn run(mut s: State, events: Vec<Event>, mode: Mode) -> (State, Vec<Action>) {
+        let mut all = vec![];
+        for e in events {
+            let (next, actions) = on(&s, e, mode).unwrap();
+            s = next;
+            all.extend(actions);
+        }
+        (s, all)
+    }
+
+    #[test]
+    fn a_cold_launch_completes_bootstrap_only_once_the_listener_listens() {
+        let (s, actions) = run(
+            S::Identifying,
+            vec![E::Target(Target::InService), E::Credential],
+            Mode::Persistent,
+        );
+        assert_eq!(s, S::Registering);
+        assert_eq!(actions, [A::AwaitCredential, A::Register]);
+        let (s, actions) = on(&s, E::Listening, Mode::Persistent).unwrap();
+        assert_eq!(s, S::Idle);
+        assert_eq!(
+            actions,
+            [A::CompleteBootstrap(HookResult::Continue), A::Ready]
+        );
+    }
+
+    #[test]
+    fn a_warm_pool_launch_registers_nothing_and_a_resume_starts_over() {
+        let (s, actions) = run(
+            S::Identifying,
+            vec![E::Target(Target::WarmPool), E::Hibernating, E::Resumed],
+            Mode::Persistent,
+        );
+        assert_eq!(s, S::Identifying);
+        assert_eq!(
+            actions,
+            [A::CompleteBootstrap(HookResult::Continue), A::Identify]
+        );
+    }
+
+    #[test]
+    fn protection_follows_the_job_hooks() {
+        let (s, actions) = run(
+            S::Idle,
+            vec![
+                E::JobRunning,
+                E::JobStarted,
+                E::JobCompleted,
+                E::JobFinished,
+            ],
+            Mode::Persistent,
+        );
+        assert_eq!(s, S::Idle);
+        assert_eq!(actions, [A::Protect(true), A::Protect(false)]);
+    }
+
+    #[test]
+    fn a_drain_lets_the_running_job_finish_then_stops_and_removes() {
+        let (s, actions) = run(
+            S::Busy,
+            vec![
+                E::Drain,
+                E::JobCompleted,
+                E::JobFinished,
+                E::ListenerExited(Some(0)),
+                E::Removed,
+            ],
+            Mode::Persistent,
+        );
+        assert_eq!(s, S::Drained);
+        assert_eq!(
+            actions,
+            [
+                A::Protect(false),
+                A::StopListener,
+                A::RemoveRunner,
+                A::CompleteDeregistration
+            ]
+        );
+    }
+
+    #[test]
+    fn an_idle_drain_stops_at_once_and_a_second_drain_is_answered_drained() {
+        let (s, actions) = run(
+            S::Idle,
+            vec![E::Drain, E::Drain, E::ListenerExited(Some(0)), E::Removed],
+            Mode::Persistent,
+        );
+        assert_eq!(s, S::Drained);
+        assert_eq!(
+            actions,
+            [A::StopListener, A::RemoveRunner, A::CompleteDeregistration]
+        );
+        let (s, actions) = on(&s, E::Drain, Mode::Persistent).unwrap();
+        assert_eq!((s, actions), (S::Drained, vec![A::CompleteDeregistration]));
+    }
+
+    #[test]
+    fn listener_exit_codes_follow_the_runner_contract() {
+        for code in [2, 3, 4] {
+            let (s, a) = on(&S::Idle, E::ListenerExited(Some(code)), Mode::Persistent).unwrap();
+            assert_eq!((s, a), (S::Restarting, vec![A::RestartListener]));
+        }
+        let (s, a) = on(&S::Idle, E::ListenerExited(Some(1)), Mode::Persistent).unwrap();
+        assert!(matches!(&s, S::Failed { reason } if reason.contains("code 1")));
+        assert_eq!(a, [A::Protect(false), A::MarkUnhealthy]);
+        let (s, a) = on(
+            &S::Registering,
+            E::ListenerExited(Some(1)),
+            Mode::Persistent,
+        )
+        .unwrap();
+        assert!(matches!(s, S::Failed { .. }));
+        assert_eq!(a, [A::CompleteBootstrap(HookResult::Abandon)]);
+    }
+
+    #[test]
+    fn failures_before_listening_abandon_the_bootstrap() {
+        let (s, a) = on(
+            &S::AwaitingCredential,
+            E::Failed("no credential within 5m".into()),
+            Mode::Persistent,
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            S::Failed {
+                reason: "no credential within 5m".into()
+            }
+        );
+        assert_eq!(
+            a,
+            [A::StopListener, A::CompleteBootstrap(HookResult::Abandon)]
+        );
+    }
+
+    #[test]
+    fn an_ephemeral_runner_has_its_instance_replaced_after_its_job() {
+        let (s, actions) = run(
+            S::Idle,
+            vec![
+                E::JobStarted,
+                E::JobCompleted,
+                E::JobFinished,
+                E::ListenerExited(Some(0)),
+                E::Drain,
+                E::Removed,
+            ],
+            Mode::Ephemeral,
+        );
+        assert_eq!(s, S::Drained);
+        assert_eq!(
+            actions,
+            [
+                A::Protect(true),
+                A::Protect(false),
+                A::Replace,
+                A::StopListener,
+                A::RemoveRunner,
+                A::CompleteDeregistration
+            ]
+        );
+    }
+
+    #[test]
+    fn unexpected_events_are_errors_not_panics() {
+        let err = on(&S::Warm, E::Listening, Mode::Persistent).unwrap_err();
+        assert_eq!(err.state, "warm");
+        assert!(on(&S::Drained, E::JobStarted, Mode::Persistent).is_err());
+    }
+
+    #[test]
+    fn a_restart_never_registers_twice() {
+        assert_eq!(recover(&S::Busy), (S::Registering, vec![A::Register]));
+        assert_eq!(
+            recover(&S::AwaitingCredential),
+            (S::Identifying, vec![A::Identify])
+        );
+        assert_eq!(recover(&S::Drained), (S::Drained, vec![]));
+    }
+}

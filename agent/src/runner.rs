@@ -1,0 +1,213 @@
+//! The actions runner as an external program: `config.sh` to configure and remove it,
+//! `bin/Runner.Listener run` to serve. Tokens go through the environment
+//! (`ACTIONS_RUNNER_INPUT_TOKEN`, `ACTIONS_RUNNER_INPUT_JITCONFIG`), never argv. The
+//! listener's output is appended to a log file the agent reads back (`parse_line` is the
+//! pure half), so a restarted agent can pick up a listener that outlived it.
+
+use secrecy::{ExposeSecret, SecretString};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// What a line of the listener's output tells the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    Listening,
+    JobRunning,
+    JobFinished,
+}
+
+/// Reads one line the listener printed (`2026-11-28 12:00:00Z: Listening for Jobs`,
+/// `...: Running job: build`, `...: Job build completed with result: Succeeded`).
+pub fn parse_line(line: &str) -> Option<Line> {
+    let text = line.trim_end();
+    if text.ends_with("Listening for Jobs") {
+        Some(Line::Listening)
+    } else if text.contains(": Running job: ") {
+        Some(Line::JobRunning)
+    } else if text.contains(" completed with result: ") {
+        Some(Line::JobFinished)
+    } else {
+        None
+    }
+}
+
+/// Whose identity the runner's processes take.
+#[derive(Debug, Clone)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+impl RunAs {
+    /// The runner user: switched to when the agent runs as root; when it does not, the user
+    /// must be the agent's own.
+    pub fn lookup(user: &str) -> Result<Option<RunAs>, String> {
+        let me = nix::unistd::geteuid();
+        let found = nix::unistd::User::from_name(user)
+            .map_err(|e| format!("runner.user {user:?}: cannot be looked up: {e}"))?
+            .ok_or_else(|| format!("runner.user {user:?}: no such user"))?;
+        if found.uid == me {
+            return Ok(None);
+        }
+        if !me.is_root() {
+            return Err(format!(
+                "runner.user {user:?}: the agent runs as uid {me} and can only switch users as root"
+            ));
+        }
+        if found.uid.is_root() {
+            return Err(format!(
+                "runner.user {user:?}: the runner must not run as root"
+            ));
+        }
+        Ok(Some(RunAs {
+            uid: found.uid.as_raw(),
+            gid: found.gid.as_raw(),
+            home: found.dir,
+        }))
+    }
+}
+
+/// The runner's directory and the way its programs are started.
+pub struct Runner {
+    pub dir: PathBuf,
+    pub run_as: Option<RunAs>,
+    /// Extra environment of every runner program (job hooks, the agent's socket).
+    pub env: Vec<(String, String)>,
+}
+
+/// How a `config.sh` run ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub success: bool,
+    /// What it printed, for the log (the runner never prints its token).
+    pub output: String,
+}
+
+impl Runner {
+    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(program);
+        c.current_dir(&self.dir)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null());
+        // std drops root's supplementary groups when it switches the uid.
+        if let Some(r) = &self.run_as {
+            c.uid(r.uid).gid(r.gid).env("HOME", &r.home);
+        }
+        c
+    }
+
+    /// Whether `config.sh` has configured this directory (`.runner` exists).
+    pub fn configured(&self) -> bool {
+        self.dir.join(".runner").exists()
+    }
+
+    async fn config_sh(
+        &self,
+        args: &[&str],
+        token: Option<&SecretString>,
+    ) -> std::io::Result<Outcome> {
+        let mut c = self.command(self.dir.join("config.sh"));
+        c.args(args);
+        if let Some(t) = token {
+            c.env("ACTIONS_RUNNER_INPUT_TOKEN", t.expose_secret());
+        }
+        let out = c.output().await?;
+        let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
+        output.push_str(&String::from_utf8_lossy(&out.stderr));
+        Ok(Outcome {
+            success: out.status.success(),
+            output: output.trim().to_owned(),
+        })
+    }
+
+    /// `config.sh --unattended ...` with the token in the environment.
+    pub async fn configure(
+        &self,
+        url: &str,
+        name: &str,
+        labels: &[String],
+        group: Option<&str>,
+        token: &SecretString,
+    ) -> std::io::Result<Outcome> {
+        let labels = labels.join(",");
+        let mut args = vec![
+            "--unattended",
+            "--url",
+            url,
+            "--name",
+            name,
+            "--labels",
+            &labels,
+            "--no-default-labels",
+            "--replace",
+            "--disableupdate",
+            "--work",
+            "_work",
+        ];
+        if let Some(g) = group {
+            args.extend(["--runnergroup", g]);
+        }
+        self.config_sh(&args, Some(token)).await
+    }
+
+    /// `config.sh remove`: with a remove token, also at GitHub; without, locally only.
+    pub async fn remove(&self, token: Option<&SecretString>) -> std::io::Result<Outcome> {
+        match token {
+            Some(t) => self.config_sh(&["remove"], Some(t)).await,
+            None => self.config_sh(&["remove", "--local"], None).await,
+        }
+    }
+
+    /// Starts `bin/Runner.Listener run` with its output appended to `log`.
+    pub fn start_listener(
+        &self,
+        log: &Path,
+        jit_config: Option<&SecretString>,
+    ) -> std::io::Result<tokio::process::Child> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let mut c = self.command(self.dir.join("bin/Runner.Listener"));
+        c.arg("run")
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(false);
+        if let Some(j) = jit_config {
+            c.env("ACTIONS_RUNNER_INPUT_JITCONFIG", j.expose_secret());
+        }
+        c.spawn()
+    }
+}
+
+/// Whether `pid` is a runner listener still running (after the agent restarted).
+pub fn listener_alive(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            let text = String::from_utf8_lossy(&c);
+            text.contains("Runner.Listener") || text.contains("listener")
+        })
+        .unwrap_or(false)
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_listeners_output() {
+        let fixture = include_str!("../tests/fixtures/listener.log");
+        let seen: Vec<Line> = fixture.lines().filter_map(parse_line).collect();
+        assert_eq!(seen, [Line::Listening, Line::JobRunning, Line::JobFinished]);
+    }
+}
