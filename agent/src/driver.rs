@@ -63,6 +63,8 @@ pub struct Driver {
     stopping: bool,
     /// CLOCK_BOOTTIME − CLOCK_MONOTONIC at the last tick: it grows while the machine sleeps.
     slept: Option<Duration>,
+    /// When the drain's terminate hook was last heartbeated (or the drain began).
+    heartbeat_at: Option<tokio::time::Instant>,
 }
 
 impl Driver {
@@ -104,6 +106,7 @@ impl Driver {
             drain_waiters: vec![],
             stopping: false,
             slept: None,
+            heartbeat_at: None,
         })
     }
 
@@ -121,7 +124,17 @@ impl Driver {
         let mut tick = tokio::time::interval(POLL);
         let mut watchdog = watchdog_interval();
 
-        let (state, actions) = machine::recover(&self.record.state);
+        // Who this instance is, before anything else (a restart in service needs it as much
+        // as a first start).
+        let identity = self
+            .imds
+            .identity()
+            .await
+            .map_err(|e| format!("IMDS cannot tell who this instance is: {e}"))?;
+        self.set_identity(identity).await;
+        let alive = self.record.listener_pid.is_some_and(runner::listener_alive);
+        let (state, actions) = machine::recover(&self.record.state, alive);
+        self.record.agent_pid = Some(std::process::id());
         info!(state = state.name(), "starting");
         self.enter(state);
         self.perform_all(actions).await;
@@ -187,6 +200,16 @@ impl Driver {
             }
             Msg::Request(request, reply) => self.request(request, reply).await,
         }
+    }
+
+    async fn set_identity(&mut self, identity: Identity) {
+        if self.identity.as_ref() != Some(&identity) {
+            let config = warmfleet_core::aws::load_config_in(&identity.region).await;
+            self.clients = Some((AutoScaling::new(&config), SecretsManager::new(&config)));
+        }
+        self.record.instance_id = Some(identity.instance_id.clone());
+        self.record.group = Some(identity.group.clone());
+        self.identity = Some(identity);
     }
 
     async fn request(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
@@ -355,6 +378,15 @@ impl Driver {
                 self.send_later(await_credential(secrets, id, newer_than, limit));
             }
             Action::Register => self.register().await?,
+            Action::Watch => match self.record.listener_pid {
+                Some(pid) => {
+                    info!(pid, "the listener outlived the agent: following it again");
+                    self.watch(None, pid);
+                }
+                None => {
+                    let _ = self.tx.send(Msg::Event(Event::ListenerExited(None)));
+                }
+            },
             Action::RestartListener => self.send_later(async {
                 tokio::time::sleep(RELAUNCH_DELAY).await;
                 Msg::Relaunch
@@ -625,7 +657,37 @@ impl Driver {
             .map(|t| t.token)
     }
 
+    /// While a job finishes under a drain, keeps the terminate hook from timing out.
+    async fn heartbeat(&mut self) {
+        if self.record.state != State::Draining {
+            self.heartbeat_at = None;
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        let last = *self.heartbeat_at.get_or_insert(now);
+        if now.duration_since(last) < self.settings.timeouts.heartbeat {
+            return;
+        }
+        self.heartbeat_at = Some(now);
+        let Ok((identity, asg, _)) = self.aws() else {
+            return;
+        };
+        let hook = &self.settings.deregistration_hook;
+        match asg
+            .heartbeat(&identity.group, hook, &identity.instance_id)
+            .await
+        {
+            Ok(done) => {
+                info!(instance_id = %identity.instance_id, hook = %hook, ?done, "heartbeat")
+            }
+            Err(e) => {
+                warn!(instance_id = %identity.instance_id, hook = %hook, "heartbeat failed: {e}")
+            }
+        }
+    }
+
     async fn tick(&mut self) {
+        self.heartbeat().await;
         // A jump of CLOCK_BOOTTIME against CLOCK_MONOTONIC: the machine slept.
         let slept = slept();
         let jumped =

@@ -133,6 +133,8 @@ pub enum Action {
     Register,
     /// Start the listener again after a pause.
     RestartListener,
+    /// Follow a listener that outlived the agent (its output and its end).
+    Watch,
     /// Set or clear the instance's scale-in protection.
     Protect(bool),
     /// Stop the listener (SIGINT: it ends its session and exits 0).
@@ -273,18 +275,27 @@ pub fn on(state: &State, event: Event, mode: Mode) -> Result<(State, Vec<Action>
 }
 
 /// Where to pick up after a restart (a crash, or systemd's `Restart=on-failure`): the state
-/// the agent was in when it stopped, and what to do again. Nothing is registered twice:
-/// `Register` keeps an existing configuration, `AwaitCredential` wants one newer than the
-/// last used.
-pub fn recover(state: &State) -> (State, Vec<Action>) {
+/// the agent was in when it stopped, whether its listener outlived it, and what to do
+/// again. Nothing is registered twice (`Register` keeps an existing configuration,
+/// `AwaitCredential` wants a credential newer than the last used) and no running job is
+/// touched (a live listener is only watched again).
+pub fn recover(state: &State, listener_alive: bool) -> (State, Vec<Action>) {
     use Action as A;
     use State as S;
-    match state {
-        S::Identifying | S::Warm | S::AwaitingCredential => (S::Identifying, vec![A::Identify]),
-        S::Registering | S::Idle | S::Busy | S::Restarting => (S::Registering, vec![A::Register]),
-        S::Draining | S::Stopping => (S::Stopping, vec![A::StopListener]),
-        S::Removing => (S::Removing, vec![A::StopListener, A::RemoveRunner]),
-        S::Drained | S::Replacing | S::Failed { .. } => (state.clone(), vec![]),
+    match (state, listener_alive) {
+        (S::Identifying | S::Warm | S::AwaitingCredential, _) => {
+            (S::Identifying, vec![A::Identify])
+        }
+        (S::Registering | S::Idle | S::Busy | S::Draining, true) => (state.clone(), vec![A::Watch]),
+        (S::Restarting, true) => (S::Idle, vec![A::Watch]),
+        (S::Registering | S::Idle | S::Busy | S::Restarting, false) => {
+            (S::Registering, vec![A::Register])
+        }
+        (S::Draining, false) => (S::Removing, vec![A::Protect(false), A::RemoveRunner]),
+        (S::Stopping, true) => (S::Stopping, vec![A::Watch, A::StopListener]),
+        (S::Stopping | S::Removing, false) => (S::Removing, vec![A::RemoveRunner]),
+        (S::Removing, true) => (S::Stopping, vec![A::Watch, A::StopListener]),
+        (S::Drained | S::Replacing | S::Failed { .. }, _) => (state.clone(), vec![]),
     }
 }
 
@@ -469,12 +480,21 @@ mod tests {
     }
 
     #[test]
-    fn a_restart_never_registers_twice() {
-        assert_eq!(recover(&S::Busy), (S::Registering, vec![A::Register]));
+    fn a_restart_never_registers_twice_nor_touches_a_running_job() {
+        assert_eq!(recover(&S::Busy, true), (S::Busy, vec![A::Watch]));
+        assert_eq!(recover(&S::Draining, true), (S::Draining, vec![A::Watch]));
         assert_eq!(
-            recover(&S::AwaitingCredential),
+            recover(&S::Busy, false),
+            (S::Registering, vec![A::Register])
+        );
+        assert_eq!(
+            recover(&S::Draining, false),
+            (S::Removing, vec![A::Protect(false), A::RemoveRunner])
+        );
+        assert_eq!(
+            recover(&S::AwaitingCredential, false),
             (S::Identifying, vec![A::Identify])
         );
-        assert_eq!(recover(&S::Drained), (S::Drained, vec![]));
+        assert_eq!(recover(&S::Drained, false), (S::Drained, vec![]));
     }
 }

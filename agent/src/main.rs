@@ -124,7 +124,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = settings(&cli)?;
             let wait = timeout.unwrap_or(settings.timeouts.drain);
             let socket = control::socket(&settings.state_dir);
-            let reply = control::ask(&socket, &Request::Drain, wait).await?;
+            let reply = drain(&socket, wait).await?;
             println!("{}", reply.message);
             Ok(if reply.ok {
                 ExitCode::SUCCESS
@@ -188,6 +188,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("warmfleet-agent: {e}");
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// How long `drain` waits for an agent that is not answering (restarting after a crash).
+const AGENT_RESTART: Duration = Duration::from_secs(120);
+
+/// Asks for a drain and waits for its end; a drain is idempotent, so when the agent goes
+/// away mid-drain (restarted by systemd) it is asked again.
+async fn drain(socket: &std::path::Path, wait: Duration) -> anyhow::Result<control::Reply> {
+    let until = tokio::time::Instant::now() + wait;
+    let mut unanswered_since = None;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match control::ask(socket, &Request::Drain, left).await {
+            Ok(reply) => return Ok(reply),
+            Err(e @ control::AskError::Timeout(_)) => return Err(e.into()),
+            Err(e) => {
+                let since = *unanswered_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > AGENT_RESTART || left.is_zero() {
+                    return Err(e.into());
+                }
+                eprintln!("warmfleet-agent: {e}; asking again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 pub const FILE: &str = "state.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Record {
     pub state: State,
     pub instance_id: Option<String>,
@@ -20,6 +21,8 @@ pub struct Record {
     pub runner_name: Option<String>,
     /// When the newest credential the agent used was issued: only a newer one is used next.
     pub credential_used: Option<DateTime<Utc>>,
+    /// The running agent's pid.
+    pub agent_pid: Option<u32>,
     /// The listener's pid while one runs.
     pub listener_pid: Option<u32>,
     /// How far the agent has read the listener's log.
@@ -42,6 +45,7 @@ impl Default for Record {
             group: None,
             runner_name: None,
             credential_used: None,
+            agent_pid: None,
             listener_pid: None,
             listener_log_offset: 0,
             job_in_progress: false,

@@ -42,7 +42,7 @@ fn repo(path: &str) -> String {
 
 /// What each instance runs: installs the fake runner, writes the agent's configuration and
 /// the packaged sleep hook (as the .deb and cloud-init would), then runs the agent.
-fn instance_script(github_url: &str, extra_config: &str) -> tempfile::NamedTempFile {
+fn instance_script(github_url: &str, extra_config: &str, o: &Options) -> tempfile::NamedTempFile {
     let agent = lambda("warmfleet-agent").display().to_string();
     let script = format!(
         r#"set -e
@@ -66,9 +66,16 @@ export WARMFLEET_AGENT={agent} WARMFLEET_AGENT_CONFIG=$root/etc/warmfleet/agent.
 exec {sleep_hook} "\$@"
 EOF
 chmod +x usr/lib/systemd/system-sleep/warmfleet
-export WARMFLEET_RUNNER_RELAUNCH_DELAY=0
-exec {agent} --config etc/warmfleet/agent.toml --config-dir etc/warmfleet/agent.d run
+{env}
+{run}
 "#,
+        env = o.env,
+        run = if o.supervise {
+            // As systemd's Restart=on-failure would.
+            format!("until {agent} --config etc/warmfleet/agent.toml --config-dir etc/warmfleet/agent.d run; do sleep 0.3; done")
+        } else {
+            format!("exec {agent} --config etc/warmfleet/agent.toml --config-dir etc/warmfleet/agent.d run")
+        },
         started = repo("packaging/agent/hooks/job-started.sh"),
         completed = repo("packaging/agent/hooks/job-completed.sh"),
         sleep_hook = repo("packaging/agent/system-sleep/warmfleet"),
@@ -83,10 +90,23 @@ struct Fleet {
     _script: tempfile::NamedTempFile,
 }
 
+/// How the instances run the agent.
+#[derive(Default)]
+struct Options {
+    /// Restart the agent when it fails, as systemd would.
+    supervise: bool,
+    /// Shell lines before the agent starts (e.g. `export ...`).
+    env: &'static str,
+}
+
 /// The world with both Lambdas, instances running the agent. `mode` is the runner mode of
 /// the registration Lambda and the agent; `registration` false leaves the Lambda out, so
 /// no credential is ever written.
 async fn fleet(mode: &str, extra_config: &str, registration: bool) -> Fleet {
+    fleet_with(mode, extra_config, registration, Options::default()).await
+}
+
+async fn fleet_with(mode: &str, extra_config: &str, registration: bool, o: Options) -> Fleet {
     // The GitHub URL is known only once the fake runs: a placeholder the script replaces.
     let drain = format!(
         "{} --config etc/warmfleet/agent.toml --config-dir etc/warmfleet/agent.d drain",
@@ -125,7 +145,7 @@ async fn fleet(mode: &str, extra_config: &str, registration: bool) -> Fleet {
     let command = format!("sh {}", script.path().display());
     let plane = Plane::start("1", Some(&command), &functions, &rules, &[]).await;
     let config = format!("mode = \"{mode}\"\n{extra_config}");
-    let body = instance_script(&plane.github.org_url(), &config);
+    let body = instance_script(&plane.github.org_url(), &config, &o);
     std::fs::copy(body.path(), script.path()).unwrap();
     Fleet {
         plane,
@@ -157,12 +177,24 @@ fn hooks_of(names: &[&str]) -> Vec<LifecycleHookSpecification> {
 }
 
 impl Fleet {
+    /// The instance's process record (waiting for it to appear).
+    async fn process(&self, instance: &str) -> Value {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let all = self.plane.aws.control("instances").await;
+            if let Some(p) = all
+                .into_iter()
+                .find(|i| i["id"] == instance && i["pid"].is_u64())
+            {
+                return p;
+            }
+            assert!(Instant::now() < until, "no process for {instance}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn root(&self, instance: &str) -> PathBuf {
-        PathBuf::from(
-            self.plane.aws.instance(instance).await["root"]
-                .as_str()
-                .unwrap(),
-        )
+        PathBuf::from(self.process(instance).await["root"].as_str().unwrap())
     }
 
     /// The GitHub fake's runners named `instance`.
@@ -223,6 +255,62 @@ impl Fleet {
             .await
             .join("var/lib/warmfleet/state.json");
         serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap()
+    }
+}
+
+impl Fleet {
+    /// The agent's state name in an instance (empty before it wrote one).
+    async fn state_of(&self, instance: &str) -> String {
+        let file = self
+            .root(instance)
+            .await
+            .join("var/lib/warmfleet/state.json");
+        std::fs::read(&file)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["state"]["name"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+
+    async fn until_state(&self, instance: &str, state: &str) {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.state_of(instance).await == state {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "the agent never got to {state} (it is {}):\n{}",
+                self.state_of(instance).await,
+                self.console(instance).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILLs the agent and waits until its supervisor has started a new one.
+    async fn kill_agent(&self, instance: &str) {
+        let old = self.agent_state(instance).await["agent_pid"]
+            .as_u64()
+            .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(old as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        eventually("a new agent", Duration::from_secs(10), || async {
+            self.agent_state(instance).await["agent_pid"].as_u64() != Some(old)
+        })
+        .await;
+    }
+
+    /// The ids of the GitHub runners named `instance`.
+    async fn runner_ids(&self, instance: &str) -> Vec<u64> {
+        self.runners(instance)
+            .await
+            .iter()
+            .map(|r| r["id"].as_u64().unwrap())
+            .collect()
     }
 }
 
@@ -473,4 +561,195 @@ async fn a_credential_that_never_comes_abandons_the_bootstrap_with_the_reason() 
     )
     .await;
     assert!(f.runners(&first).await.is_empty());
+}
+
+#[tokio::test]
+async fn sigkill_in_every_state_then_a_restart_registers_once_and_kills_no_job() {
+    let supervised = Options {
+        supervise: true,
+        ..Options::default()
+    };
+    let f = fleet_with("persistent", "", true, supervised).await;
+    // A slow GitHub keeps the agent waiting for its credential long enough to kill it there.
+    f.plane
+        .github
+        .fault(
+            serde_json::json!({"path": "/orgs/acme/actions/runners/registration-token",
+            "count": 1, "latency_ms": 3000}),
+        )
+        .await;
+    f.plane.aws.create(GROUP, 0, 2, 1, hooks()).await;
+    let instance = loop {
+        if let Some((id, _)) = f.plane.aws.instances(GROUP).await.first() {
+            break id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    f.until_state(&instance, "awaiting-credential").await;
+    f.kill_agent(&instance).await;
+    assert_eq!(f.plane.aws.sole_in_service(GROUP).await, instance);
+    f.until_state(&instance, "idle").await;
+    let id = f.runner_ids(&instance).await;
+    assert_eq!(id.len(), 1);
+
+    // Idle: the listener outlives the agent and is followed again.
+    f.kill_agent(&instance).await;
+    f.until_state(&instance, "idle").await;
+    assert_eq!(f.runner_ids(&instance).await, id, "registered again");
+
+    // Busy: the job carries on and succeeds; the new agent lifts the protection.
+    let job = f.plane.github.enqueue(&["warmfleet"], 3.0).await;
+    f.until_state(&instance, "busy").await;
+    f.kill_agent(&instance).await;
+    let done = f
+        .plane
+        .github
+        .finished_job(job, Duration::from_secs(20))
+        .await;
+    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+    eventually("protection off", Duration::from_secs(5), || async {
+        !f.protected(&instance).await
+    })
+    .await;
+    f.until_state(&instance, "idle").await;
+    assert_eq!(f.runner_ids(&instance).await, id);
+
+    // Draining: killed mid-drain, the new agent finishes it; the job still succeeds.
+    let job = f.plane.github.enqueue(&["warmfleet"], 4.0).await;
+    f.until_state(&instance, "busy").await;
+    f.plane
+        .aws
+        .asg
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(&instance)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .unwrap();
+    f.until_state(&instance, "draining").await;
+    f.kill_agent(&instance).await;
+    let done = f
+        .plane
+        .github
+        .finished_job(job, Duration::from_secs(20))
+        .await;
+    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+    let until = Instant::now() + Duration::from_secs(20);
+    while !f.plane.aws.instances(GROUP).await.is_empty() {
+        assert!(
+            Instant::now() < until,
+            "never terminated:\n{}",
+            f.console(&instance).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        f.runner_ids(&instance).await.is_empty(),
+        "registration left"
+    );
+    let jobs = f.plane.github.get("/_testbed/jobs").await;
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["outcome"] != "killed"),
+        "{jobs:#}"
+    );
+}
+
+#[tokio::test]
+async fn listener_exit_3_restarts_it_and_exit_1_has_the_instance_replaced() {
+    let f = fleet("persistent", "", true).await;
+    f.plane.aws.create(GROUP, 0, 2, 1, hooks()).await;
+    let instance = f.plane.aws.sole_in_service(GROUP).await;
+    f.until_state(&instance, "idle").await;
+    let id = f.runner_ids(&instance).await[0];
+
+    // The runner is told to update: exit 3, started again, still the same registration.
+    let resp = f
+        .plane
+        .github
+        .post(
+            &format!("/_testbed/runners/{id}/update"),
+            serde_json::json!({}),
+        )
+        .await;
+    assert!(resp.status().is_success());
+    eventually(
+        "the listener restarted",
+        Duration::from_secs(20),
+        || async {
+            f.console(&instance)
+                .await
+                .contains("restarting the listener")
+        },
+    )
+    .await;
+    f.until_state(&instance, "idle").await;
+    assert_eq!(f.runner_ids(&instance).await, [id]);
+    let job = f.plane.github.enqueue(&["warmfleet"], 0.5).await;
+    let done = f
+        .plane
+        .github
+        .finished_job(job, Duration::from_secs(20))
+        .await;
+    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+
+    // Its registration deleted at GitHub: exit 1, reported, the instance replaced.
+    let client = f.plane.github.pat_client(common::fast_retries()).await;
+    client
+        .delete_runner(id, common::deadline(10))
+        .await
+        .unwrap();
+    f.until_state(&instance, "failed").await;
+    let state = f.agent_state(&instance).await;
+    assert!(
+        state["last_error"].as_str().unwrap().contains("code 1"),
+        "{state:#}"
+    );
+    eventually(
+        "the instance is replaced",
+        Duration::from_secs(20),
+        || async {
+            let now = f.plane.aws.instances(GROUP).await;
+            now.iter().all(|(i, _)| *i != instance) && now.iter().any(|(_, s)| s == "InService")
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_unreachable_imds_stops_the_agent_with_the_reason() {
+    let o = Options {
+        env: "export AWS_EC2_METADATA_SERVICE_ENDPOINT=http://127.0.0.1:9",
+        ..Options::default()
+    };
+    let f = fleet_with("persistent", "[timeouts]\ncall = \"3s\"", true, o).await;
+    f.plane.aws.create(GROUP, 0, 1, 1, hooks()).await;
+    let instance = loop {
+        if let Some((id, _)) = f.plane.aws.instances(GROUP).await.first() {
+            break id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eventually("the agent gave up", Duration::from_secs(20), || async {
+        f.console(&instance)
+            .await
+            .contains("IMDS cannot tell who this instance is")
+    })
+    .await;
+    // It exits 1 (systemd would restart it), having registered nothing.
+    let pid = f.process(&instance).await["pid"].as_u64().unwrap();
+    eventually("the agent exited", Duration::from_secs(10), || async {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| {
+            s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    })
+    .await;
+    assert!(f.console(&instance).await.contains("warmfleet-agent: IMDS"));
+    assert!(f.runners(&instance).await.is_empty());
 }
