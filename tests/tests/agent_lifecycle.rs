@@ -74,7 +74,8 @@ chmod +x usr/lib/systemd/system-sleep/warmfleet
             // As systemd's Restart=on-failure would.
             format!("until {agent} --config etc/warmfleet/agent.toml --config-dir etc/warmfleet/agent.d run; do sleep 0.3; done")
         } else {
-            format!("exec {agent} --config etc/warmfleet/agent.toml --config-dir etc/warmfleet/agent.d run")
+            // The exit code, for tests that stop the agent.
+            format!("{agent} --config etc/warmfleet/agent.toml --config-dir etc/warmfleet/agent.d run; echo $? > agent.exit")
         },
         started = repo("packaging/agent/hooks/job-started.sh"),
         completed = repo("packaging/agent/hooks/job-completed.sh"),
@@ -419,8 +420,12 @@ async fn a_cold_launch_registers_protects_its_job_and_drains_without_killing_it(
     assert!(f.runners(&instance).await.is_empty(), "registration left");
     assert_eq!(f.plane.github.job(second).await["outcome"], "queued");
 
-    // No token anywhere in the instance: logs, state, runner files.
-    let leaks = files_containing(&f.root(&instance).await, &token);
+    // No token anywhere in the world's files: the instance's logs, state and runner files,
+    // the Lambdas' logs.
+    let root = f.root(&instance).await;
+    let world = root.parent().unwrap().parent().unwrap();
+    assert!(world.join("lambda").is_dir());
+    let leaks = files_containing(world, &token);
     assert!(leaks.is_empty(), "the token is in {leaks:?}");
 }
 
@@ -752,4 +757,136 @@ async fn an_unreachable_imds_stops_the_agent_with_the_reason() {
     .await;
     assert!(f.console(&instance).await.contains("warmfleet-agent: IMDS"));
     assert!(f.runners(&instance).await.is_empty());
+}
+
+#[tokio::test]
+async fn reuse_on_scale_in_deregisters_before_the_pool_and_registers_afresh_on_resume() {
+    let f = fleet("persistent", "", true).await;
+    f.plane.aws.create(GROUP, 0, 1, 0, hooks()).await;
+    f.plane
+        .aws
+        .asg
+        .put_warm_pool()
+        .auto_scaling_group_name(GROUP)
+        .min_size(0)
+        .pool_state(WarmPoolState::Hibernated)
+        .instance_reuse_policy(
+            aws_sdk_autoscaling::types::InstanceReusePolicy::builder()
+                .reuse_on_scale_in(true)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    f.plane
+        .aws
+        .until(GROUP, true, "a warm instance", |i| {
+            i.len() == 1 && i[0].1 == "Warmed:Hibernated"
+        })
+        .await;
+    f.plane.aws.set_desired(GROUP, 1).await;
+    let instance = f.plane.aws.sole_in_service(GROUP).await;
+    f.until_state(&instance, "idle").await;
+    let first = f.runner_ids(&instance).await;
+    assert_eq!(first.len(), 1);
+    let used = f.plane.instance_secret(GROUP, &instance).await.unwrap();
+
+    // Scale in: drained, deregistered, back to the pool asleep.
+    f.plane.aws.set_desired(GROUP, 0).await;
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let warm = f.plane.aws.warm(GROUP).await;
+        if warm.len() == 1 && warm[0].1 == "Warmed:Hibernated" {
+            assert_eq!(warm[0].0, instance);
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "not back in the pool: {warm:?} {:?}\n{}",
+            f.plane.aws.instances(GROUP).await,
+            f.console(&instance).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        f.runner_ids(&instance).await.is_empty(),
+        "registered in the pool"
+    );
+    assert_eq!(f.state_of(&instance).await, "drained");
+
+    // Out again: a credential newer than the one used before, a new registration, a job.
+    f.plane.aws.set_desired(GROUP, 1).await;
+    assert_eq!(f.plane.aws.sole_in_service(GROUP).await, instance);
+    f.until_state(&instance, "idle").await;
+    let fresh = f.plane.instance_secret(GROUP, &instance).await.unwrap();
+    assert!(fresh.issued_at > used.issued_at);
+    let second = f.runner_ids(&instance).await;
+    assert_eq!(second.len(), 1);
+    assert_ne!(second, first);
+    let job = f.plane.github.enqueue(&["warmfleet"], 0.5).await;
+    let done = f
+        .plane
+        .github
+        .finished_job(job, Duration::from_secs(20))
+        .await;
+    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+}
+
+#[tokio::test]
+async fn sigterm_mid_job_lets_the_job_finish_then_the_agent_exits_0() {
+    let f = fleet("persistent", "", true).await;
+    f.plane.aws.create(GROUP, 0, 1, 1, hooks()).await;
+    let instance = f.plane.aws.sole_in_service(GROUP).await;
+    let job = f.plane.github.enqueue(&["warmfleet"], 3.0).await;
+    f.until_state(&instance, "busy").await;
+
+    // `status --json`, as an operator would run it.
+    let root = f.root(&instance).await;
+    let out = std::process::Command::new(lambda("warmfleet-agent"))
+        .current_dir(&root)
+        .args([
+            "--config",
+            "etc/warmfleet/agent.toml",
+            "--config-dir",
+            "etc/warmfleet/agent.d",
+        ])
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"], true);
+    assert_eq!(status["state"]["name"], "busy");
+    assert_eq!(status["job_in_progress"], true);
+    assert_eq!(status["runner_name"], instance.as_str());
+    assert_eq!(status["protected"], true);
+
+    let agent = f.agent_state(&instance).await["agent_pid"]
+        .as_u64()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let done = f
+        .plane
+        .github
+        .finished_job(job, Duration::from_secs(20))
+        .await;
+    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+    let exit = root.join("agent.exit");
+    eventually("the agent exited", Duration::from_secs(10), || async {
+        exit.exists()
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&exit).unwrap().trim(),
+        "0",
+        "{}",
+        f.console(&instance).await
+    );
+    assert_eq!(f.state_of(&instance).await, "drained");
+    assert!(!root.join("opt/actions-runner/.runner").exists());
+    assert!(!f.protected(&instance).await);
 }
