@@ -24,11 +24,13 @@ test: contract-deps py-deps lint deny
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" timeout 40m $(CARGO) test --workspace --all-targets --no-fail-fast
 	WARMFLEET_TESTBED=target/debug/warmfleet-testbed timeout 10m $(VENV)/bin/pytest -q tests/python
 
-## Benchmark of the Lambda binaries (release build): target/bench/control.json.
+## Benchmarks (release build): the Lambda binaries (target/bench/control.json) and the
+## agent (target/bench/agent.json).
 bench: py-deps
-	$(CARGO) build --release -p warmfleet-control -p warmfleet-testbed
+	$(CARGO) build --release -p warmfleet-control -p warmfleet-testbed -p warmfleet-agent
 	python3 packaging/lambda/zip.py --out target/bench/zips $(addprefix target/release/,$(LAMBDAS))
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/release/warmfleet-testbed bench-control --lambdas target/release --zips target/bench/zips --out target/bench/control.json
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/release/warmfleet-testbed bench-agent --binaries target/release --out target/bench/agent.json
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -40,6 +40,49 @@ enum Msg {
     Request(Request, oneshot::Sender<Reply>),
 }
 
+/// Where the time from a wake-up (or the agent's start) to `bootstrap` went: the wait for
+/// the Lambda's credential and the runner's own start are not the agent's overhead.
+#[derive(Default)]
+struct Timing {
+    since: Option<tokio::time::Instant>,
+    resumed: bool,
+    credential_asked: Option<tokio::time::Instant>,
+    credential_wait: Duration,
+    register_started: Option<tokio::time::Instant>,
+    runner_start: Duration,
+}
+
+impl Timing {
+    fn begin(resumed: bool) -> Timing {
+        Timing {
+            since: Some(tokio::time::Instant::now()),
+            resumed,
+            ..Timing::default()
+        }
+    }
+
+    /// Logs the split once `bootstrap` is completed with CONTINUE.
+    fn report(&mut self, instance_id: &str) {
+        let Some(since) = self.since.take() else {
+            return;
+        };
+        let total = since.elapsed();
+        let agent = total
+            .saturating_sub(self.credential_wait)
+            .saturating_sub(self.runner_start);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        info!(
+            instance_id,
+            resumed = self.resumed,
+            total_ms = ms(total),
+            credential_wait_ms = ms(self.credential_wait),
+            runner_start_ms = ms(self.runner_start),
+            agent_ms = ms(agent),
+            "bootstrap timings"
+        );
+    }
+}
+
 /// How `run` ended.
 pub enum Exit {
     /// Drained after SIGTERM.
@@ -65,6 +108,7 @@ pub struct Driver {
     slept: Option<Duration>,
     /// When the drain's terminate hook was last heartbeated (or the drain began).
     heartbeat_at: Option<tokio::time::Instant>,
+    timing: Timing,
 }
 
 impl Driver {
@@ -107,6 +151,7 @@ impl Driver {
             stopping: false,
             slept: None,
             heartbeat_at: None,
+            timing: Timing::begin(false),
         })
     }
 
@@ -177,6 +222,9 @@ impl Driver {
                 self.event(Event::Target(target)).await;
             }
             Msg::Credential(secret) => {
+                if let Some(asked) = self.timing.credential_asked.take() {
+                    self.timing.credential_wait = asked.elapsed();
+                }
                 self.credential = Some(secret);
                 self.event(Event::Credential).await;
             }
@@ -259,6 +307,17 @@ impl Driver {
     }
 
     async fn event(&mut self, event: Event) {
+        match (&self.record.state, &event) {
+            (State::Warm | State::Drained | State::Failed { .. }, Event::Resumed) => {
+                self.timing = Timing::begin(true);
+            }
+            (State::Registering, Event::Listening) => {
+                if let Some(started) = self.timing.register_started.take() {
+                    self.timing.runner_start = started.elapsed();
+                }
+            }
+            _ => {}
+        }
         let (next, actions) = match machine::on(&self.record.state, event, self.settings.mode) {
             Ok(t) => t,
             Err(e) => {
@@ -370,6 +429,7 @@ impl Driver {
                 });
             }
             Action::AwaitCredential => {
+                self.timing.credential_asked = Some(tokio::time::Instant::now());
                 let (identity, _, secrets) = self.aws()?;
                 let id = self.secret_id(identity);
                 let secrets = secrets.clone();
@@ -377,7 +437,10 @@ impl Driver {
                 let limit = self.settings.timeouts.credential;
                 self.send_later(await_credential(secrets, id, newer_than, limit));
             }
-            Action::Register => self.register().await?,
+            Action::Register => {
+                self.timing.register_started = Some(tokio::time::Instant::now());
+                self.register().await?
+            }
             Action::Watch => match self.record.listener_pid {
                 Some(pid) => {
                     info!(pid, "the listener outlived the agent: following it again");
@@ -442,6 +505,10 @@ impl Driver {
                     && self.hooks_not_yet_fired().await
                 {
                     tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                if result == HookResult::Continue && self.record.state == State::Idle {
+                    let instance = self.instance().to_owned();
+                    self.timing.report(&instance);
                 }
             }
             Action::CompleteDeregistration => {
@@ -625,11 +692,12 @@ impl Driver {
                     }
                 }
             };
+            let changes = LogChanges::new(&log);
             let code = match child {
                 Some(mut child) => loop {
                     tokio::select! {
                         status = child.wait() => break status.ok().and_then(|s| s.code()),
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => read(&offset),
+                        _ = changes.next() => read(&offset),
                     }
                 },
                 None => loop {
@@ -637,7 +705,7 @@ impl Driver {
                         break None;
                     }
                     read(&offset);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    changes.next().await;
                 },
             };
             read(&offset);
@@ -710,6 +778,51 @@ fn set_mode(path: &std::path::Path, mode: u32) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Wakes when the listener's log is written to (inotify), or after a second at the latest,
+/// so the agent sees `Listening for Jobs` within milliseconds without polling.
+struct LogChanges {
+    inotify: Option<tokio::io::unix::AsyncFd<InotifyFd>>,
+}
+
+struct InotifyFd(nix::sys::inotify::Inotify);
+
+impl std::os::fd::AsRawFd for InotifyFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsFd;
+        self.0.as_fd().as_raw_fd()
+    }
+}
+
+impl LogChanges {
+    // `AsyncFd::new` is deprecated for types whose raw fd may not be owned; `InotifyFd`
+    // owns its descriptor for as long as the `AsyncFd` lives, and the replacement
+    // (`register`) is `unsafe`, which this workspace forbids.
+    #[allow(deprecated)]
+    fn new(log: &std::path::Path) -> LogChanges {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .and_then(|i| i.add_watch(log, AddWatchFlags::IN_MODIFY).map(|_| i))
+            .ok()
+            .and_then(|i| tokio::io::unix::AsyncFd::new(InotifyFd(i)).ok());
+        LogChanges { inotify }
+    }
+
+    async fn next(&self) {
+        let Some(fd) = &self.inotify else {
+            return tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        tokio::select! {
+            ready = fd.readable() => {
+                if let Ok(mut guard) = ready {
+                    let _ = guard.get_inner().0.read_events();
+                    guard.clear_ready();
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
 }
 
 fn watchdog_interval() -> Option<tokio::time::Interval> {

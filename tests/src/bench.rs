@@ -58,17 +58,26 @@ fn peak_rss_kib(pid: u64) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-struct World {
-    github: String,
-    aws: String,
-    http: reqwest::Client,
+/// What the agent benchmark adds to the world: instances that run the agent, the drain the
+/// deregistration Lambda sends, and the lifecycle rules.
+pub(crate) struct AgentWorld {
+    pub instance_command: String,
+    pub drain_command: String,
+}
+
+/// The GitHub fake and the AWS world (with moto) in this process, the Lambda binaries in
+/// its world file.
+pub(crate) struct World {
+    pub github: String,
+    pub aws: String,
+    pub http: reqwest::Client,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
 }
 
 impl World {
-    async fn start(lambdas: &Path) -> anyhow::Result<World> {
+    pub async fn start(lambdas: &Path, agent: Option<&AgentWorld>) -> anyhow::Result<World> {
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let config = github::Config {
@@ -91,12 +100,19 @@ impl World {
         );
         let dir = tempfile::tempdir()?;
         let mut world = String::new();
+        let deregistration = match agent {
+            Some(a) => format!(
+                "WARMFLEET_GROUPS = \"bench\"\nWARMFLEET_DRAIN_COMMAND = {}\n",
+                toml::Value::String(a.drain_command.clone())
+            ),
+            None => "WARMFLEET_GROUPS = \"bench-empty\"\n".to_owned(),
+        };
         for (name, binary, extra) in [
             ("registration", "warmfleet-registration", ""),
             (
                 "deregistration",
                 "warmfleet-deregistration",
-                "WARMFLEET_GROUPS = \"bench-empty\"\n",
+                deregistration.as_str(),
             ),
             (
                 "record-metric",
@@ -118,15 +134,24 @@ impl World {
                 path.display()
             ));
         }
+        if agent.is_some() {
+            world.push_str(crate::agent_setup::REGISTRATION_RULE);
+            world.push_str(crate::agent_setup::DEREGISTRATION_RULE);
+        }
         let world_file = dir.path().join("world.toml");
         std::fs::write(&world_file, world)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let config = aws::Config {
             listen: "127.0.0.1:0".parse()?,
             time_scale: 1.0,
-            instance_command: None,
+            instance_command: agent.map(|a| a.instance_command.clone()),
             state_dir: Some(dir.path().join("state")),
-            boot_delay: Duration::ZERO,
+            // Time for an instance's script to set up before its hooks fire.
+            boot_delay: if agent.is_some() {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            },
             resume_delay: Duration::ZERO,
             hibernate_delay: Duration::ZERO,
             moto: aws::MotoMode::Auto,
@@ -158,8 +183,13 @@ impl World {
             .load()
             .await;
         // The groups the functions look after (empty: the benchmark measures the Lambdas'
-        // own work, not instances).
-        for group in ["bench", "bench-empty"] {
+        // own work, not instances; the agent benchmark makes its own).
+        let groups: &[&str] = if agent.is_some() {
+            &[]
+        } else {
+            &["bench", "bench-empty"]
+        };
+        for group in groups {
             let created = http
                 .post(&aws)
                 .form(&[
@@ -296,7 +326,7 @@ impl World {
         Ok(run)
     }
 
-    async fn stop(self) {
+    pub async fn stop(self) {
         self.shutdown.cancel();
         for t in self.tasks {
             let _ = t.await;
@@ -325,7 +355,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let mut runs = vec![];
     for &n in &args.runners {
         eprintln!("==> {n} runners");
-        let world = World::start(&args.lambdas).await?;
+        let world = World::start(&args.lambdas, None).await?;
         let result = async {
             world.runners(n).await?;
             let mut functions = vec![

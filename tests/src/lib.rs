@@ -3,10 +3,14 @@
 //! - `github`: a stateful fake of GitHub's REST API (and the runner protocol of the fake
 //!   runner), with test controls, fault injection and a request log.
 //! - `runner`: a fake GitHub Actions runner with the real one's layout, flags and exit codes.
+//! - `agent_setup`: how an instance runs the real agent.
+//! - `bench`, `bench_agent`: benchmarks of the Lambdas and the agent.
 //! - `demo`: the README's main job, run on these parts.
 
+pub mod agent_setup;
 pub mod aws;
 pub mod bench;
+pub mod bench_agent;
 pub mod demo;
 pub mod github;
 pub mod runner;

@@ -35,6 +35,8 @@ enum Command {
     /// Benchmark the control plane's Lambda binaries (init, durations, memory, GitHub
     /// requests at several runner counts) into a JSON file.
     BenchControl(warmfleet_testbed::bench::BenchArgs),
+    /// Benchmark the agent: resume overhead, idle memory and CPU (target/bench/agent.json).
+    BenchAgent(warmfleet_testbed::bench_agent::BenchAgentArgs),
 }
 
 #[derive(clap::Args)]
@@ -271,6 +273,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Demo(args) => demo::run(args).await,
         Command::BenchControl(args) => warmfleet_testbed::bench::run(args).await,
+        Command::BenchAgent(args) => warmfleet_testbed::bench_agent::run(args).await,
     }
 }
 

@@ -15,74 +15,26 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
 use warmfleet_core::instance_secret::RunnerCredential;
+use warmfleet_testbed::agent_setup::{
+    AgentSetup, CONFIG_FLAGS, DEREGISTRATION_RULE, REGISTRATION_RULE,
+};
 
 const GROUP: &str = "runners";
 
-const RULES: &str = r#"
-[[rule]]
-name = "deregistration"
-event_pattern = { source = ["aws.autoscaling"], detail-type = ["EC2 Instance-terminate Lifecycle Action"], detail = { LifecycleHookName = ["deregistration"] } }
-targets = ["deregistration"]
-
-[[rule]]
-name = "registration"
-event_pattern = { source = ["aws.autoscaling"], detail-type = ["EC2 Instance-launch Lifecycle Action"], detail = { LifecycleHookName = ["registration"] } }
-targets = ["registration"]
-"#;
-
-fn repo(path: &str) -> String {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-        .canonicalize()
-        .unwrap()
-        .display()
-        .to_string()
-}
-
-/// What each instance runs: installs the fake runner, writes the agent's configuration and
-/// the packaged sleep hook (as the .deb and cloud-init would), then runs the agent.
+/// What each instance runs: the fake runner, the agent's configuration and sleep hook, the
+/// agent.
 fn instance_script(github_url: &str, extra_config: &str, o: &Options) -> tempfile::NamedTempFile {
-    let agent = lambda("warmfleet-agent").display().to_string();
-    let script = format!(
-        r#"set -e
-root=$PWD
-{TESTBED} runner install opt/actions-runner >/dev/null
-mkdir -p etc/warmfleet/agent.d usr/lib/systemd/system-sleep var/lib/warmfleet
-cat > etc/warmfleet/agent.toml <<EOF
-github_url = "{github_url}"
-state_dir = "$root/var/lib/warmfleet"
-[runner]
-dir = "$root/opt/actions-runner"
-user = "$(id -un)"
-labels = ["linux"]
-job_started_hook = "{started}"
-job_completed_hook = "{completed}"
-{extra_config}
-EOF
-cat > usr/lib/systemd/system-sleep/warmfleet <<EOF
-#!/bin/sh
-export WARMFLEET_AGENT={agent} WARMFLEET_AGENT_CONFIG=$root/etc/warmfleet/agent.toml WARMFLEET_AGENT_CONFIG_DIR=$root/etc/warmfleet/agent.d
-exec {sleep_hook} "\$@"
-EOF
-chmod +x usr/lib/systemd/system-sleep/warmfleet
-{env}
-{run}
-"#,
-        env = o.env,
-        run = if o.supervise {
-            // As systemd's Restart=on-failure would.
-            format!("until {agent} --config etc/warmfleet/agent.toml --config-dir etc/warmfleet/agent.d run; do sleep 0.3; done")
-        } else {
-            // The exit code, for tests that stop the agent.
-            format!("{agent} --config etc/warmfleet/agent.toml --config-dir etc/warmfleet/agent.d run; echo $? > agent.exit")
-        },
-        started = repo("packaging/agent/hooks/job-started.sh"),
-        completed = repo("packaging/agent/hooks/job-completed.sh"),
-        sleep_hook = repo("packaging/agent/system-sleep/warmfleet"),
-    );
+    let setup = AgentSetup {
+        agent: lambda("warmfleet-agent"),
+        testbed: TESTBED.into(),
+        packaging: AgentSetup::packaging_dir(),
+        github_url: github_url.to_owned(),
+        extra_config: extra_config.to_owned(),
+        env: o.env.to_owned(),
+        supervise: o.supervise,
+    };
     let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), script).unwrap();
+    std::fs::write(file.path(), setup.script()).unwrap();
     file
 }
 
@@ -110,7 +62,7 @@ async fn fleet(mode: &str, extra_config: &str, registration: bool) -> Fleet {
 async fn fleet_with(mode: &str, extra_config: &str, registration: bool, o: Options) -> Fleet {
     // The GitHub URL is known only once the fake runs: a placeholder the script replaces.
     let drain = format!(
-        "{} --config etc/warmfleet/agent.toml --config-dir etc/warmfleet/agent.d drain",
+        "{} {CONFIG_FLAGS} drain",
         lambda("warmfleet-agent").display()
     );
     let mut functions = vec![Function {
@@ -134,13 +86,9 @@ async fn fleet_with(mode: &str, extra_config: &str, registration: bool, o: Optio
         });
     }
     let rules = if registration {
-        RULES.to_owned()
+        format!("{DEREGISTRATION_RULE}{REGISTRATION_RULE}")
     } else {
-        RULES
-            .split("[[rule]]")
-            .take(2)
-            .collect::<Vec<_>>()
-            .join("[[rule]]")
+        DEREGISTRATION_RULE.to_owned()
     };
     let script = tempfile::NamedTempFile::new().unwrap();
     let command = format!("sh {}", script.path().display());
@@ -844,12 +792,7 @@ async fn sigterm_mid_job_lets_the_job_finish_then_the_agent_exits_0() {
     let root = f.root(&instance).await;
     let out = std::process::Command::new(lambda("warmfleet-agent"))
         .current_dir(&root)
-        .args([
-            "--config",
-            "etc/warmfleet/agent.toml",
-            "--config-dir",
-            "etc/warmfleet/agent.d",
-        ])
+        .args(CONFIG_FLAGS.split(' '))
         .args(["status", "--json"])
         .output()
         .unwrap();

@@ -1,0 +1,100 @@
+//! How an instance of the testbed runs the real `warmfleet-agent`, as the .deb and cloud-init
+//! would set it up: the fake runner installed in `opt/actions-runner`, the agent's
+//! configuration in `etc/warmfleet/`, the packaged system-sleep hook, then the agent. Used by
+//! the agent's integration tests and its benchmark (and the demo to come).
+
+use std::path::{Path, PathBuf};
+
+/// The shell script an instance runs (by `sh`, in its root directory).
+pub struct AgentSetup {
+    /// The `warmfleet-agent` binary.
+    pub agent: PathBuf,
+    /// The `warmfleet-testbed` binary (it installs the fake runner).
+    pub testbed: PathBuf,
+    /// The repository's `packaging/agent` (job hooks and the sleep hook).
+    pub packaging: PathBuf,
+    pub github_url: String,
+    /// More lines of the agent's configuration (after `[runner]`'s keys).
+    pub extra_config: String,
+    /// Shell lines run before the agent (e.g. `export ...`).
+    pub env: String,
+    /// Restart the agent when it fails, as systemd's `Restart=on-failure` would; otherwise
+    /// its exit code is written to `agent.exit`.
+    pub supervise: bool,
+}
+
+/// The EventBridge rule that sends launch events of the `registration` hook to the
+/// registration Lambda (world-file TOML).
+pub const REGISTRATION_RULE: &str = r#"
+[[rule]]
+name = "registration"
+event_pattern = { source = ["aws.autoscaling"], detail-type = ["EC2 Instance-launch Lifecycle Action"], detail = { LifecycleHookName = ["registration"] } }
+targets = ["registration"]
+"#;
+
+/// The same for terminate events of the `deregistration` hook.
+pub const DEREGISTRATION_RULE: &str = r#"
+[[rule]]
+name = "deregistration"
+event_pattern = { source = ["aws.autoscaling"], detail-type = ["EC2 Instance-terminate Lifecycle Action"], detail = { LifecycleHookName = ["deregistration"] } }
+targets = ["deregistration"]
+"#;
+
+/// The config flags of every agent command in an instance (paths relative to its root).
+pub const CONFIG_FLAGS: &str =
+    "--config etc/warmfleet/agent.toml --config-dir etc/warmfleet/agent.d";
+
+impl AgentSetup {
+    /// `packaging/agent` of the repository this testbed was built from.
+    pub fn packaging_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/agent")
+    }
+
+    /// What SSM runs to drain an instance (in its root).
+    pub fn drain_command(&self) -> String {
+        format!("{} {CONFIG_FLAGS} drain", self.agent.display())
+    }
+
+    pub fn script(&self) -> String {
+        let agent = self.agent.display();
+        let hook = |p: &str| self.packaging.join(p).display().to_string();
+        let run = if self.supervise {
+            format!("until {agent} {CONFIG_FLAGS} run; do sleep 0.3; done")
+        } else {
+            format!("{agent} {CONFIG_FLAGS} run; echo $? > agent.exit")
+        };
+        format!(
+            r#"set -e
+root=$PWD
+{testbed} runner install opt/actions-runner >/dev/null
+mkdir -p etc/warmfleet/agent.d usr/lib/systemd/system-sleep var/lib/warmfleet
+cat > etc/warmfleet/agent.toml <<EOF
+github_url = "{github_url}"
+state_dir = "$root/var/lib/warmfleet"
+[runner]
+dir = "$root/opt/actions-runner"
+user = "$(id -un)"
+labels = ["linux"]
+job_started_hook = "{started}"
+job_completed_hook = "{completed}"
+{extra_config}
+EOF
+cat > usr/lib/systemd/system-sleep/warmfleet <<EOF
+#!/bin/sh
+export WARMFLEET_AGENT={agent} WARMFLEET_AGENT_CONFIG=$root/etc/warmfleet/agent.toml WARMFLEET_AGENT_CONFIG_DIR=$root/etc/warmfleet/agent.d
+exec {sleep_hook} "\$@"
+EOF
+chmod +x usr/lib/systemd/system-sleep/warmfleet
+{env}
+{run}
+"#,
+            testbed = self.testbed.display(),
+            github_url = self.github_url,
+            extra_config = self.extra_config,
+            env = self.env,
+            started = hook("hooks/job-started.sh"),
+            completed = hook("hooks/job-completed.sh"),
+            sleep_hook = hook("system-sleep/warmfleet"),
+        )
+    }
+}
