@@ -833,3 +833,47 @@ async fn sigterm_mid_job_lets_the_job_finish_then_the_agent_exits_0() {
     assert!(!root.join("opt/actions-runner/.runner").exists());
     assert!(!f.protected(&instance).await);
 }
+
+#[tokio::test]
+async fn a_refused_token_abandons_the_bootstrap_with_configs_reason() {
+    let f = fleet("persistent", "", false).await;
+    let hooks = hooks_of(&["bootstrap", "deregistration"]);
+    f.plane.aws.create(GROUP, 0, 1, 1, hooks).await;
+    let first = loop {
+        if let Some((id, _)) = f.plane.aws.instances(GROUP).await.first() {
+            break id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // A credential GitHub never issued, written where the Lambda would write it.
+    let bogus = warmfleet_core::instance_secret::InstanceSecret {
+        issued_at: chrono::Utc::now(),
+        lifecycle_action: "t".into(),
+        credential: RunnerCredential::RegistrationToken {
+            token: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAA".to_owned().into(),
+            expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+        },
+        remove_token: None,
+    };
+    f.plane
+        .secrets
+        .create_secret()
+        .name(warmfleet_core::naming::instance_secret_id(GROUP, &first))
+        .secret_string(bogus.to_secret().expose_secret())
+        .send()
+        .await
+        .unwrap();
+    eventually(
+        "the bootstrap abandoned",
+        Duration::from_secs(15),
+        || async { f.completions(&first, "bootstrap").await == ["ABANDON"] },
+    )
+    .await;
+    let console = f.console(&first).await;
+    assert!(console.contains("config.sh failed: "), "{console}");
+    assert!(
+        !console.contains("AAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        "{console}"
+    );
+    assert!(f.runners(&first).await.is_empty());
+}
