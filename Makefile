@@ -10,7 +10,7 @@ LAMBDAS := warmfleet-registration warmfleet-deregistration warmfleet-record-metr
 VENV := .deps/venv
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint contract-deps py-deps deny bench
+.PHONY: demo test lint contract-deps py-deps deny bench lambda-zips arm64-toolchain
 
 ## The main job on the local testbed (see README.md).
 demo:
@@ -24,13 +24,13 @@ test: contract-deps py-deps lint deny
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" timeout 40m $(CARGO) test --workspace --all-targets --no-fail-fast
 	WARMFLEET_TESTBED=target/debug/warmfleet-testbed timeout 10m $(VENV)/bin/pytest -q tests/python
 
-## Benchmarks (release build): the Lambda binaries (target/bench/control.json) and the
+## Benchmarks (the dist profile: what ships): the Lambda binaries (target/bench/control.json) and the
 ## agent (target/bench/agent.json).
 bench: py-deps
-	$(CARGO) build --release -p warmfleet-control -p warmfleet-testbed -p warmfleet-agent
-	python3 packaging/lambda/zip.py --out target/bench/zips $(addprefix target/release/,$(LAMBDAS))
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/release/warmfleet-testbed bench-control --lambdas target/release --zips target/bench/zips --out target/bench/control.json
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/release/warmfleet-testbed bench-agent --binaries target/release --out target/bench/agent.json
+	$(CARGO) build --profile dist -p warmfleet-control -p warmfleet-testbed -p warmfleet-agent
+	python3 packaging/lambda/zip.py --out target/bench/zips $(addprefix target/dist/,$(LAMBDAS))
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/dist/warmfleet-testbed bench-control --lambdas target/dist --zips target/bench/zips --out target/bench/control.json
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/dist/warmfleet-testbed bench-agent --binaries target/dist --out target/bench/agent.json
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -55,3 +55,24 @@ contract-deps: $(CONTRACT_STAMP)
 $(CONTRACT_STAMP): $(CONTRACT)/package.json $(CONTRACT)/package-lock.json
 	cd $(CONTRACT) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+## The three Lambda zips (provided.al2023, `bootstrap` inside, reproducible) for x86_64 and
+## arm64: target/lambda/{x86_64,arm64}/*.zip. arm64 is cross-built with Debian's rustc-web
+## (its aarch64 standard library matches it; rustup cannot fetch one here) and the aarch64
+## cross gcc; `make arm64-toolchain` installs them (root, Debian).
+ARM64_STD := /usr/lib/rustlib/aarch64-unknown-linux-gnu
+lambda-zips:
+	$(CARGO) build --profile dist -p warmfleet-control
+	python3 packaging/lambda/zip.py --out target/lambda/x86_64 $(addprefix target/dist/,$(LAMBDAS))
+	@test -d $(ARM64_STD) && command -v aarch64-linux-gnu-gcc >/dev/null || \
+		{ echo "arm64: no aarch64 toolchain here (make arm64-toolchain installs it)" >&2; exit 1; }
+	RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=target/arm64 \
+		CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc \
+		CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar \
+		$(CARGO) build --profile dist --target aarch64-unknown-linux-gnu -p warmfleet-control
+	python3 packaging/lambda/zip.py --out target/lambda/arm64 $(addprefix target/arm64/aarch64-unknown-linux-gnu/dist/,$(LAMBDAS))
+
+arm64-toolchain:
+	dpkg --add-architecture arm64
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross

@@ -212,13 +212,7 @@ impl Driver {
         match msg {
             Msg::Event(e) => self.event(e).await,
             Msg::Identity(identity, target) => {
-                if self.identity.as_ref() != Some(&identity) {
-                    let config = warmfleet_core::aws::load_config_in(&identity.region).await;
-                    self.clients = Some((AutoScaling::new(&config), SecretsManager::new(&config)));
-                }
-                self.record.instance_id = Some(identity.instance_id.clone());
-                self.record.group = Some(identity.group.clone());
-                self.identity = Some(identity);
+                self.set_identity(identity).await;
                 self.event(Event::Target(target)).await;
             }
             Msg::Credential(secret) => {

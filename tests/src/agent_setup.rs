@@ -40,6 +40,29 @@ event_pattern = { source = ["aws.autoscaling"], detail-type = ["EC2 Instance-ter
 targets = ["deregistration"]
 "#;
 
+/// Lifecycle hooks as the Terraform module creates them (heartbeat 600 s, default ABANDON):
+/// `registration` and `bootstrap` on launch, `deregistration` on terminate; `names` picks.
+pub fn lifecycle_hooks(
+    names: &[&str],
+) -> Vec<aws_sdk_autoscaling::types::LifecycleHookSpecification> {
+    [
+        ("registration", "autoscaling:EC2_INSTANCE_LAUNCHING"),
+        ("bootstrap", "autoscaling:EC2_INSTANCE_LAUNCHING"),
+        ("deregistration", "autoscaling:EC2_INSTANCE_TERMINATING"),
+    ]
+    .into_iter()
+    .filter(|(name, _)| names.contains(name))
+    .map(|(name, transition)| {
+        aws_sdk_autoscaling::types::LifecycleHookSpecification::builder()
+            .lifecycle_hook_name(name)
+            .lifecycle_transition(transition)
+            .heartbeat_timeout(600)
+            .default_result("ABANDON")
+            .build()
+    })
+    .collect()
+}
+
 /// The config flags of every agent command in an instance (paths relative to its root).
 pub const CONFIG_FLAGS: &str =
     "--config etc/warmfleet/agent.toml --config-dir etc/warmfleet/agent.d";

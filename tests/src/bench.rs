@@ -2,7 +2,7 @@
 //! run by the AWS world through the Lambda Runtime API against the GitHub fake, written to a
 //! JSON file: each function's cold init time, handler durations, peak memory (VmHWM) and
 //! binary size, and GitHub requests per invocation at several runner counts.
-//! `make bench` builds the release binaries and runs it.
+//! `make bench` builds the binaries with the dist profile and runs it.
 
 use crate::aws;
 use crate::github::{self, state::Settings};
@@ -18,8 +18,8 @@ use warmfleet_core::ports::SecretStore;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Where the Lambda binaries are (`target/release` after `cargo build --release`).
-    #[arg(long, default_value = "target/release")]
+    /// Where the Lambda binaries are (`target/dist` after `cargo build --profile dist`).
+    #[arg(long, default_value = "target/dist")]
     pub lambdas: PathBuf,
     /// Where their zips are (`packaging/lambda/zip.py` makes them), for their sizes.
     #[arg(long)]
@@ -406,11 +406,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         "binaries": sizes,
         "runs": runs,
     });
-    if let Some(dir) = args.out.parent() {
+    write_report(&args.out, &report)?;
+    Ok(0)
+}
+
+/// Writes a benchmark's JSON report to `out` and prints it.
+pub(crate) fn write_report(out: &Path, report: &Value) -> anyhow::Result<()> {
+    if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(0)
+    let text = serde_json::to_string_pretty(report)?;
+    std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+    println!("{text}");
+    Ok(())
 }

@@ -3,13 +3,13 @@
 //! resumes into service, is scaled in (drained, back to the pool), resumes again... Each
 //! resume's split from the agent's own `bootstrap timings` log line (the wait for the
 //! Lambda's credential and the runner's start are not the agent's overhead), and, while it
-//! idles in service, the agent's resident memory and CPU. `make bench` runs it on release
-//! binaries; results in docs/usage/agent.md.
+//! idles in service, the agent's resident memory and CPU. `make bench` runs it on the dist
+//! profile's binaries; results in docs/usage/agent.md.
 
-use crate::agent_setup::AgentSetup;
+use crate::agent_setup::{lifecycle_hooks, AgentSetup};
 use crate::bench::{AgentWorld, World};
 use anyhow::{bail, Context};
-use aws_sdk_autoscaling::types::{InstanceReusePolicy, LifecycleHookSpecification, WarmPoolState};
+use aws_sdk_autoscaling::types::{InstanceReusePolicy, WarmPoolState};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 #[derive(Debug, clap::Args)]
 pub struct BenchAgentArgs {
     /// Where the agent and the Lambda binaries are.
-    #[arg(long, default_value = "target/release")]
+    #[arg(long, default_value = "target/dist")]
     pub binaries: PathBuf,
     /// Resumes to measure.
     #[arg(long, default_value_t = 5)]
@@ -197,24 +197,6 @@ impl Bench {
     }
 }
 
-fn hooks() -> Vec<LifecycleHookSpecification> {
-    [
-        ("registration", "autoscaling:EC2_INSTANCE_LAUNCHING"),
-        ("bootstrap", "autoscaling:EC2_INSTANCE_LAUNCHING"),
-        ("deregistration", "autoscaling:EC2_INSTANCE_TERMINATING"),
-    ]
-    .into_iter()
-    .map(|(name, transition)| {
-        LifecycleHookSpecification::builder()
-            .lifecycle_hook_name(name)
-            .lifecycle_transition(transition)
-            .heartbeat_timeout(600)
-            .default_result("ABANDON")
-            .build()
-    })
-    .collect()
-}
-
 fn binary(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     if !path.exists() {
@@ -267,13 +249,7 @@ pub async fn run(args: BenchAgentArgs) -> anyhow::Result<i32> {
     };
     let result = measure(&bench, &args).await;
     bench.world.stop().await;
-    let report = result?;
-    if let Some(dir) = args.out.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&args.out, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
+    crate::bench::write_report(&args.out, &result?)?;
     Ok(0)
 }
 
@@ -284,7 +260,11 @@ async fn measure(b: &Bench, args: &BenchAgentArgs) -> anyhow::Result<Value> {
         .min_size(0)
         .max_size(1)
         .desired_capacity(0)
-        .set_lifecycle_hook_specification_list(Some(hooks()))
+        .set_lifecycle_hook_specification_list(Some(lifecycle_hooks(&[
+            "registration",
+            "bootstrap",
+            "deregistration",
+        ])))
         .send()
         .await?;
     // Pool min 0 and group max 1: the one instance cycles between the pool and service.
@@ -302,6 +282,7 @@ async fn measure(b: &Bench, args: &BenchAgentArgs) -> anyhow::Result<Value> {
         .await?;
     let instance = b.until_one(true, "Warmed:Hibernated").await?;
     let mut idle = json!(null);
+    let mut back_in_pool_ms = vec![];
     for i in 0..args.resumes {
         eprintln!("==> resume {}", i + 1);
         b.desired(1).await?;
@@ -321,12 +302,18 @@ async fn measure(b: &Bench, args: &BenchAgentArgs) -> anyhow::Result<Value> {
             idle = json!({
                 "seconds": args.idle.as_secs_f64(),
                 "rss_kib": proc_status_kib(pid, "VmRSS:"),
+                "rss_anon_kib": proc_status_kib(pid, "RssAnon:"),
+                "rss_file_kib": proc_status_kib(pid, "RssFile:"),
                 "peak_rss_kib": proc_status_kib(pid, "VmHWM:"),
                 "cpu_percent": ticks as f64 / hz / args.idle.as_secs_f64() * 100.0,
             });
         }
+        // Scale-in of an idle runner: the Lambda's drain over SSM, the agent's drain, the
+        // way back into the pool.
+        let scale_in = Instant::now();
         b.desired(0).await?;
         b.until_one(true, "Warmed:Hibernated").await?;
+        back_in_pool_ms.push(scale_in.elapsed().as_secs_f64() * 1000.0);
     }
     let log = std::fs::read_to_string(b.root(&instance).await?.join("console.log"))?;
     let resumes: Vec<Timings> = parse_timings(&log)
@@ -343,6 +330,7 @@ async fn measure(b: &Bench, args: &BenchAgentArgs) -> anyhow::Result<Value> {
         "resumes": resumes,
         "agent_ms_median": agent_ms.get(agent_ms.len() / 2),
         "agent_ms_max": agent_ms.last(),
+        "scale_in_to_hibernated_ms": back_in_pool_ms,
     }))
 }
 

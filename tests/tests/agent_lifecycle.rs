@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use warmfleet_core::instance_secret::RunnerCredential;
 use warmfleet_testbed::agent_setup::{
-    AgentSetup, CONFIG_FLAGS, DEREGISTRATION_RULE, REGISTRATION_RULE,
+    lifecycle_hooks as hooks_of, AgentSetup, CONFIG_FLAGS, DEREGISTRATION_RULE, REGISTRATION_RULE,
 };
 
 const GROUP: &str = "runners";
@@ -104,25 +104,6 @@ async fn fleet_with(mode: &str, extra_config: &str, registration: bool, o: Optio
 
 fn hooks() -> Vec<LifecycleHookSpecification> {
     hooks_of(&["registration", "bootstrap", "deregistration"])
-}
-
-fn hooks_of(names: &[&str]) -> Vec<LifecycleHookSpecification> {
-    [
-        ("registration", "autoscaling:EC2_INSTANCE_LAUNCHING"),
-        ("bootstrap", "autoscaling:EC2_INSTANCE_LAUNCHING"),
-        ("deregistration", "autoscaling:EC2_INSTANCE_TERMINATING"),
-    ]
-    .into_iter()
-    .filter(|(name, _)| names.contains(name))
-    .map(|(name, transition)| {
-        LifecycleHookSpecification::builder()
-            .lifecycle_hook_name(name)
-            .lifecycle_transition(transition)
-            .heartbeat_timeout(600)
-            .default_result("ABANDON")
-            .build()
-    })
-    .collect()
 }
 
 impl Fleet {
@@ -253,6 +234,42 @@ impl Fleet {
         .await;
     }
 
+    /// The group's first instance, as soon as it has one.
+    async fn first_instance(&self) -> String {
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some((id, _)) = self.plane.aws.instances(GROUP).await.first() {
+                return id.clone();
+            }
+            assert!(Instant::now() < until, "no instance launched");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Terminates an instance as an operator (or a health check) would.
+    async fn terminate(&self, instance: &str) {
+        self.plane
+            .aws
+            .asg
+            .terminate_instance_in_auto_scaling_group()
+            .instance_id(instance)
+            .should_decrement_desired_capacity(true)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// Waits for a job to end and checks it succeeded; the job's record.
+    async fn succeeded(&self, job: u64) -> Value {
+        let done = self
+            .plane
+            .github
+            .finished_job(job, Duration::from_secs(20))
+            .await;
+        assert_eq!(done["outcome"], "succeeded", "{done:#}");
+        done
+    }
+
     /// The ids of the GitHub runners named `instance`.
     async fn runner_ids(&self, instance: &str) -> Vec<u64> {
         self.runners(instance)
@@ -335,15 +352,7 @@ async fn a_cold_launch_registers_protects_its_job_and_drains_without_killing_it(
 
     // Terminate it mid-job: the drain lets the job finish; a job queued meanwhile is not
     // taken; the registration is removed and the terminate hook completed.
-    f.plane
-        .aws
-        .asg
-        .terminate_instance_in_auto_scaling_group()
-        .instance_id(&instance)
-        .should_decrement_desired_capacity(true)
-        .send()
-        .await
-        .unwrap();
+    f.terminate(&instance).await;
     eventually("the labels are taken", Duration::from_secs(15), || async {
         f.runners(&instance).await[0]["labels"]
             .as_array()
@@ -351,12 +360,7 @@ async fn a_cold_launch_registers_protects_its_job_and_drains_without_killing_it(
     })
     .await;
     let second = f.plane.github.enqueue(&["warmfleet"], 1.0).await;
-    let done = f
-        .plane
-        .github
-        .finished_job(job, Duration::from_secs(20))
-        .await;
-    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+    f.succeeded(job).await;
     f.plane
         .aws
         .until(GROUP, false, "terminated", |i| i.is_empty())
@@ -422,12 +426,7 @@ async fn a_warm_instance_registers_nothing_and_resumes_with_a_fresh_credential()
     assert!(f.plane.instance_secret(GROUP, &instance).await.is_some());
     assert_eq!(f.runners(&instance).await.len(), 1);
     let job = f.plane.github.enqueue(&["warmfleet"], 0.5).await;
-    let done = f
-        .plane
-        .github
-        .finished_job(job, Duration::from_secs(20))
-        .await;
-    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+    let done = f.succeeded(job).await;
     assert_eq!(done["runner_name"], instance.as_str());
 }
 
@@ -437,12 +436,7 @@ async fn an_ephemeral_runner_takes_one_job_then_its_instance_is_replaced() {
     f.plane.aws.create(GROUP, 0, 2, 1, hooks()).await;
     let first = f.plane.aws.sole_in_service(GROUP).await;
     let job = f.plane.github.enqueue(&["warmfleet"], 0.5).await;
-    let done = f
-        .plane
-        .github
-        .finished_job(job, Duration::from_secs(20))
-        .await;
-    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+    let done = f.succeeded(job).await;
     assert_eq!(done["runner_name"], first.as_str());
     // The group replaces it without being asked for less capacity.
     let until = Instant::now() + Duration::from_secs(30);
@@ -481,12 +475,7 @@ async fn a_credential_that_never_comes_abandons_the_bootstrap_with_the_reason() 
     let f = fleet("persistent", "[timeouts]\ncredential = \"2s\"", false).await;
     let hooks = hooks_of(&["bootstrap", "deregistration"]);
     f.plane.aws.create(GROUP, 0, 1, 1, hooks).await;
-    let first = loop {
-        if let Some((id, _)) = f.plane.aws.instances(GROUP).await.first() {
-            break id.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let first = f.first_instance().await;
     eventually(
         "the bootstrap abandoned",
         Duration::from_secs(15),
@@ -532,12 +521,7 @@ async fn sigkill_in_every_state_then_a_restart_registers_once_and_kills_no_job()
         )
         .await;
     f.plane.aws.create(GROUP, 0, 2, 1, hooks()).await;
-    let instance = loop {
-        if let Some((id, _)) = f.plane.aws.instances(GROUP).await.first() {
-            break id.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let instance = f.first_instance().await;
     f.until_state(&instance, "awaiting-credential").await;
     f.kill_agent(&instance).await;
     assert_eq!(f.plane.aws.sole_in_service(GROUP).await, instance);
@@ -554,12 +538,7 @@ async fn sigkill_in_every_state_then_a_restart_registers_once_and_kills_no_job()
     let job = f.plane.github.enqueue(&["warmfleet"], 3.0).await;
     f.until_state(&instance, "busy").await;
     f.kill_agent(&instance).await;
-    let done = f
-        .plane
-        .github
-        .finished_job(job, Duration::from_secs(20))
-        .await;
-    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+    f.succeeded(job).await;
     eventually("protection off", Duration::from_secs(5), || async {
         !f.protected(&instance).await
     })
@@ -570,23 +549,10 @@ async fn sigkill_in_every_state_then_a_restart_registers_once_and_kills_no_job()
     // Draining: killed mid-drain, the new agent finishes it; the job still succeeds.
     let job = f.plane.github.enqueue(&["warmfleet"], 4.0).await;
     f.until_state(&instance, "busy").await;
-    f.plane
-        .aws
-        .asg
-        .terminate_instance_in_auto_scaling_group()
-        .instance_id(&instance)
-        .should_decrement_desired_capacity(true)
-        .send()
-        .await
-        .unwrap();
+    f.terminate(&instance).await;
     f.until_state(&instance, "draining").await;
     f.kill_agent(&instance).await;
-    let done = f
-        .plane
-        .github
-        .finished_job(job, Duration::from_secs(20))
-        .await;
-    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+    f.succeeded(job).await;
     let until = Instant::now() + Duration::from_secs(20);
     while !f.plane.aws.instances(GROUP).await.is_empty() {
         assert!(
@@ -641,12 +607,7 @@ async fn listener_exit_3_restarts_it_and_exit_1_has_the_instance_replaced() {
     f.until_state(&instance, "idle").await;
     assert_eq!(f.runner_ids(&instance).await, [id]);
     let job = f.plane.github.enqueue(&["warmfleet"], 0.5).await;
-    let done = f
-        .plane
-        .github
-        .finished_job(job, Duration::from_secs(20))
-        .await;
-    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+    f.succeeded(job).await;
 
     // Its registration deleted at GitHub: exit 1, reported, the instance replaced.
     let client = f.plane.github.pat_client(common::fast_retries()).await;
@@ -654,12 +615,14 @@ async fn listener_exit_3_restarts_it_and_exit_1_has_the_instance_replaced() {
         .delete_runner(id, common::deadline(10))
         .await
         .unwrap();
-    f.until_state(&instance, "failed").await;
-    let state = f.agent_state(&instance).await;
-    assert!(
-        state["last_error"].as_str().unwrap().contains("code 1"),
-        "{state:#}"
-    );
+    // Reported (then, marked unhealthy, the instance is drained and replaced).
+    eventually("the exit reported", Duration::from_secs(20), || async {
+        f.console(&instance).await.contains(
+            "reason=the listener exited with code 1 (terminated: its registration or \
+             credentials were refused)",
+        )
+    })
+    .await;
     eventually(
         "the instance is replaced",
         Duration::from_secs(20),
@@ -679,12 +642,7 @@ async fn an_unreachable_imds_stops_the_agent_with_the_reason() {
     };
     let f = fleet_with("persistent", "[timeouts]\ncall = \"3s\"", true, o).await;
     f.plane.aws.create(GROUP, 0, 1, 1, hooks()).await;
-    let instance = loop {
-        if let Some((id, _)) = f.plane.aws.instances(GROUP).await.first() {
-            break id.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let instance = f.first_instance().await;
     eventually("the agent gave up", Duration::from_secs(20), || async {
         f.console(&instance)
             .await
@@ -772,12 +730,7 @@ async fn reuse_on_scale_in_deregisters_before_the_pool_and_registers_afresh_on_r
     assert_eq!(second.len(), 1);
     assert_ne!(second, first);
     let job = f.plane.github.enqueue(&["warmfleet"], 0.5).await;
-    let done = f
-        .plane
-        .github
-        .finished_job(job, Duration::from_secs(20))
-        .await;
-    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+    f.succeeded(job).await;
 }
 
 #[tokio::test]
@@ -787,6 +740,11 @@ async fn sigterm_mid_job_lets_the_job_finish_then_the_agent_exits_0() {
     let instance = f.plane.aws.sole_in_service(GROUP).await;
     let job = f.plane.github.enqueue(&["warmfleet"], 3.0).await;
     f.until_state(&instance, "busy").await;
+    // Busy from the listener's "Running job"; protected once the job-started hook ran.
+    eventually("protection on", Duration::from_secs(5), || async {
+        f.protected(&instance).await
+    })
+    .await;
 
     // `status --json`, as an operator would run it.
     let root = f.root(&instance).await;
@@ -812,12 +770,7 @@ async fn sigterm_mid_job_lets_the_job_finish_then_the_agent_exits_0() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let done = f
-        .plane
-        .github
-        .finished_job(job, Duration::from_secs(20))
-        .await;
-    assert_eq!(done["outcome"], "succeeded", "{done:#}");
+    f.succeeded(job).await;
     let exit = root.join("agent.exit");
     eventually("the agent exited", Duration::from_secs(10), || async {
         exit.exists()
@@ -839,12 +792,7 @@ async fn a_refused_token_abandons_the_bootstrap_with_configs_reason() {
     let f = fleet("persistent", "", false).await;
     let hooks = hooks_of(&["bootstrap", "deregistration"]);
     f.plane.aws.create(GROUP, 0, 1, 1, hooks).await;
-    let first = loop {
-        if let Some((id, _)) = f.plane.aws.instances(GROUP).await.first() {
-            break id.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let first = f.first_instance().await;
     // A credential GitHub never issued, written where the Lambda would write it.
     let bogus = warmfleet_core::instance_secret::InstanceSecret {
         issued_at: chrono::Utc::now(),

@@ -10,6 +10,7 @@ use aws_sdk_autoscaling::types::LifecycleHookSpecification;
 use common::control::{Function, Plane};
 use common::fast_retries;
 use serde_json::json;
+use warmfleet_testbed::agent_setup::lifecycle_hooks;
 
 /// What SSM runs instead of `warmfleet-agent drain` until the agent exists: it records that
 /// it ran (the appended `--timeout` arguments land in `$@`).
@@ -28,20 +29,7 @@ targets = ["registration"]
 "#;
 
 fn hooks() -> Vec<LifecycleHookSpecification> {
-    [
-        ("registration", "autoscaling:EC2_INSTANCE_LAUNCHING"),
-        ("deregistration", "autoscaling:EC2_INSTANCE_TERMINATING"),
-    ]
-    .into_iter()
-    .map(|(name, transition)| {
-        LifecycleHookSpecification::builder()
-            .lifecycle_hook_name(name)
-            .lifecycle_transition(transition)
-            .heartbeat_timeout(600)
-            .default_result("ABANDON")
-            .build()
-    })
-    .collect()
+    lifecycle_hooks(&["registration", "deregistration"])
 }
 
 async fn start() -> Plane {
