@@ -234,6 +234,25 @@ impl Fleet {
         .await;
     }
 
+    /// A hibernated warm pool of at least `min` instances, reused on scale-in if asked.
+    async fn warm_pool(&self, min: i32, reuse: bool) {
+        self.plane
+            .aws
+            .asg
+            .put_warm_pool()
+            .auto_scaling_group_name(GROUP)
+            .min_size(min)
+            .pool_state(WarmPoolState::Hibernated)
+            .instance_reuse_policy(
+                aws_sdk_autoscaling::types::InstanceReusePolicy::builder()
+                    .reuse_on_scale_in(reuse)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+
     /// The group's first instance, as soon as it has one.
     async fn first_instance(&self) -> String {
         let until = Instant::now() + Duration::from_secs(15);
@@ -385,16 +404,7 @@ async fn a_cold_launch_registers_protects_its_job_and_drains_without_killing_it(
 async fn a_warm_instance_registers_nothing_and_resumes_with_a_fresh_credential() {
     let f = fleet("persistent", "", true).await;
     f.plane.aws.create(GROUP, 0, 1, 0, hooks()).await;
-    f.plane
-        .aws
-        .asg
-        .put_warm_pool()
-        .auto_scaling_group_name(GROUP)
-        .min_size(1)
-        .pool_state(WarmPoolState::Hibernated)
-        .send()
-        .await
-        .unwrap();
+    f.warm_pool(1, false).await;
     let until = Instant::now() + Duration::from_secs(15);
     let instance = loop {
         let warm = f.plane.aws.warm(GROUP).await;
@@ -669,21 +679,7 @@ async fn an_unreachable_imds_stops_the_agent_with_the_reason() {
 async fn reuse_on_scale_in_deregisters_before_the_pool_and_registers_afresh_on_resume() {
     let f = fleet("persistent", "", true).await;
     f.plane.aws.create(GROUP, 0, 1, 0, hooks()).await;
-    f.plane
-        .aws
-        .asg
-        .put_warm_pool()
-        .auto_scaling_group_name(GROUP)
-        .min_size(0)
-        .pool_state(WarmPoolState::Hibernated)
-        .instance_reuse_policy(
-            aws_sdk_autoscaling::types::InstanceReusePolicy::builder()
-                .reuse_on_scale_in(true)
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
+    f.warm_pool(0, true).await;
     f.plane
         .aws
         .until(GROUP, true, "a warm instance", |i| {
@@ -824,4 +820,37 @@ async fn a_refused_token_abandons_the_bootstrap_with_configs_reason() {
         "{console}"
     );
     assert!(f.runners(&first).await.is_empty());
+}
+
+/// A listener that exits 2 (retryable) once, then behaves: as the real one does when it
+/// cannot open a session for a while.
+const LISTENER_EXITS_2_ONCE: &str = r#"bin=opt/actions-runner/bin
+mv $bin/Runner.Listener $bin/Runner.Listener.real
+cat > $bin/Runner.Listener <<'EOS'
+#!/bin/sh
+here=$(dirname "$0")
+if [ "$1" = run ] && [ ! -e "$here/exited-2" ]; then
+  touch "$here/exited-2"; echo "session refused for a minute"; exit 2
+fi
+exec "$here/Runner.Listener.real" "$@"
+EOS
+chmod +x $bin/Runner.Listener"#;
+
+#[tokio::test]
+async fn listener_exit_2_before_listening_is_restarted_and_the_bootstrap_completes() {
+    let o = Options {
+        env: LISTENER_EXITS_2_ONCE,
+        ..Options::default()
+    };
+    let f = fleet_with("persistent", "", true, o).await;
+    f.plane.aws.create(GROUP, 0, 1, 1, hooks()).await;
+    let instance = f.first_instance().await;
+    f.until_state(&instance, "idle").await;
+    assert_eq!(f.plane.aws.sole_in_service(GROUP).await, instance);
+    let console = f.console(&instance).await;
+    assert!(console.contains("code=Some(2)"), "{console}");
+    assert_eq!(f.completions(&instance, "bootstrap").await, ["CONTINUE"]);
+    assert_eq!(f.runner_ids(&instance).await.len(), 1);
+    let job = f.plane.github.enqueue(&["warmfleet"], 0.5).await;
+    f.succeeded(job).await;
 }
