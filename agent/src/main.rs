@@ -178,14 +178,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = settings(&cli)?;
             let socket = control::socket(&settings.state_dir);
             // Never hold up the machine's sleep or wake.
-            if let Err(e) = control::ask(
-                &socket,
-                &Request::Sleep { phase: *phase },
-                Duration::from_secs(10),
-            )
-            .await
-            {
-                eprintln!("warmfleet-agent: {e}");
+            let request = Request::Sleep { phase: *phase };
+            match control::ask(&socket, &request, Duration::from_secs(10)).await {
+                Ok(reply) if reply.ok => {}
+                Ok(reply) => eprintln!("warmfleet-agent: {}", reply.message),
+                Err(e) => eprintln!("warmfleet-agent: {e}"),
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -18,6 +18,10 @@ pub struct AgentSetup {
     pub extra_config: String,
     /// Shell lines run before the agent (e.g. `export ...`).
     pub env: String,
+    /// The runner's user; `None`: the agent's own. Another user needs the agent to run as
+    /// root: the runner's directory is given to that user and the world's directories
+    /// above the instance made traversable.
+    pub runner_user: Option<String>,
     /// Restart the agent when it fails, as systemd's `Restart=on-failure` would; otherwise
     /// its exit code is written to `agent.exit`.
     pub supervise: bool,
@@ -86,17 +90,25 @@ impl AgentSetup {
         } else {
             format!("{agent} {CONFIG_FLAGS} run; echo $? > agent.exit")
         };
+        let (user, hand_over) = match &self.runner_user {
+            Some(u) => (
+                u.clone(),
+                format!("chown -R {u} opt/actions-runner\nchmod a+x .. ../.. ../../.."),
+            ),
+            None => ("$(id -un)".to_owned(), String::new()),
+        };
         format!(
             r#"set -e
 root=$PWD
 {testbed} runner install opt/actions-runner >/dev/null
+{hand_over}
 mkdir -p etc/warmfleet/agent.d usr/lib/systemd/system-sleep var/lib/warmfleet
 cat > etc/warmfleet/agent.toml <<EOF
 github_url = "{github_url}"
 state_dir = "$root/var/lib/warmfleet"
 [runner]
 dir = "$root/opt/actions-runner"
-user = "$(id -un)"
+user = "{user}"
 labels = ["linux"]
 job_started_hook = "{started}"
 job_completed_hook = "{completed}"

@@ -219,6 +219,7 @@ pub async fn run(args: BenchAgentArgs) -> anyhow::Result<i32> {
         github_url,
         extra_config: String::new(),
         env: String::new(),
+        runner_user: None,
         supervise: false,
     };
     let drain_command = setup_of(String::new()).drain_command();

@@ -31,6 +31,7 @@ fn instance_script(github_url: &str, extra_config: &str, o: &Options) -> tempfil
         github_url: github_url.to_owned(),
         extra_config: extra_config.to_owned(),
         env: o.env.to_owned(),
+        runner_user: o.runner_user.map(str::to_owned),
         supervise: o.supervise,
     };
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -50,6 +51,8 @@ struct Options {
     supervise: bool,
     /// Shell lines before the agent starts (e.g. `export ...`).
     env: &'static str,
+    /// The runner's user, when not the test's own.
+    runner_user: Option<&'static str>,
 }
 
 /// The world with both Lambdas, instances running the agent. `mode` is the runner mode of
@@ -853,4 +856,69 @@ async fn listener_exit_2_before_listening_is_restarted_and_the_bootstrap_complet
     assert_eq!(f.runner_ids(&instance).await.len(), 1);
     let job = f.plane.github.enqueue(&["warmfleet"], 0.5).await;
     f.succeeded(job).await;
+}
+
+/// The uid a process runs as (its real uid, from /proc).
+fn uid_of(pid: u64) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_runner_runs_unprivileged_and_may_only_report_its_jobs() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test switches users: run the tests as root (CI does)"
+    );
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let o = Options {
+        runner_user: Some("nobody"),
+        ..Options::default()
+    };
+    let f = fleet_with("persistent", "", true, o).await;
+    f.plane.aws.create(GROUP, 0, 1, 1, hooks()).await;
+    let instance = f.first_instance().await;
+    f.until_state(&instance, "idle").await;
+    let root = f.root(&instance).await;
+    let listener = f.agent_state(&instance).await["listener_pid"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(uid_of(listener), nobody.uid.as_raw());
+    let credentials = std::fs::metadata(root.join("opt/actions-runner/.credentials")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&credentials),
+        nobody.uid.as_raw()
+    );
+
+    // A job: its hooks (as the runner user) set and clear the protection.
+    let job = f.plane.github.enqueue(&["warmfleet"], 2.0).await;
+    eventually("protection on", Duration::from_secs(15), || async {
+        f.protected(&instance).await
+    })
+    .await;
+    f.succeeded(job).await;
+    eventually("protection off", Duration::from_secs(5), || async {
+        !f.protected(&instance).await
+    })
+    .await;
+
+    // The runner user (any job's code) may not drain the runner or fake a wake-up.
+    for args in [["drain", "--timeout"], ["sleep-hook", "post"]] {
+        let mut command = std::process::Command::new(lambda("warmfleet-agent"));
+        command
+            .current_dir(&root)
+            .args(CONFIG_FLAGS.split(' '))
+            .args(args);
+        if args[0] == "drain" {
+            command.arg("5s");
+        }
+        let out = std::os::unix::process::CommandExt::uid(&mut command, nobody.uid.as_raw())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("may not ask for"), "{args:?}: {text}");
+    }
+    assert_eq!(f.state_of(&instance).await, "idle");
 }
