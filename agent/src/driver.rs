@@ -187,10 +187,13 @@ impl Driver {
             tokio::select! {
                 Some(msg) = self.rx.recv() => self.message(msg).await,
                 _ = sigterm.recv() => {
-                    info!("SIGTERM: draining");
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
                     self.stopping = true;
-                    self.event(Event::Drain).await;
+                    // Drained or failed already (the instance is going away): just stop.
+                    if !matches!(self.record.state, State::Drained | State::Failed { .. }) {
+                        info!("SIGTERM: draining");
+                        self.event(Event::Drain).await;
+                    }
                 }
                 _ = tick.tick() => self.tick().await,
                 _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
