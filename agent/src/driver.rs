@@ -32,7 +32,6 @@ const RELAUNCH_DELAY: Duration = Duration::from_secs(2);
 /// What the driver's tasks report.
 enum Msg {
     Event(Event),
-    Identity(Identity, Target),
     Credential(InstanceSecret),
     /// Time to start the listener again.
     Relaunch,
@@ -81,14 +80,6 @@ impl Timing {
             "bootstrap timings"
         );
     }
-}
-
-/// How `run` ended.
-pub enum Exit {
-    /// Drained after SIGTERM.
-    Drained,
-    /// Could not even learn who it is: systemd restarts it.
-    Failed(String),
 }
 
 pub struct Driver {
@@ -155,8 +146,9 @@ impl Driver {
         })
     }
 
-    /// The service: runs until a SIGTERM drain has finished.
-    pub async fn run(mut self) -> Result<Exit, String> {
+    /// The service: runs until a SIGTERM drain has finished. An error: it could not start
+    /// (not even learn who it is); systemd restarts it.
+    pub async fn run(mut self) -> Result<(), String> {
         let socket = control::socket(&self.settings.state_dir);
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket)
@@ -176,7 +168,11 @@ impl Driver {
             .identity()
             .await
             .map_err(|e| format!("IMDS cannot tell who this instance is: {e}"))?;
-        self.set_identity(identity).await;
+        let config = warmfleet_core::aws::load_config_in(&identity.region).await;
+        self.clients = Some((AutoScaling::new(&config), SecretsManager::new(&config)));
+        self.record.instance_id = Some(identity.instance_id.clone());
+        self.record.group = Some(identity.group.clone());
+        self.identity = Some(identity);
         let alive = self.record.listener_pid.is_some_and(runner::listener_alive);
         let (state, actions) = machine::recover(&self.record.state, alive);
         self.record.agent_pid = Some(std::process::id());
@@ -200,13 +196,8 @@ impl Driver {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                 }
             }
-            match &self.record.state {
-                State::Drained if self.stopping => return Ok(Exit::Drained),
-                State::Failed { reason } if self.identity.is_none() => {
-                    return Ok(Exit::Failed(reason.clone()))
-                }
-                State::Failed { .. } if self.stopping => return Ok(Exit::Drained),
-                _ => {}
+            if self.stopping && matches!(self.record.state, State::Drained | State::Failed { .. }) {
+                return Ok(());
             }
         }
     }
@@ -214,10 +205,6 @@ impl Driver {
     async fn message(&mut self, msg: Msg) {
         match msg {
             Msg::Event(e) => self.event(e).await,
-            Msg::Identity(identity, target) => {
-                self.set_identity(identity).await;
-                self.event(Event::Target(target)).await;
-            }
             Msg::Credential(secret) => {
                 if let Some(asked) = self.timing.credential_asked.take() {
                     self.timing.credential_wait = asked.elapsed();
@@ -245,16 +232,6 @@ impl Driver {
             }
             Msg::Request(request, reply) => self.request(request, reply).await,
         }
-    }
-
-    async fn set_identity(&mut self, identity: Identity) {
-        if self.identity.as_ref() != Some(&identity) {
-            let config = warmfleet_core::aws::load_config_in(&identity.region).await;
-            self.clients = Some((AutoScaling::new(&config), SecretsManager::new(&config)));
-        }
-        self.record.instance_id = Some(identity.instance_id.clone());
-        self.record.group = Some(identity.group.clone());
-        self.identity = Some(identity);
     }
 
     async fn request(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
@@ -401,9 +378,10 @@ impl Driver {
     }
 
     fn secret_id(&self, identity: &Identity) -> String {
-        format!(
-            "{}/{}/{}",
-            self.settings.secret_prefix, identity.group, identity.instance_id
+        naming::prefixed_instance_secret_id(
+            &self.settings.secret_prefix,
+            &identity.group,
+            &identity.instance_id,
         )
     }
 
@@ -411,16 +389,15 @@ impl Driver {
         let call = self.settings.timeouts.call;
         match action {
             Action::Identify => {
-                // A fresh IMDS session: the old token may have expired while asleep.
+                // A fresh IMDS session: the old token may have expired while asleep. Who the
+                // instance is was learnt at start; only where it is going has changed.
                 self.imds = Imds::new(call);
                 let imds = self.imds.clone();
                 self.send_later(async move {
-                    let found = async { Ok((imds.identity().await?, imds.target().await?)) };
-                    let found: Result<_, warmfleet_core::imds::ImdsError> = found.await;
-                    match found {
-                        Ok((i, t)) => Msg::Identity(i, t),
+                    match imds.target().await {
+                        Ok(t) => Msg::Event(Event::Target(t)),
                         Err(e) => Msg::Event(Event::Failed(format!(
-                            "IMDS cannot tell who this instance is: {e}"
+                            "IMDS cannot tell where this instance is going: {e}"
                         ))),
                     }
                 });
@@ -479,11 +456,7 @@ impl Driver {
             Action::RemoveRunner => {
                 let token = self.remove_token().await;
                 let configured = self.runner.configured();
-                let runner = Runner {
-                    dir: self.runner.dir.clone(),
-                    run_as: self.runner.run_as.clone(),
-                    env: self.runner.env.clone(),
-                };
+                let runner = self.runner.clone();
                 self.send_later(async move {
                     if configured {
                         remove(&runner, token).await;
@@ -590,20 +563,11 @@ impl Driver {
         }
     }
 
-    /// Configures the runner unless it is, then starts (or adopts) its listener.
+    /// Configures the runner unless it is, then starts its listener. (A listener that
+    /// outlived the agent is followed by `Watch`, never started twice.)
     async fn register(&mut self) -> Result<(), String> {
         let (identity, _, secrets) = self.aws()?;
         let identity = identity.clone();
-        if let Some(pid) = self
-            .record
-            .listener_pid
-            .filter(|p| runner::listener_alive(*p))
-        {
-            info!(pid, "the listener outlived the agent: adopted");
-            self.watch(None, pid);
-            let _ = self.tx.send(Msg::Event(Event::Listening));
-            return Ok(());
-        }
         if self.credential.is_none() {
             // After a restart: the credential last written for this launch.
             let id = self.secret_id(&identity);

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use warmfleet_agent::config::{self, Settings};
 use warmfleet_agent::control::{self, JobHook, Request, SleepPhase};
-use warmfleet_agent::driver::{Driver, Exit};
+use warmfleet_agent::driver::Driver;
 use warmfleet_agent::record;
 
 #[derive(Parser)]
@@ -115,10 +115,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             let settings = settings(&cli)?;
             let driver = Driver::new(settings).map_err(anyhow::Error::msg)?;
-            match driver.run().await.map_err(anyhow::Error::msg)? {
-                Exit::Drained => Ok(ExitCode::SUCCESS),
-                Exit::Failed(reason) => anyhow::bail!("{reason}"),
-            }
+            driver.run().await.map_err(anyhow::Error::msg)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Drain { timeout } => {
             let settings = settings(&cli)?;

@@ -69,6 +69,7 @@ impl RunAs {
 }
 
 /// The runner's directory and the way its programs are started.
+#[derive(Clone)]
 pub struct Runner {
     pub dir: PathBuf,
     pub run_as: Option<RunAs>,

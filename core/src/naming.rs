@@ -56,7 +56,12 @@ pub fn runner_labels(asg_name: &str, instance_id: &str, extra: &[String]) -> Vec
 
 /// The id of an instance's secret in Secrets Manager.
 pub fn instance_secret_id(asg_name: &str, instance_id: &str) -> String {
-    format!("{}{instance_id}", group_secret_prefix(asg_name))
+    prefixed_instance_secret_id(SECRET_PREFIX, asg_name, instance_id)
+}
+
+/// The same under another prefix than `warmfleet` (the agent's `secret_prefix` setting).
+pub fn prefixed_instance_secret_id(prefix: &str, asg_name: &str, instance_id: &str) -> String {
+    format!("{prefix}/{asg_name}/{instance_id}")
 }
 
 /// What the ids of every instance secret of a group start with.
