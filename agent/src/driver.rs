@@ -29,6 +29,12 @@ const CREDENTIAL_POLL: Duration = Duration::from_millis(250);
 /// The pause before a listener that asked for a restart is started again.
 const RELAUNCH_DELAY: Duration = Duration::from_secs(2);
 
+/// A listener to follow: one the agent started, or one that outlived an earlier agent.
+enum Follow {
+    Child(tokio::process::Child),
+    Adopted { pid: u32, started: u64 },
+}
+
 /// What the driver's tasks report.
 enum Msg {
     Event(Event),
@@ -173,7 +179,7 @@ impl Driver {
         self.record.instance_id = Some(identity.instance_id.clone());
         self.record.group = Some(identity.group.clone());
         self.identity = Some(identity);
-        let alive = self.record.listener_pid.is_some_and(runner::listener_alive);
+        let alive = self.listener_running();
         let (state, actions) = machine::recover(&self.record.state, alive);
         self.record.agent_pid = Some(std::process::id());
         info!(state = state.name(), "starting");
@@ -415,12 +421,12 @@ impl Driver {
                 self.timing.register_started = Some(tokio::time::Instant::now());
                 self.register().await?
             }
-            Action::Watch => match self.record.listener_pid {
-                Some(pid) => {
+            Action::Watch => match (self.record.listener_pid, self.record.listener_started) {
+                (Some(pid), Some(started)) => {
                     info!(pid, "the listener outlived the agent: following it again");
-                    self.watch(None, pid);
+                    self.watch(Follow::Adopted { pid, started });
                 }
-                None => {
+                _ => {
                     let _ = self.tx.send(Msg::Event(Event::ListenerExited(None)));
                 }
             },
@@ -442,7 +448,7 @@ impl Driver {
                 self.save();
             }
             Action::StopListener => match self.record.listener_pid {
-                Some(pid) if runner::listener_alive(pid) => {
+                Some(pid) if self.listener_running() => {
                     info!(pid, "stopping the listener");
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(pid as i32),
@@ -630,13 +636,22 @@ impl Driver {
         let pid = child.id().unwrap_or(0);
         info!(pid, "listener started");
         self.record.listener_pid = Some(pid);
+        self.record.listener_started = runner::started_at(pid);
         self.save();
-        self.watch(Some(child), pid);
+        self.watch(Follow::Child(child));
         Ok(pid)
     }
 
+    /// Whether the listener the record names still runs.
+    fn listener_running(&self) -> bool {
+        match (self.record.listener_pid, self.record.listener_started) {
+            (Some(pid), Some(started)) => runner::still_running(pid, started),
+            _ => false,
+        }
+    }
+
     /// Follows a listener: its output lines and its exit become events.
-    fn watch(&self, child: Option<tokio::process::Child>, pid: u32) {
+    fn watch(&self, listener: Follow) {
         let log = self.settings.state_dir.join("listener.log");
         let offset = self.log_offset.clone();
         let tx = self.tx.clone();
@@ -654,23 +669,28 @@ impl Driver {
                 }
             };
             let changes = LogChanges::new(&log);
-            let code = match child {
-                Some(mut child) => loop {
-                    tokio::select! {
-                        status = child.wait() => break status.ok().and_then(|s| s.code()),
-                        _ = changes.next() => read(&offset),
+            let (pid, code) = match listener {
+                Follow::Child(mut child) => {
+                    let pid = child.id();
+                    let code = loop {
+                        tokio::select! {
+                            status = child.wait() => break status.ok().and_then(|s| s.code()),
+                            _ = changes.next() => read(&offset),
+                        }
+                    };
+                    (pid, code)
+                }
+                // Not our child: no exit code, only its end.
+                Follow::Adopted { pid, started } => {
+                    while runner::still_running(pid, started) {
+                        read(&offset);
+                        changes.next().await;
                     }
-                },
-                None => loop {
-                    if !runner::listener_alive(pid) {
-                        break None;
-                    }
-                    read(&offset);
-                    changes.next().await;
-                },
+                    (Some(pid), None)
+                }
             };
             read(&offset);
-            info!(pid, ?code, "listener exited");
+            info!(?pid, ?code, "listener exited");
             let _ = tx.send(Msg::Event(Event::ListenerExited(code)));
         });
     }

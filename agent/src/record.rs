@@ -23,8 +23,10 @@ pub struct Record {
     pub credential_used: Option<DateTime<Utc>>,
     /// The running agent's pid.
     pub agent_pid: Option<u32>,
-    /// The listener's pid while one runs.
+    /// The listener's pid while one runs, and when it started (so that a later process
+    /// reusing the pid is not taken for it).
     pub listener_pid: Option<u32>,
+    pub listener_started: Option<u64>,
     /// How far the agent has read the listener's log.
     pub listener_log_offset: u64,
     pub job_in_progress: bool,
@@ -47,6 +49,7 @@ impl Default for Record {
             credential_used: None,
             agent_pid: None,
             listener_pid: None,
+            listener_started: None,
             listener_log_offset: 0,
             job_in_progress: false,
             protected: false,

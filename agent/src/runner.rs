@@ -182,23 +182,26 @@ impl Runner {
     }
 }
 
-/// Whether `pid` is a runner listener still running (after the agent restarted).
-pub fn listener_alive(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            let text = String::from_utf8_lossy(&c);
-            text.contains("Runner.Listener") || text.contains("listener")
-        })
-        .unwrap_or(false)
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| {
-                s.rsplit(')')
-                    .next()
-                    .unwrap_or("")
-                    .trim_start()
-                    .starts_with('Z')
-            })
-            .unwrap_or(true)
+/// When a process started (clock ticks after boot: field 22 of `/proc/PID/stat`), read
+/// from that file's text; `None` for a zombie or unreadable text.
+pub fn parse_start(stat: &str) -> Option<u64> {
+    // The command (field 2) may hold spaces and parentheses: count from its last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if *fields.first()? == "Z" {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// When `pid` started, if it runs.
+pub fn started_at(pid: u32) -> Option<u64> {
+    parse_start(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Whether the process started at `started` as `pid` still runs: a later process that
+/// reuses the pid has another start time.
+pub fn still_running(pid: u32, started: u64) -> bool {
+    started_at(pid) == Some(started)
 }
 
 #[cfg(test)]
@@ -210,5 +213,15 @@ mod tests {
         let fixture = include_str!("../tests/fixtures/listener.log");
         let seen: Vec<Line> = fixture.lines().filter_map(parse_line).collect();
         assert_eq!(seen, [Line::Listening, Line::JobRunning, Line::JobFinished]);
+    }
+
+    #[test]
+    fn reads_a_process_start_time_and_knows_a_zombie() {
+        let stat = "4242 (Runner.List (x)) S 1 4242 4242 0 -1 4194560 815 0 0 0 3 1 0 0 20 0 \
+                    12 0 987654 123456789 2100 18446744073709551615";
+        assert_eq!(parse_start(stat), Some(987654));
+        assert_eq!(parse_start(&stat.replace(") S ", ") Z ")), None);
+        assert_eq!(parse_start("garbage"), None);
+        assert!(started_at(std::process::id()).is_some());
     }
 }
