@@ -3,7 +3,9 @@
 //!
 //! Terminate events:
 //! - a warm-pool instance being trimmed, or one that never got a credential: its secret is
-//!   deleted and the hook completed with CONTINUE;
+//!   deleted and the hook completed with CONTINUE (a runner still registered for a trimmed
+//!   instance is deleted when offline; when online, the instance was on its way back into
+//!   the pool with a job running, and is drained like one leaving service);
 //! - an instance leaving service: a remove token is added to its secret and SSM runs the
 //!   drain (`warmfleet-agent drain`) on it; the agent lets the running job finish, removes
 //!   the runner and completes the hook. When SSM cannot reach the instance, the runner is
@@ -128,6 +130,19 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
     ) -> Result<Outcome, Error> {
         let id = instance_secret_id(group, instance);
         let secret = patience::until(until, || self.secrets.get(&id)).await?;
+        if from_pool && secret.is_some() {
+            // A warm instance holds no registration, but one taken from the pool while it was
+            // still returning to it may: its job must finish.
+            let runners = self.runners_named(instance, until).await?;
+            if runners.iter().any(|r| r.status == RunnerStatus::Online) {
+                info!(
+                    instance,
+                    "trimmed from the pool with its runner online: draining"
+                );
+                return self.drain(group, instance, until, deadline).await;
+            }
+            self.delete_runners(&runners, until).await?;
+        }
         if from_pool || secret.is_none() {
             self.forget(group, instance, until).await?;
             self.complete(group, instance, deadline).await?;
@@ -135,6 +150,26 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
             return Ok(Outcome::Completed);
         }
         self.drain(group, instance, until, deadline).await
+    }
+
+    /// The runners registered under an instance's name (with their labels or, drained
+    /// already, without).
+    async fn runners_named(&self, instance: &str, until: Instant) -> Result<Vec<Runner>, Error> {
+        Ok((self.github.runners(None, until).await?)
+            .into_iter()
+            .filter(|r| r.name == instance)
+            .collect())
+    }
+
+    /// Deletes runners (one already gone is fine).
+    async fn delete_runners(&self, runners: &[Runner], until: Instant) -> Result<(), Error> {
+        for r in runners {
+            match self.github.delete_runner(r.id, until).await {
+                Ok(()) | Err(GithubError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Deletes an instance's secret.
@@ -163,10 +198,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         deadline: Instant,
     ) -> Result<Outcome, Error> {
         // No job can be routed to a runner without its labels; the running one finishes.
-        let runners: Vec<Runner> = (self.github.runners(Some(instance), until).await?)
-            .into_iter()
-            .filter(|r| r.name == instance)
-            .collect();
+        let runners = self.runners_named(instance, until).await?;
         for r in &runners {
             match self.github.remove_labels(r.id, until).await {
                 Ok(()) | Err(GithubError::NotFound { .. }) => {}
@@ -198,12 +230,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
             warn!(%reason, "deregistration waits");
             return Ok(Outcome::Waiting { reason });
         }
-        for r in &runners {
-            match self.github.delete_runner(r.id, until).await {
-                Ok(()) | Err(GithubError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        self.delete_runners(&runners, until).await?;
         self.forget(group, instance, until).await?;
         self.complete(group, instance, deadline).await?;
         info!(
@@ -246,7 +273,9 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
     pub async fn sweep(&self, deadline: Instant) -> Result<Summary, Error> {
         let until = self.until(deadline);
         let mut summary = Summary::default();
-        let runners = self.github.runners(Some(FLEET_LABEL), until).await?;
+        // Every runner (the same pages a label filter would read): a drained runner has
+        // lost its labels, and only its name still ties it to its instance.
+        let all = self.github.runners(None, until).await?;
         let groups = &self.settings.groups;
         let in_groups = patience::until(until, || self.lifecycle.instances(groups)).await?;
         for group in groups {
@@ -263,10 +292,13 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                 .chain(warm.iter())
                 .map(|i| (i.instance_id.as_str(), i.lifecycle_state.as_str()))
                 .collect();
-            let mine: Vec<&Runner> = runners.iter().filter(|r| r.has_label(group)).collect();
+            let mine: Vec<&Runner> = all
+                .iter()
+                .filter(|r| r.has_label(FLEET_LABEL) && r.has_label(group))
+                .collect();
             self.sweep_runners(&mine, &instances, until, &mut summary)
                 .await;
-            self.sweep_secrets(group, &instances, &mine, until, &mut summary)
+            self.sweep_secrets(group, &instances, &mine, &all, until, &mut summary)
                 .await;
             self.sweep_terminating(group, &instances, until, deadline, &mut summary)
                 .await;
@@ -302,13 +334,16 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         }
     }
 
-    /// Secrets of gone instances are deleted; instances in service past the grace whose
+    /// Secrets of gone instances are deleted, after any runner still named for the
+    /// instance (a drained one, without labels, that its agent could not remove; a busy one
+    /// keeps the secret for the next sweep); instances in service past the grace whose
     /// runner never came online are marked unhealthy.
     async fn sweep_secrets(
         &self,
         group: &str,
         instances: &BTreeMap<&str, &str>,
         runners: &[&Runner],
+        all: &[Runner],
         until: Instant,
         summary: &mut Summary,
     ) {
@@ -328,10 +363,20 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                 continue;
             };
             match instances.get(instance) {
-                None => match patience::until(until, || self.secrets.delete(&id)).await {
-                    Ok(()) => summary.secrets_deleted += 1,
-                    Err(e) => summary.failed("delete secret", &e.into()),
-                },
+                None => {
+                    // Those still labelled for the group are sweep_runners' to delete.
+                    let left: Vec<&Runner> = all
+                        .iter()
+                        .filter(|r| r.name == instance && !r.has_label(group))
+                        .collect();
+                    if !self.delete_leftovers(&left, until, summary).await {
+                        continue;
+                    }
+                    match patience::until(until, || self.secrets.delete(&id)).await {
+                        Ok(()) => summary.secrets_deleted += 1,
+                        Err(e) => summary.failed("delete secret", &e.into()),
+                    }
+                }
                 Some(&"InService") if !online.contains(instance) => {
                     let stale = match self
                         .never_came_online(&id, registered.contains(instance), until)
@@ -363,6 +408,33 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         }
     }
 
+    /// Deletes the unlabelled runners of a gone instance; whether none is left.
+    async fn delete_leftovers(
+        &self,
+        runners: &[&Runner],
+        until: Instant,
+        summary: &mut Summary,
+    ) -> bool {
+        let mut cleared = true;
+        for r in runners {
+            match self.github.delete_runner(r.id, until).await {
+                Ok(()) | Err(GithubError::NotFound { .. }) => {
+                    info!(runner = r.id, name = %r.name, "drained runner of a gone instance deleted");
+                    summary.runners_deleted += 1;
+                }
+                Err(GithubError::RunnerBusy { .. }) => {
+                    summary.busy_runners_kept += 1;
+                    cleared = false;
+                }
+                Err(e) => {
+                    summary.failed("delete runner", &e.into());
+                    cleared = false;
+                }
+            }
+        }
+        cleared
+    }
+
     /// Whether an instance's credential is older than the grace and its runner never came
     /// online: a persistent runner that GitHub does not know, or a JIT runner still offline
     /// (a JIT runner exists from the moment it is minted, and is gone after its job).
@@ -389,8 +461,9 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         Ok(past_grace && absent)
     }
 
-    /// Instances in Terminating:Wait: the drain heartbeated while it runs, completed once
-    /// finished, re-sent when lost. Warm-pool instances there are completed.
+    /// Instances in Terminating:Wait or Warmed:Terminating:Wait: the drain heartbeated while
+    /// it runs, completed once finished, re-sent when lost; with no drain, settled as an
+    /// event would (a warm instance with no runner online is completed).
     async fn sweep_terminating(
         &self,
         group: &str,
@@ -401,44 +474,40 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
     ) {
         for (instance, state) in instances {
             let result: Result<(), Error> = async {
-                match *state {
-                    "Warmed:Terminating:Wait" => {
-                        self.settle(group, instance, true, until, deadline).await?;
-                        summary.drains_completed += 1;
-                    }
-                    "Terminating:Wait" => {
-                        let latest = patience::until(until, || {
-                            self.commands.latest(instance, DRAIN_COMMENT)
+                // Leaving the warm pool: usually nothing to drain, but one trimmed on its
+                // way back into the pool may still be running a job.
+                let from_pool = match *state {
+                    "Terminating:Wait" => false,
+                    "Warmed:Terminating:Wait" => true,
+                    _ => return Ok(()),
+                };
+                let latest =
+                    patience::until(until, || self.commands.latest(instance, DRAIN_COMMENT))
+                        .await?;
+                match latest {
+                    Some((_, CommandState::Pending | CommandState::Running)) => {
+                        patience::until(until, || {
+                            self.lifecycle
+                                .heartbeat(group, HOOK_DEREGISTRATION, instance)
                         })
                         .await?;
-                        match latest {
-                            Some((_, CommandState::Pending | CommandState::Running)) => {
-                                patience::until(until, || {
-                                    self.lifecycle
-                                        .heartbeat(group, HOOK_DEREGISTRATION, instance)
-                                })
-                                .await?;
-                                summary.drains_heartbeated += 1;
-                            }
-                            Some((_, CommandState::Succeeded)) => {
-                                self.forget(group, instance, until).await?;
-                                self.complete(group, instance, deadline).await?;
-                                summary.drains_completed += 1;
-                            }
-                            // Never sent (the event was lost), or it failed: again.
-                            _ => {
-                                match self.settle(group, instance, false, until, deadline).await? {
-                                    Outcome::Draining { .. } => summary.drains_sent += 1,
-                                    Outcome::RemovedWithoutDrain => {
-                                        summary.removed_without_drain += 1
-                                    }
-                                    Outcome::Completed => summary.drains_completed += 1,
-                                    _ => {}
-                                }
-                            }
-                        }
+                        summary.drains_heartbeated += 1;
                     }
-                    _ => {}
+                    Some((_, CommandState::Succeeded)) => {
+                        self.forget(group, instance, until).await?;
+                        self.complete(group, instance, deadline).await?;
+                        summary.drains_completed += 1;
+                    }
+                    // Never sent (the event was lost), or it failed: again.
+                    _ => match self
+                        .settle(group, instance, from_pool, until, deadline)
+                        .await?
+                    {
+                        Outcome::Draining { .. } => summary.drains_sent += 1,
+                        Outcome::RemovedWithoutDrain => summary.removed_without_drain += 1,
+                        Outcome::Completed => summary.drains_completed += 1,
+                        _ => {}
+                    },
                 }
                 Ok(())
             }
@@ -589,6 +658,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_trimmed_instance_with_its_runner_still_online_is_drained_not_cut_off() {
+        // Scale-in with reuse sent it back towards the pool mid-job, then the pool was
+        // trimmed: the terminate event says Origin WarmPool, but a job is running there.
+        let h = handler();
+        registered(&h, I, Duration::ZERO);
+        h.commands.reachable.lock().unwrap().push(I.into());
+        h.github.runners.lock().unwrap().push(runner(7, I, true));
+        let out = h.handle(event("trim"), soon()).await.unwrap();
+        assert!(matches!(out, Outcome::Draining { .. }), "{out:?}");
+        assert!(
+            completed(&h).is_empty(),
+            "the agent completes the hook after the job"
+        );
+        assert_eq!(h.commands.sent.lock().unwrap().len(), 1);
+        // An offline leftover of a trimmed instance is just deleted.
+        let h = handler();
+        registered(&h, I, Duration::ZERO);
+        let mut stale = runner(8, I, false);
+        stale.status = RunnerStatus::Offline;
+        h.github.runners.lock().unwrap().push(stale);
+        let out = h.handle(event("trim"), soon()).await.unwrap();
+        assert_eq!(out, Outcome::Completed);
+        assert!(h.github.runners.lock().unwrap().is_empty());
+        assert_eq!(completed(&h), [I]);
+    }
+
+    #[tokio::test]
     async fn without_ssm_an_idle_runner_is_removed_here_and_a_busy_one_waits() {
         let h = handler();
         registered(&h, I, Duration::ZERO);
@@ -666,5 +762,55 @@ mod tests {
         assert_eq!(s.drains_sent, 1, "the lost drain is sent again");
         assert_eq!(s.marked_unhealthy, 1);
         assert_eq!(*h.lifecycle.unhealthy.lock().unwrap(), ["i-stuck"]);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_deletes_a_drained_runner_of_a_gone_instance_by_its_name() {
+        // A drain took the runner's labels; its instance went before the agent could
+        // remove it. Only the name and the instance's secret tie it to this group.
+        let h = handler();
+        registered(&h, "i-gone", Duration::ZERO);
+        registered(&h, "i-gone-busy", Duration::ZERO);
+        let unlabelled = |id, name: &str, busy| {
+            let mut r = runner(id, name, busy);
+            r.labels.clear();
+            r
+        };
+        *h.github.runners.lock().unwrap() = vec![
+            unlabelled(1, "i-gone", false),
+            unlabelled(2, "i-gone-busy", true),
+            unlabelled(3, "i-someone-elses", false),
+        ];
+        let s = h.sweep(soon()).await.unwrap();
+        assert_eq!(*h.github.deleted.lock().unwrap(), [1]);
+        assert_eq!((s.runners_deleted, s.busy_runners_kept), (1, 1));
+        let secrets = h.secrets.values.lock().unwrap();
+        assert!(!secrets.contains_key(&instance_secret_id("runners", "i-gone")));
+        assert!(
+            secrets.contains_key(&instance_secret_id("runners", "i-gone-busy")),
+            "kept until its runner can go"
+        );
+        assert_eq!(s.secrets_deleted, 1);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_heartbeats_a_drain_running_in_a_trimmed_instance_instead_of_completing_it() {
+        let h = handler();
+        at(&h, I, "Warmed:Terminating:Wait");
+        at(&h, "i-warm", "Warmed:Terminating:Wait");
+        registered(&h, I, Duration::ZERO);
+        h.commands.reachable.lock().unwrap().push(I.into());
+        h.commands
+            .run(I, &["drain".into()], DRAIN_COMMENT, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let s = h.sweep(soon()).await.unwrap();
+        assert_eq!(*h.lifecycle.heartbeats.lock().unwrap(), [I]);
+        assert_eq!(
+            completed(&h),
+            ["i-warm"],
+            "only the one with nothing to drain"
+        );
+        assert_eq!((s.drains_heartbeated, s.drains_completed), (1, 1));
     }
 }

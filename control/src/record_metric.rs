@@ -15,8 +15,8 @@ use tokio::time::Instant;
 use tracing::info;
 use warmfleet_core::github::{Runner, RunnerStatus};
 use warmfleet_core::naming::{
-    FLEET_LABEL, METRIC_BUSY_RUNNERS, METRIC_GITHUB_API_CALLS, METRIC_GITHUB_RATE_LIMIT_REMAINING,
-    METRIC_IDLE_RUNNERS, METRIC_OFFLINE_RUNNERS,
+    FLEET_LABEL, METRIC_ALL_RUNNERS_BUSY, METRIC_BUSY_RUNNERS, METRIC_GITHUB_API_CALLS,
+    METRIC_GITHUB_RATE_LIMIT_REMAINING, METRIC_IDLE_RUNNERS, METRIC_OFFLINE_RUNNERS,
 };
 use warmfleet_core::ports::{InstanceStatus, Lifecycle, Metrics, RunnerRegistry};
 
@@ -25,6 +25,13 @@ pub struct Counts {
     pub idle: u32,
     pub busy: u32,
     pub offline: u32,
+}
+
+impl Counts {
+    /// Every runner busy (and at least one): jobs are likely waiting for a runner.
+    pub fn all_busy(&self) -> bool {
+        self.idle == 0 && self.busy > 0
+    }
 }
 
 /// Counts one group's runners against its instances.
@@ -73,6 +80,7 @@ impl<L: Lifecycle, G: RunnerRegistry, M: Metrics> RecordMetric<L, G, M> {
                 (METRIC_IDLE_RUNNERS, f64::from(c.idle)),
                 (METRIC_BUSY_RUNNERS, f64::from(c.busy)),
                 (METRIC_OFFLINE_RUNNERS, f64::from(c.offline)),
+                (METRIC_ALL_RUNNERS_BUSY, f64::from(u8::from(c.all_busy()))),
                 (METRIC_GITHUB_API_CALLS, calls as f64),
             ];
             if let Some(left) = self.github.rate_limit_remaining() {
@@ -176,5 +184,18 @@ mod tests {
         assert!(published[0]
             .1
             .contains(&("GitHubRateLimitRemaining".to_owned(), 4999.0)));
+        assert!(published[0].1.contains(&("AllRunnersBusy".to_owned(), 0.0)));
+    }
+
+    #[test]
+    fn all_busy_needs_a_busy_runner_and_no_idle_one() {
+        let c = |idle, busy| Counts {
+            idle,
+            busy,
+            offline: 0,
+        };
+        assert!(c(0, 2).all_busy());
+        assert!(!c(1, 2).all_busy());
+        assert!(!c(0, 0).all_busy(), "an empty fleet has no demand to show");
     }
 }

@@ -31,6 +31,9 @@ pub const METRIC_NAMESPACE: &str = "Warmfleet";
 pub const METRIC_IDLE_RUNNERS: &str = "IdleRunners";
 pub const METRIC_BUSY_RUNNERS: &str = "BusyRunners";
 pub const METRIC_OFFLINE_RUNNERS: &str = "OfflineRunners";
+/// 1 when no runner of the group is idle and at least one is busy, else 0: the scale-out
+/// signal of an idle-runner target of 0 (`IdleRunners < 0` can never alarm).
+pub const METRIC_ALL_RUNNERS_BUSY: &str = "AllRunnersBusy";
 pub const METRIC_GITHUB_API_CALLS: &str = "GitHubApiCalls";
 pub const METRIC_GITHUB_RATE_LIMIT_REMAINING: &str = "GitHubRateLimitRemaining";
 /// The one dimension of every metric.
