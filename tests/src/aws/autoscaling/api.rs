@@ -612,7 +612,8 @@ pub fn handle(
             Ok(Some(String::new()))
         }
         "DeleteWarmPool" => {
-            asg.delete_warm_pool(p.required("AutoScalingGroupName")?)?;
+            let force = p.bool("ForceDelete")?.unwrap_or(false);
+            asg.delete_warm_pool(p.required("AutoScalingGroupName")?, force, now)?;
             Ok(Some(String::new()))
         }
         "DescribeWarmPool" => {

@@ -320,6 +320,8 @@ pub struct Asg {
     serial: u64,
     /// The time of the tick or call in progress.
     now: Duration,
+    /// Effects of API calls between ticks, handed out by the next tick.
+    carried: Vec<Effect>,
 }
 
 /// Which instance a `CompleteLifecycleAction` or heartbeat means.
@@ -518,13 +520,37 @@ impl Asg {
         Ok(())
     }
 
-    pub fn delete_warm_pool(&mut self, group: &str) -> Result<(), AsgError> {
+    /// `DeleteWarmPool`: its instances terminate, through the terminate hooks; with `force`
+    /// without them (AWS: "deletes any outstanding lifecycle actions").
+    pub fn delete_warm_pool(
+        &mut self,
+        group: &str,
+        force: bool,
+        now: Duration,
+    ) -> Result<(), AsgError> {
         let g = self.group_mut(group)?;
         if g.warm_pool.take().is_none() {
             return Err(invalid(format!(
                 "No warm pool found for Auto Scaling group {group}"
             )));
         }
+        let warm: Vec<String> = self
+            .instances
+            .values()
+            .filter(|i| i.group == group && i.state.is_warmed())
+            .map(|i| i.id.clone())
+            .collect();
+        let mut effects = std::mem::take(&mut self.carried);
+        for id in warm {
+            self.begin_termination(&id, "the warm pool was deleted", now, &mut effects);
+            if force {
+                if let Some(i) = self.instances.get_mut(&id) {
+                    i.actions.clear();
+                }
+                self.set_state(&id, State::WarmedTerminatingProceed, &mut effects);
+            }
+        }
+        self.carried = effects;
         Ok(())
     }
 
@@ -643,12 +669,7 @@ impl Asg {
 
     /// `TerminateInstanceInAutoScalingGroup`; with `decrement` the group shrinks instead of
     /// replacing it.
-    pub fn terminate(
-        &mut self,
-        id: &str,
-        decrement: bool,
-        now: Duration,
-    ) -> Result<Vec<Effect>, AsgError> {
+    pub fn terminate(&mut self, id: &str, decrement: bool, now: Duration) -> Result<(), AsgError> {
         let inst = self
             .instances
             .get(id)
@@ -669,14 +690,15 @@ impl Asg {
             }
             g.desired -= 1;
         }
-        let mut effects = Vec::new();
+        let mut effects = std::mem::take(&mut self.carried);
         self.begin_termination(
             id,
             "an instance was taken out of service in response to a user request",
             now,
             &mut effects,
         );
-        Ok(effects)
+        self.carried = effects;
+        Ok(())
     }
 
     /// The pool state of the instance's group (Stopped when it has no pool).
@@ -910,7 +932,7 @@ impl Asg {
     /// size. Call it whenever time passes or an API call changed something.
     pub fn tick(&mut self, now: Duration) -> Vec<Effect> {
         self.now = now;
-        let mut effects = Vec::new();
+        let mut effects = std::mem::take(&mut self.carried);
         let ids: Vec<String> = self.instances.keys().cloned().collect();
         for id in &ids {
             self.advance(id, now, &mut effects);
@@ -1162,12 +1184,14 @@ impl Asg {
         if let Some(pool) = &group.warm_pool {
             let prepared = pool.max_prepared.unwrap_or(group.max);
             let target = prepared.saturating_sub(group.desired).max(pool.min_size);
-            let warm: Vec<String> = self
+            // Trimming takes ready warm instances first, those still on their way in last.
+            let mut warm: Vec<&Instance> = self
                 .instances
                 .values()
                 .filter(|i| i.group == name && i.state.is_warmed())
-                .map(|i| i.id.clone())
                 .collect();
+            warm.sort_by_key(|i| !i.state.warmed_ready());
+            let warm: Vec<String> = warm.into_iter().map(|i| i.id.clone()).collect();
             let count = warm.len() as u32;
             if count < target {
                 for _ in count..target {
@@ -1541,6 +1565,88 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    fn hibernated_pool(asg: &mut Asg, hooks: &[Hook]) -> Vec<String> {
+        asg.create_group(group("g", 0, 2, 0), Duration::ZERO)
+            .unwrap();
+        for h in hooks {
+            asg.put_hook("g", h.clone()).unwrap();
+        }
+        asg.put_warm_pool(
+            "g",
+            WarmPool {
+                min_size: 2,
+                max_prepared: None,
+                state: PoolState::Hibernated,
+                reuse_on_scale_in: false,
+            },
+        )
+        .unwrap();
+        asg.tick(Duration::ZERO);
+        asg.tick(S);
+        assert_eq!(
+            states(asg),
+            [State::WarmedHibernated, State::WarmedHibernated]
+        );
+        asg.instances.keys().cloned().collect()
+    }
+
+    #[test]
+    fn deleting_the_warm_pool_terminates_its_instances_through_the_terminate_hooks() {
+        let mut asg = Asg::default();
+        let dereg = hook(
+            "deregistration",
+            Transition::Terminating,
+            300,
+            HookResult::Continue,
+        );
+        let warm = hibernated_pool(&mut asg, &[dereg]);
+        asg.delete_warm_pool("g", false, 2 * S).unwrap();
+        let effects = asg.tick(2 * S);
+        assert_eq!(
+            states(&asg),
+            [State::WarmedTerminatingWait, State::WarmedTerminatingWait]
+        );
+        assert!(
+            effects.iter().any(|e| matches!(
+                e,
+                Effect::StateChanged {
+                    from: State::WarmedHibernated,
+                    to: State::WarmedTerminating,
+                    ..
+                }
+            )),
+            "the call's own changes reach the effects log: {effects:?}"
+        );
+        for id in &warm {
+            asg.complete(
+                "g",
+                "deregistration",
+                ActionRef::Instance(id),
+                HookResult::Continue,
+            )
+            .unwrap();
+        }
+        asg.tick(3 * S);
+        assert!(states(&asg).is_empty());
+        assert!(
+            asg.delete_warm_pool("g", false, 4 * S).is_err(),
+            "no pool left"
+        );
+
+        // Forced: no hooks wait.
+        let mut asg = Asg::default();
+        let dereg = hook(
+            "deregistration",
+            Transition::Terminating,
+            300,
+            HookResult::Continue,
+        );
+        hibernated_pool(&mut asg, &[dereg]);
+        asg.delete_warm_pool("g", true, 2 * S).unwrap();
+        asg.tick(2 * S);
+        assert!(states(&asg).is_empty());
     }
 
     #[test]
