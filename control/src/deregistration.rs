@@ -221,6 +221,8 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         })
         .await?;
         if let Some(command_id) = sent {
+            self.record_drain(group, instance, &command_id, until)
+                .await?;
             info!(instance, command_id, "drain sent");
             return Ok(Outcome::Draining { command_id });
         }
@@ -240,6 +242,34 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         Ok(Outcome::RemovedWithoutDrain)
     }
 
+    /// The instance's secret, parsed; `None` when it has none.
+    async fn read_secret(
+        &self,
+        group: &str,
+        instance: &str,
+        until: Instant,
+    ) -> Result<Option<InstanceSecret>, Error> {
+        let id = instance_secret_id(group, instance);
+        let Some(text) = patience::until(until, || self.secrets.get(&id)).await? else {
+            return Ok(None);
+        };
+        let value = InstanceSecret::parse(&text).map_err(|reason| Error::Secret { id, reason })?;
+        Ok(Some(value))
+    }
+
+    async fn write_secret(
+        &self,
+        group: &str,
+        instance: &str,
+        value: &InstanceSecret,
+        until: Instant,
+    ) -> Result<(), Error> {
+        let id = instance_secret_id(group, instance);
+        let tags = [(TAG_INSTANCE_ID, instance), (TAG_ASG_NAME, group)];
+        let text = value.to_secret();
+        Ok(patience::until(until, || self.secrets.put(&id, &text, &tags)).await?)
+    }
+
     /// Adds a fresh remove token to the instance's secret (for `config.sh remove`).
     async fn add_remove_token(
         &self,
@@ -247,14 +277,9 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         instance: &str,
         until: Instant,
     ) -> Result<(), Error> {
-        let id = instance_secret_id(group, instance);
-        let Some(text) = patience::until(until, || self.secrets.get(&id)).await? else {
+        let Some(mut value) = self.read_secret(group, instance, until).await? else {
             return Ok(());
         };
-        let mut value = InstanceSecret::parse(&text).map_err(|reason| Error::Secret {
-            id: id.clone(),
-            reason,
-        })?;
         // A JIT runner is removed with the registration's own credentials: no token needed.
         if let RunnerCredential::RegistrationToken { .. } = value.credential {
             let t = self.github.remove_token(until).await?;
@@ -262,11 +287,25 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                 token: t.token,
                 expires_at: t.expires_at,
             });
-            let tags = [(TAG_INSTANCE_ID, instance), (TAG_ASG_NAME, group)];
-            let text = value.to_secret();
-            patience::until(until, || self.secrets.put(&id, &text, &tags)).await?;
+            self.write_secret(group, instance, &value, until).await?;
         }
         Ok(())
+    }
+
+    /// Notes the drain's command in the instance's secret: the sweep follows that one, not
+    /// a drain of an earlier time in service (an instance reused from the warm pool).
+    async fn record_drain(
+        &self,
+        group: &str,
+        instance: &str,
+        command_id: &str,
+        until: Instant,
+    ) -> Result<(), Error> {
+        let Some(mut value) = self.read_secret(group, instance, until).await? else {
+            return Ok(());
+        };
+        value.drain_command = Some(command_id.to_owned());
+        self.write_secret(group, instance, &value, until).await
     }
 
     /// The scheduled sweep over every group.
@@ -481,11 +520,19 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                     "Warmed:Terminating:Wait" => true,
                     _ => return Ok(()),
                 };
-                let latest =
-                    patience::until(until, || self.commands.latest(instance, DRAIN_COMMENT))
-                        .await?;
-                match latest {
-                    Some((_, CommandState::Pending | CommandState::Running)) => {
+                // The drain sent for this time in service, if any.
+                let drain = self
+                    .read_secret(group, instance, until)
+                    .await?
+                    .and_then(|s| s.drain_command);
+                let state = match drain {
+                    Some(command) => Some(
+                        patience::until(until, || self.commands.state(&command, instance)).await?,
+                    ),
+                    None => None,
+                };
+                match state {
+                    Some(CommandState::Pending | CommandState::Running) => {
                         patience::until(until, || {
                             self.lifecycle
                                 .heartbeat(group, HOOK_DEREGISTRATION, instance)
@@ -493,7 +540,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                         .await?;
                         summary.drains_heartbeated += 1;
                     }
-                    Some((_, CommandState::Succeeded)) => {
+                    Some(CommandState::Succeeded) => {
                         self.forget(group, instance, until).await?;
                         self.complete(group, instance, deadline).await?;
                         summary.drains_completed += 1;
@@ -575,11 +622,32 @@ mod tests {
                 expires_at: Utc::now(),
             },
             remove_token: None,
+            drain_command: None,
         };
         h.secrets.values.lock().unwrap().insert(
             instance_secret_id("runners", instance),
             (v.to_secret(), vec![]),
         );
+    }
+
+    /// A drain sent to `instance` for this time in service, as the Lambda records it.
+    async fn draining(h: &Handler, instance: &str) -> String {
+        h.commands.reachable.lock().unwrap().push(instance.into());
+        let command = h
+            .commands
+            .run(
+                instance,
+                &["drain".into()],
+                DRAIN_COMMENT,
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        h.record_drain("runners", instance, &command, soon())
+            .await
+            .unwrap();
+        command
     }
 
     fn runner(id: u64, name: &str, busy: bool) -> Runner {
@@ -730,16 +798,8 @@ mod tests {
             .reachable
             .lock()
             .unwrap()
-            .extend(["i-draining".to_owned(), "i-lost-drain".to_owned()]);
-        h.commands
-            .run(
-                "i-draining",
-                &["drain".into()],
-                DRAIN_COMMENT,
-                Duration::from_secs(1),
-            )
-            .await
-            .unwrap();
+            .push("i-lost-drain".to_owned());
+        draining(&h, "i-draining").await;
 
         let s = h.sweep(soon()).await.unwrap();
         assert_eq!(s.runners_deleted, 2, "{s:?}");
@@ -799,11 +859,7 @@ mod tests {
         at(&h, I, "Warmed:Terminating:Wait");
         at(&h, "i-warm", "Warmed:Terminating:Wait");
         registered(&h, I, Duration::ZERO);
-        h.commands.reachable.lock().unwrap().push(I.into());
-        h.commands
-            .run(I, &["drain".into()], DRAIN_COMMENT, Duration::from_secs(1))
-            .await
-            .unwrap();
+        draining(&h, I).await;
         let s = h.sweep(soon()).await.unwrap();
         assert_eq!(*h.lifecycle.heartbeats.lock().unwrap(), [I]);
         assert_eq!(
@@ -812,5 +868,36 @@ mod tests {
             "only the one with nothing to drain"
         );
         assert_eq!((s.drains_heartbeated, s.drains_completed), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_drain_of_an_earlier_time_in_service_does_not_count() {
+        // Reused from the warm pool: the drain that sent it there succeeded long ago. Now it
+        // is terminating with a job running and its drain event was lost: the sweep must
+        // drain it, not take the old success as this drain's and cut the job off.
+        let h = handler();
+        at(&h, I, "Terminating:Wait");
+        let old = draining(&h, I).await;
+        h.commands
+            .states
+            .lock()
+            .unwrap()
+            .insert(old, CommandState::Succeeded);
+        registered(&h, I, Duration::ZERO); // the resume's new credential: no drain yet
+        h.github.runners.lock().unwrap().push(runner(7, I, true));
+        let s = h.sweep(soon()).await.unwrap();
+        assert_eq!((s.drains_sent, s.drains_completed), (1, 0), "{s:?}");
+        assert!(completed(&h).is_empty());
+        // Its success, once it comes, completes the hook.
+        let new = h.read_secret("runners", I, soon()).await.unwrap().unwrap();
+        let new = new.drain_command.expect("the new drain is recorded");
+        h.commands
+            .states
+            .lock()
+            .unwrap()
+            .insert(new, CommandState::Succeeded);
+        let s = h.sweep(soon()).await.unwrap();
+        assert_eq!(s.drains_completed, 1, "{s:?}");
+        assert_eq!(completed(&h), [I]);
     }
 }

@@ -253,6 +253,8 @@ pub struct Ssm {
     /// Instances whose agent answers.
     pub reachable: Mutex<Vec<String>>,
     pub sent: Mutex<Vec<(String, Vec<String>)>>,
+    /// Commands' states by id (Running when not set).
+    pub states: Mutex<BTreeMap<String, CommandState>>,
 }
 
 #[async_trait]
@@ -271,19 +273,12 @@ impl Commands for Ssm {
         sent.push((instance.to_owned(), lines.to_vec()));
         Ok(Some(format!("cmd-{}", sent.len())))
     }
-    async fn state(&self, _: &str, _: &str) -> Result<CommandState, PortError> {
-        Ok(CommandState::Running)
-    }
-    async fn latest(
-        &self,
-        instance: &str,
-        _: &str,
-    ) -> Result<Option<(String, CommandState)>, PortError> {
-        let sent = self.sent.lock().unwrap();
-        Ok(sent
-            .iter()
-            .rposition(|(i, _)| i == instance)
-            .map(|n| (format!("cmd-{}", n + 1), CommandState::Running)))
+    async fn state(&self, command: &str, _: &str) -> Result<CommandState, PortError> {
+        let states = self.states.lock().unwrap();
+        Ok(states
+            .get(command)
+            .cloned()
+            .unwrap_or(CommandState::Running))
     }
 }
 

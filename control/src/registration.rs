@@ -150,6 +150,7 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
             lifecycle_action: e.token.clone(),
             credential,
             remove_token: None,
+            drain_command: None,
         };
         let tags = [
             (TAG_INSTANCE_ID, e.instance_id.as_str()),

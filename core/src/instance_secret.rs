@@ -43,6 +43,10 @@ pub struct InstanceSecret {
     pub credential: RunnerCredential,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remove_token: Option<RemoveToken>,
+    /// The SSM command of the drain sent for this time in service (the registration
+    /// Lambda writes a new secret, without one, for each launch or resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_command: Option<String>,
 }
 
 fn expose<S: Serializer>(s: &SecretString, out: S) -> Result<S::Ok, S::Error> {
@@ -90,6 +94,7 @@ mod tests {
                 expires_at: Utc::now(),
             },
             remove_token: None,
+            drain_command: None,
         };
         let text = s.to_secret();
         assert!(text

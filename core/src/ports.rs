@@ -157,13 +157,6 @@ pub trait Commands: Send + Sync {
     ) -> Result<Option<String>, PortError>;
 
     async fn state(&self, command_id: &str, instance_id: &str) -> Result<CommandState, PortError>;
-
-    /// The newest command with this comment sent to the instance, and its state.
-    async fn latest(
-        &self,
-        instance_id: &str,
-        comment: &str,
-    ) -> Result<Option<(String, CommandState)>, PortError>;
 }
 
 /// CloudWatch metrics, as far as warmfleet publishes them: one group's values at a time.

@@ -801,6 +801,7 @@ async fn a_refused_token_abandons_the_bootstrap_with_configs_reason() {
             expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
         },
         remove_token: None,
+        drain_command: None,
     };
     f.plane
         .secrets

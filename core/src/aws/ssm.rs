@@ -102,44 +102,4 @@ impl Commands for Ssm {
             )),
         }
     }
-
-    async fn latest(
-        &self,
-        instance_id: &str,
-        comment: &str,
-    ) -> Result<Option<(String, CommandState)>, PortError> {
-        let out = self
-            .client
-            .list_command_invocations()
-            .instance_id(instance_id)
-            .send()
-            .await
-            .map_err(|e| {
-                sdk_error(
-                    SERVICE,
-                    "ListCommandInvocations",
-                    instance_id.to_owned(),
-                    &e,
-                )
-            })?;
-        // The newest by request time.
-        Ok(out
-            .command_invocations()
-            .iter()
-            .filter(|i| i.comment() == Some(comment))
-            .max_by(|a, b| {
-                let t = |i: &aws_sdk_ssm::types::CommandInvocation| {
-                    i.requested_date_time()
-                        .map(|t| t.as_secs_f64())
-                        .unwrap_or_default()
-                };
-                t(a).total_cmp(&t(b))
-            })
-            .and_then(|i| {
-                Some((
-                    i.command_id()?.to_owned(),
-                    state(i.status(), i.status_details()),
-                ))
-            }))
-    }
 }
