@@ -13,8 +13,11 @@ VENV_STAMP := $(VENV)/.installed
 .PHONY: demo test lint contract-deps py-deps deny bench lambda-zips arm64-toolchain
 
 ## The main job on the local testbed (see README.md).
-demo:
-	$(CARGO) run --quiet -p warmfleet-testbed -- demo
+## (The agent and the Lambdas are real binaries the world runs: build them all first.)
+DEMO_ARGS ?=
+demo: py-deps
+	$(CARGO) build --workspace --bins
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/debug/warmfleet-testbed demo --binaries target/debug $(DEMO_ARGS)
 
 ## Every check CI runs: format, lints, licences, then every test (Rust, then boto3).
 test: contract-deps py-deps lint deny

@@ -1,7 +1,7 @@
 //! How an instance of the testbed runs the real `warmfleet-agent`, as the .deb and cloud-init
 //! would set it up: the fake runner installed in `opt/actions-runner`, the agent's
 //! configuration in `etc/warmfleet/`, the packaged system-sleep hook, then the agent. Used by
-//! the agent's integration tests and its benchmark (and the demo to come).
+//! the agent's integration tests and its benchmark and the demo.
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,8 @@ pub struct AgentSetup {
     /// The repository's `packaging/agent` (job hooks and the sleep hook).
     pub packaging: PathBuf,
     pub github_url: String,
+    /// The runner's labels besides those the agent always gives it.
+    pub labels: Vec<String>,
     /// More lines of the agent's configuration (after `[runner]`'s keys).
     pub extra_config: String,
     /// Shell lines run before the agent (e.g. `export ...`).
@@ -109,7 +111,7 @@ state_dir = "$root/var/lib/warmfleet"
 [runner]
 dir = "$root/opt/actions-runner"
 user = "{user}"
-labels = ["linux"]
+labels = {labels}
 job_started_hook = "{started}"
 job_completed_hook = "{completed}"
 {extra_config}
@@ -125,6 +127,13 @@ chmod +x usr/lib/systemd/system-sleep/warmfleet
 "#,
             testbed = self.testbed.display(),
             github_url = self.github_url,
+            labels = toml::Value::Array(
+                self.labels
+                    .iter()
+                    .cloned()
+                    .map(toml::Value::String)
+                    .collect()
+            ),
             extra_config = self.extra_config,
             env = self.env,
             started = hook("hooks/job-started.sh"),

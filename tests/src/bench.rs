@@ -4,17 +4,14 @@
 //! binary size, and GitHub requests per invocation at several runner counts.
 //! `make bench` builds the binaries with the dist profile and runs it.
 
-use crate::aws;
-use crate::github::{self, state::Settings};
+use crate::world::{Spec, World, ORG, PAT};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use warmfleet_core::github::{GithubClient, GithubCredential, GithubTarget, RetryPolicy};
-use warmfleet_core::ports::SecretStore;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -50,178 +47,13 @@ struct FunctionRun {
     outcome: Vec<String>,
 }
 
-const PAT: &str = "ghp_benchbenchbenchbenchbenchbenchbench";
-
 fn peak_rss_kib(pid: u64) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// What the agent benchmark adds to the world: instances that run the agent, the drain the
-/// deregistration Lambda sends, and the lifecycle rules.
-pub(crate) struct AgentWorld {
-    pub instance_command: String,
-    pub drain_command: String,
-}
-
-/// The GitHub fake and the AWS world (with moto) in this process, the Lambda binaries in
-/// its world file.
-pub(crate) struct World {
-    pub github: String,
-    pub aws: String,
-    pub http: reqwest::Client,
-    shutdown: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _dir: tempfile::TempDir,
-}
-
 impl World {
-    pub async fn start(lambdas: &Path, agent: Option<&AgentWorld>) -> anyhow::Result<World> {
-        let shutdown = CancellationToken::new();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let config = github::Config {
-            listen: "127.0.0.1:0".parse()?,
-            orgs: vec!["bench".into()],
-            repos: vec![],
-            enterprises: vec![],
-            pats: vec![PAT.into()],
-            apps: vec![],
-            settings: Settings::default(),
-            poll_wait: Duration::from_secs(2),
-            webhook: None,
-        };
-        let gh = tokio::spawn(github::serve(config, shutdown.clone(), move |a| {
-            let _ = tx.send(a);
-        }));
-        let github = format!(
-            "http://{}",
-            rx.await.context("the GitHub fake did not start")?
-        );
-        let dir = tempfile::tempdir()?;
-        let mut world = String::new();
-        let deregistration = match agent {
-            Some(a) => format!(
-                "WARMFLEET_GROUPS = \"bench\"\nWARMFLEET_DRAIN_COMMAND = {}\n",
-                toml::Value::String(a.drain_command.clone())
-            ),
-            None => "WARMFLEET_GROUPS = \"bench-empty\"\n".to_owned(),
-        };
-        for (name, binary, extra) in [
-            ("registration", "warmfleet-registration", ""),
-            (
-                "deregistration",
-                "warmfleet-deregistration",
-                deregistration.as_str(),
-            ),
-            (
-                "record-metric",
-                "warmfleet-record-metric",
-                "WARMFLEET_GROUPS = \"bench\"\n",
-            ),
-        ] {
-            let path = lambdas.join(binary);
-            if !path.exists() {
-                bail!(
-                    "{} is missing: build the control plane first (make bench does)",
-                    path.display()
-                );
-            }
-            world.push_str(&format!(
-                "[[function]]\nname = \"{name}\"\ncommand = \"{}\"\ntimeout_seconds = 60\nretries = 0\n\
-                 [function.environment]\nWARMFLEET_GITHUB_URL = \"{github}/bench\"\n\
-                 WARMFLEET_GITHUB_CREDENTIAL_SECRET = \"warmfleet/github\"\nRUST_LOG = \"warn\"\n{extra}",
-                path.display()
-            ));
-        }
-        if agent.is_some() {
-            world.push_str(crate::agent_setup::REGISTRATION_RULE);
-            world.push_str(crate::agent_setup::DEREGISTRATION_RULE);
-        }
-        let world_file = dir.path().join("world.toml");
-        std::fs::write(&world_file, world)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let config = aws::Config {
-            listen: "127.0.0.1:0".parse()?,
-            time_scale: 1.0,
-            instance_command: agent.map(|a| a.instance_command.clone()),
-            state_dir: Some(dir.path().join("state")),
-            // Time for an instance's script to set up before its hooks fire.
-            boot_delay: if agent.is_some() {
-                Duration::from_secs(1)
-            } else {
-                Duration::ZERO
-            },
-            resume_delay: Duration::ZERO,
-            hibernate_delay: Duration::ZERO,
-            moto: aws::MotoMode::Auto,
-            world_file: Some(world_file),
-            seed: Some(1),
-        };
-        let aws_task = tokio::spawn(aws::serve(config, shutdown.clone(), move |a| {
-            let _ = tx.send(a);
-        }));
-        let aws = format!(
-            "http://{}",
-            rx.await.context("the AWS world did not start")?
-        );
-        let http = reqwest::Client::new();
-        let endpoints: Value = http
-            .get(format!("{aws}/_testbed/aws/endpoints"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let moto = endpoints["secretsmanager"].as_str().context("no moto")?;
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .http_client(aws_smithy_http_client::Builder::new().build_http())
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(
-                "b", "b", None, None, "bench",
-            ))
-            .endpoint_url(moto)
-            .load()
-            .await;
-        // The groups the functions look after (empty: the benchmark measures the Lambdas'
-        // own work, not instances; the agent benchmark makes its own).
-        let groups: &[&str] = if agent.is_some() {
-            &[]
-        } else {
-            &["bench", "bench-empty"]
-        };
-        for group in groups {
-            let created = http
-                .post(&aws)
-                .form(&[
-                    ("Action", "CreateAutoScalingGroup"),
-                    ("Version", "2011-01-01"),
-                    ("AutoScalingGroupName", group),
-                    ("MinSize", "0"),
-                    ("MaxSize", "1"),
-                ])
-                .send()
-                .await?;
-            if !created.status().is_success() {
-                bail!("creating group {group}: {}", created.text().await?);
-            }
-        }
-        warmfleet_core::aws::SecretsManager::new(&sdk)
-            .put(
-                "warmfleet/github",
-                &format!("{{\"token\": \"{PAT}\"}}").into(),
-                &[],
-            )
-            .await?;
-        Ok(World {
-            github,
-            aws,
-            http,
-            shutdown,
-            tasks: vec![gh, aws_task],
-            _dir: dir,
-        })
-    }
-
     async fn github_requests(&self) -> anyhow::Result<usize> {
         let log: Vec<Value> = self
             .http
@@ -236,7 +68,7 @@ impl World {
 
     /// Registers `n` runners labelled for group `bench`, as the agent would.
     async fn runners(&self, n: usize) -> anyhow::Result<()> {
-        let target = GithubTarget::parse(&format!("{}/bench", self.github), None)?;
+        let target = GithubTarget::parse(&format!("{}/{ORG}", self.github), None)?;
         let client = GithubClient::connect(
             target,
             &GithubCredential::Token(PAT.to_owned().into()),
@@ -252,7 +84,7 @@ impl World {
             let resp = self
                 .http
                 .post(format!("{}/_runner/register", self.github))
-                .json(&json!({"url": format!("{}/bench", self.github),
+                .json(&json!({"url": format!("{}/{ORG}", self.github),
                     "token": secrecy::ExposeSecret::expose_secret(&token.token),
                     "name": name, "labels": ["warmfleet", "bench", name], "runner_group": null,
                     "replace": false, "ephemeral": false, "no_default_labels": true}))
@@ -325,13 +157,6 @@ impl World {
         }
         Ok(run)
     }
-
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        for t in self.tasks {
-            let _ = t.await;
-        }
-    }
 }
 
 fn scheduled() -> Value {
@@ -355,7 +180,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let mut runs = vec![];
     for &n in &args.runners {
         eprintln!("==> {n} runners");
-        let world = World::start(&args.lambdas, None).await?;
+        // The sweep looks after an empty group: it measures its listing, and leaves the
+        // runners registered here alone.
+        let mut spec = Spec::lambdas(args.lambdas.clone(), &["bench"]);
+        spec.function_env.push((
+            "deregistration",
+            "WARMFLEET_GROUPS".into(),
+            "bench-empty".into(),
+        ));
+        let world = World::start(&spec).await?;
+        for group in ["bench", "bench-empty"] {
+            let created = world
+                .http
+                .post(&world.aws)
+                .form(&[
+                    ("Action", "CreateAutoScalingGroup"),
+                    ("Version", "2011-01-01"),
+                    ("AutoScalingGroupName", group),
+                    ("MinSize", "0"),
+                    ("MaxSize", "1"),
+                ])
+                .send()
+                .await?;
+            if !created.status().is_success() {
+                bail!("creating group {group}: {}", created.text().await?);
+            }
+        }
         let result = async {
             world.runners(n).await?;
             let mut functions = vec![

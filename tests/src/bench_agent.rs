@@ -7,7 +7,7 @@
 //! profile's binaries; results in docs/usage/agent.md.
 
 use crate::agent_setup::{lifecycle_hooks, AgentSetup};
-use crate::bench::{AgentWorld, World};
+use crate::world::{Spec, World, ORG};
 use anyhow::{bail, Context};
 use aws_sdk_autoscaling::types::{InstanceReusePolicy, WarmPoolState};
 use serde::Serialize;
@@ -154,14 +154,7 @@ impl Bench {
     }
 
     async fn root(&self, instance: &str) -> anyhow::Result<PathBuf> {
-        let all: Vec<Value> = self
-            .world
-            .http
-            .get(format!("{}/_testbed/aws/instances", self.world.aws))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let all: Vec<Value> = serde_json::from_value(self.world.aws_control("instances").await?)?;
         let root = all
             .iter()
             .find(|i| i["id"] == instance)
@@ -217,35 +210,29 @@ pub async fn run(args: BenchAgentArgs) -> anyhow::Result<i32> {
         testbed: std::env::current_exe().unwrap_or_default(),
         packaging: AgentSetup::packaging_dir(),
         github_url,
+        labels: vec!["linux".into()],
         extra_config: String::new(),
         env: String::new(),
         runner_user: None,
         supervise: false,
     };
-    let drain_command = setup_of(String::new()).drain_command();
-    let world = World::start(
-        &args.binaries,
-        Some(&AgentWorld {
-            instance_command: format!("sh {}", script.display()),
-            drain_command,
-        }),
-    )
-    .await?;
+    let mut spec = Spec::lambdas(args.binaries.clone(), &[GROUP]);
+    spec.function_env.push((
+        "deregistration",
+        "WARMFLEET_DRAIN_COMMAND".into(),
+        setup_of(String::new()).drain_command(),
+    ));
+    spec.lifecycle_rules = true;
+    spec.instance_command = Some(format!("sh {}", script.display()));
+    // Time for an instance's script to set up before its hooks fire.
+    spec.boot_delay = Duration::from_secs(1);
+    let world = World::start(&spec).await?;
     std::fs::write(
         &script,
-        setup_of(format!("{}/bench", world.github)).script(),
+        setup_of(format!("{}/{ORG}", world.github)).script(),
     )?;
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(aws_smithy_http_client::Builder::new().build_http())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(
-            "b", "b", None, None, "bench",
-        ))
-        .endpoint_url(&world.aws)
-        .load()
-        .await;
     let bench = Bench {
-        asg: aws_sdk_autoscaling::Client::new(&sdk),
+        asg: aws_sdk_autoscaling::Client::new(&world.sdk),
         world,
     };
     let result = measure(&bench, &args).await;

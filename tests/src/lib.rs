@@ -5,6 +5,7 @@
 //! - `runner`: a fake GitHub Actions runner with the real one's layout, flags and exit codes.
 //! - `agent_setup`: how an instance runs the real agent.
 //! - `bench`, `bench_agent`: benchmarks of the Lambdas and the agent.
+//! - `world`: all of it in one process, with the Lambdas (the demo's and benchmarks' world).
 //! - `demo`: the README's main job, run on these parts.
 
 pub mod agent_setup;
@@ -14,3 +15,4 @@ pub mod bench_agent;
 pub mod demo;
 pub mod github;
 pub mod runner;
+pub mod world;

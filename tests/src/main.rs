@@ -30,7 +30,7 @@ enum Command {
     /// Serve the AWS world (Auto Scaling, EventBridge, Lambda, SSM, CloudWatch; moto's
     /// Secrets Manager).
     Aws(AwsArgs),
-    /// Run the main job: a runner's round trip through registration, jobs and removal.
+    /// Run the main job: the whole fleet on the local world through a workload, then a report.
     Demo(demo::DemoArgs),
     /// Benchmark the control plane's Lambda binaries (init, durations, memory, GitHub
     /// requests at several runner counts) into a JSON file.

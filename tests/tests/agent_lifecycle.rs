@@ -29,6 +29,7 @@ fn instance_script(github_url: &str, extra_config: &str, o: &Options) -> tempfil
         testbed: TESTBED.into(),
         packaging: AgentSetup::packaging_dir(),
         github_url: github_url.to_owned(),
+        labels: vec!["linux".into()],
         extra_config: extra_config.to_owned(),
         env: o.env.to_owned(),
         runner_user: o.runner_user.map(str::to_owned),

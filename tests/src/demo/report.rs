@@ -1,0 +1,298 @@
+//! The demo's report: what happened to the jobs, the instances, GitHub and AWS, computed
+//! from the worlds' records (the GitHub fake's jobs, the Auto Scaling effects log).
+
+use crate::github::state::{JobRec, Outcome};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub jobs: JobCounts,
+    /// World seconds from queued to started, over the jobs that started.
+    pub job_wait_seconds: Percentiles,
+    pub instances: InstanceCounts,
+    pub instance_seconds: InstanceSeconds,
+    /// Capacity changes the alarms' step policies made.
+    pub scaling: ScalingCounts,
+    pub github: GithubCounts,
+    pub aws: AwsCounts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<BTreeMap<&'static str, u32>>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct JobCounts {
+    pub total: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub killed: usize,
+    pub never_started: usize,
+    /// Of those never started: asking for labels no runner of the fleet carries, so
+    /// legitimately still queued.
+    pub unroutable: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p95: f64,
+    pub max: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct InstanceCounts {
+    /// Instances started from nothing (into service or into the warm pool).
+    pub cold_launches: usize,
+    /// Warm-pool instances that went into service.
+    pub warm_resumes: usize,
+    /// Launches ended by an abandoned lifecycle action (or its timeout), by the scaling
+    /// activities' causes.
+    pub abandoned: usize,
+    pub terminated: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct InstanceSeconds {
+    pub in_service: f64,
+    /// In the warm pool, in any of its states.
+    pub warm: f64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ScalingCounts {
+    pub scale_outs: usize,
+    pub scale_ins: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct GithubCounts {
+    /// REST requests warmfleet made (the fake's request log, refused and faulted ones too).
+    pub api_calls: usize,
+    pub orphan_runners_at_end: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct AwsCounts {
+    pub leaked_secrets_at_end: usize,
+    pub pending_hooks_at_end: usize,
+}
+
+impl Report {
+    /// Every job succeeded or is legitimately queued, none killed, and nothing left behind.
+    pub fn clean(&self) -> bool {
+        self.jobs.succeeded + self.jobs.unroutable == self.jobs.total
+            && self.jobs.killed == 0
+            && self.github.orphan_runners_at_end == 0
+            && self.aws.leaked_secrets_at_end == 0
+            && self.aws.pending_hooks_at_end == 0
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Counts outcomes and queue waits (real seconds × `time_scale`); a job is unroutable when
+/// it asks for a label outside `runner_labels` (lowercase).
+pub fn jobs(
+    jobs: &[JobRec],
+    time_scale: f64,
+    runner_labels: &[String],
+) -> (JobCounts, Percentiles) {
+    let mut counts = JobCounts {
+        total: jobs.len(),
+        ..JobCounts::default()
+    };
+    let mut waits: Vec<f64> = Vec::new();
+    for job in jobs {
+        match job.outcome {
+            Outcome::Succeeded => counts.succeeded += 1,
+            Outcome::Failed => counts.failed += 1,
+            Outcome::Killed => counts.killed += 1,
+            Outcome::Queued | Outcome::Running => {}
+        }
+        match job.started_at {
+            Some(start) => {
+                let real = (start - job.queued_at).num_milliseconds() as f64 / 1000.0;
+                waits.push(real * time_scale);
+            }
+            None => {
+                counts.never_started += 1;
+                if !routable(&job.labels, runner_labels) {
+                    counts.unroutable += 1;
+                }
+            }
+        }
+    }
+    waits.sort_by(f64::total_cmp);
+    let p = Percentiles {
+        p50: percentile(&waits, 0.5),
+        p95: percentile(&waits, 0.95),
+        max: waits.last().copied().unwrap_or(0.0),
+    };
+    (counts, p)
+}
+
+/// Whether a runner carrying `runner_labels` (lowercase) can take a job asking for `labels`.
+pub fn routable(labels: &[String], runner_labels: &[String]) -> bool {
+    labels
+        .iter()
+        .all(|l| runner_labels.contains(&l.to_lowercase()))
+}
+
+fn is_warm(state: &str) -> bool {
+    state.starts_with("Warmed") && state != "WarmedTerminated"
+}
+
+/// Instance counts and seconds from the Auto Scaling effects log (`GET
+/// /_testbed/aws/effects`: `{"at": world seconds, "effect": {"StateChanged": {...}}}`) up to
+/// world time `end`. `abandoned` is left to the caller: a scale-in of a launching instance
+/// makes the same state change, only the scaling activity's cause tells them apart.
+pub fn instances(effects: &[Value], end: f64) -> (InstanceCounts, InstanceSeconds) {
+    let mut counts = InstanceCounts::default();
+    let mut secs = InstanceSeconds::default();
+    // Per instance: its state (None before the first change) and since when.
+    let mut open: BTreeMap<String, (Option<String>, f64)> = BTreeMap::new();
+    let add = |state: &str, from: f64, to: f64, secs: &mut InstanceSeconds| {
+        if state == "InService" {
+            secs.in_service += to - from;
+        } else if is_warm(state) {
+            secs.warm += to - from;
+        }
+    };
+    for e in effects {
+        let at = e["at"].as_f64().unwrap_or_default();
+        let effect = &e["effect"];
+        if let Some(id) = effect["Start"]["instance"].as_str() {
+            counts.cold_launches += 1;
+            open.insert(id.to_owned(), (None, at));
+        }
+        let change = &effect["StateChanged"];
+        let (Some(id), Some(from), Some(to)) = (
+            change["instance"].as_str(),
+            change["from"].as_str(),
+            change["to"].as_str(),
+        ) else {
+            continue;
+        };
+        if let Some((_, since)) = open.get(id) {
+            add(from, *since, at, &mut secs);
+        }
+        if matches!(from, "WarmedHibernated" | "WarmedStopped" | "WarmedRunning") && to == "Pending"
+        {
+            counts.warm_resumes += 1;
+        }
+        if matches!(to, "Terminated" | "WarmedTerminated") {
+            counts.terminated += 1;
+            open.remove(id);
+        } else {
+            open.insert(id.to_owned(), (Some(to.to_owned()), at));
+        }
+    }
+    for (state, since) in open.values() {
+        if let Some(state) = state {
+            add(state, *since, end.max(*since), &mut secs);
+        }
+    }
+    (counts, secs)
+}
+
+/// Instances still held in a lifecycle hook's wait state, from the same log.
+pub fn pending_hooks(effects: &[Value]) -> usize {
+    let mut last: BTreeMap<&str, &str> = BTreeMap::new();
+    for e in effects {
+        let change = &e["effect"]["StateChanged"];
+        if let (Some(id), Some(to)) = (change["instance"].as_str(), change["to"].as_str()) {
+            last.insert(id, to);
+        }
+    }
+    last.values().filter(|s| s.ends_with("Wait")).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn change(at: f64, id: &str, from: &str, to: &str) -> Value {
+        json!({"at": at, "effect": {"StateChanged": {"instance": id, "from": from, "to": to}}})
+    }
+
+    #[test]
+    fn instance_time_and_counts_follow_the_effects() {
+        let effects = vec![
+            json!({"at": 0.0, "effect": {"Start": {"instance": "i-1"}}}),
+            change(40.0, "i-1", "WarmedPending", "WarmedPendingWait"),
+            change(45.0, "i-1", "WarmedPendingWait", "WarmedPendingProceed"),
+            change(55.0, "i-1", "WarmedPendingProceed", "WarmedHibernated"),
+            change(100.0, "i-1", "WarmedHibernated", "Pending"),
+            json!({"at": 100.0, "effect": {"Resume": {"instance": "i-1"}}}),
+            change(105.0, "i-1", "Pending", "PendingWait"),
+            change(106.0, "i-1", "PendingWait", "PendingProceed"),
+            change(106.0, "i-1", "PendingProceed", "InService"),
+            json!({"at": 10.0, "effect": {"Start": {"instance": "i-2"}}}),
+            change(50.0, "i-2", "Pending", "PendingWait"),
+            change(60.0, "i-2", "PendingWait", "Terminating"),
+            change(61.0, "i-2", "Terminating", "TerminatingWait"),
+            change(62.0, "i-2", "TerminatingWait", "TerminatingProceed"),
+            change(63.0, "i-2", "TerminatingProceed", "Terminated"),
+            json!({"at": 64.0, "effect": {"Start": {"instance": "i-3"}}}),
+            change(70.0, "i-3", "Pending", "PendingWait"),
+        ];
+        let (c, s) = instances(&effects, 206.0);
+        assert_eq!(c.cold_launches, 3);
+        assert_eq!(c.warm_resumes, 1);
+        assert_eq!(c.terminated, 1);
+        assert_eq!(s.warm, 100.0, "Warmed:Pending from the start to the resume");
+        assert_eq!(s.in_service, 100.0, "from 106 to the end at 206");
+        assert_eq!(pending_hooks(&effects), 1, "i-3 waits in Pending:Wait");
+    }
+
+    #[test]
+    fn waits_are_in_world_seconds_and_unroutable_jobs_are_told_apart() {
+        let at = |s: i64| chrono::DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let job = |queued: i64, started: Option<i64>, outcome, labels: &[&str]| JobRec {
+            id: 1,
+            name: "j".into(),
+            scope: "orgs/acme".into(),
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+            duration_secs: 1.0,
+            fail: false,
+            queued_at: at(queued),
+            started_at: started.map(at),
+            finished_at: None,
+            runner_id: None,
+            runner_name: None,
+            outcome,
+            message: None,
+            renewed_at: None,
+        };
+        let runner = vec!["warmfleet".to_owned(), "linux".to_owned()];
+        let (c, w) = jobs(
+            &[
+                job(0, Some(1), Outcome::Succeeded, &["Linux"]),
+                job(0, Some(3), Outcome::Killed, &["linux"]),
+                job(0, None, Outcome::Queued, &["gpu"]),
+                job(0, None, Outcome::Queued, &["linux"]),
+            ],
+            10.0,
+            &runner,
+        );
+        assert_eq!(
+            (
+                c.total,
+                c.succeeded,
+                c.killed,
+                c.never_started,
+                c.unroutable
+            ),
+            (4, 1, 1, 2, 1)
+        );
+        assert_eq!((w.p50, w.max), (30.0, 30.0));
+    }
+}

@@ -1,0 +1,279 @@
+//! The whole local world in this process: the GitHub fake, the AWS world (with moto) and
+//! the three Lambda binaries in it, the EventBridge rules a deployment creates, and the
+//! GitHub credential in Secrets Manager. Used by the demo and the benchmarks.
+
+use crate::aws;
+use crate::github::{self, state::Settings};
+use anyhow::{bail, Context};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use warmfleet_core::ports::SecretStore;
+
+/// The organisation runners register with, and the PAT the Lambdas use.
+pub const ORG: &str = "acme";
+pub(crate) const PAT: &str = "ghp_worldworldworldworldworldworldworld";
+
+/// Where the GitHub credential secret lives.
+const CREDENTIAL_SECRET: &str = "warmfleet/github";
+
+/// What to start.
+pub struct Spec {
+    /// Where the Lambda binaries are.
+    pub lambdas: PathBuf,
+    /// The groups the Lambdas look after.
+    pub groups: Vec<String>,
+    /// More environment, per function (`registration`, `deregistration`, `record-metric`),
+    /// over the GitHub settings and `WARMFLEET_GROUPS` every function gets.
+    pub function_env: Vec<(&'static str, String, String)>,
+    /// Route lifecycle events to the Lambdas (registration and deregistration rules).
+    pub lifecycle_rules: bool,
+    /// `record-metric` every minute and the sweep every 5 minutes, as the module schedules.
+    pub schedules: bool,
+    /// Run in every instance.
+    pub instance_command: Option<String>,
+    pub time_scale: f64,
+    pub boot_delay: Duration,
+    pub resume_delay: Duration,
+    pub hibernate_delay: Duration,
+    /// Each function's timeout (world seconds).
+    pub function_timeout: f64,
+    pub seed: Option<u64>,
+    pub github: Settings,
+    /// Keep the world's files (instance roots, Lambda logs) here; a temporary directory,
+    /// removed at the end, when absent.
+    pub keep_dir: Option<PathBuf>,
+    /// The functions' `RUST_LOG`.
+    pub function_log: &'static str,
+}
+
+impl Spec {
+    /// The Lambdas alone: no instances, no rules, real time.
+    pub fn lambdas(lambdas: PathBuf, groups: &[&str]) -> Spec {
+        Spec {
+            lambdas,
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            function_env: vec![],
+            lifecycle_rules: false,
+            schedules: false,
+            instance_command: None,
+            time_scale: 1.0,
+            boot_delay: Duration::ZERO,
+            resume_delay: Duration::ZERO,
+            hibernate_delay: Duration::ZERO,
+            function_timeout: 60.0,
+            seed: Some(1),
+            github: Settings::default(),
+            keep_dir: None,
+            function_log: "warn",
+        }
+    }
+
+    /// The world file: the three functions and the rules.
+    fn world_file(&self, github: &str) -> anyhow::Result<String> {
+        let common = [
+            ("WARMFLEET_GITHUB_URL".to_owned(), format!("{github}/{ORG}")),
+            (
+                "WARMFLEET_GITHUB_CREDENTIAL_SECRET".to_owned(),
+                CREDENTIAL_SECRET.to_owned(),
+            ),
+            ("WARMFLEET_GROUPS".to_owned(), self.groups.join(",")),
+            ("RUST_LOG".to_owned(), self.function_log.to_owned()),
+        ];
+        let mut world = String::new();
+        for (name, binary) in [
+            ("registration", "warmfleet-registration"),
+            ("deregistration", "warmfleet-deregistration"),
+            ("record-metric", "warmfleet-record-metric"),
+        ] {
+            let path = self.lambdas.join(binary);
+            if !path.exists() {
+                bail!(
+                    "{} is missing: build the control plane first (cargo build --workspace --bins)",
+                    path.display()
+                );
+            }
+            let mine = self.function_env.iter().filter(|(f, _, _)| *f == name);
+            let vars: toml::Table = common
+                .iter()
+                .map(|(k, v)| (k, v))
+                .chain(mine.map(|(_, k, v)| (k, v)))
+                .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
+                .collect();
+            world.push_str(&format!(
+                "[[function]]\nname = \"{name}\"\ncommand = {}\ntimeout_seconds = {}\n\
+                 environment = {}\n",
+                toml::Value::String(path.display().to_string()),
+                self.function_timeout,
+                toml::Value::Table(vars),
+            ));
+        }
+        if self.lifecycle_rules {
+            world.push_str(crate::agent_setup::REGISTRATION_RULE);
+            world.push_str(crate::agent_setup::DEREGISTRATION_RULE);
+        }
+        if self.schedules {
+            world.push_str(
+                "[[rule]]\nname = \"record-metric\"\nschedule_expression = \"rate(1 minute)\"\n\
+                 targets = [\"record-metric\"]\n\
+                 [[rule]]\nname = \"sweep\"\nschedule_expression = \"rate(5 minutes)\"\n\
+                 targets = [\"deregistration\"]\n",
+            );
+        }
+        Ok(world)
+    }
+}
+
+/// The GitHub fake and the AWS world (with moto) in this process.
+pub struct World {
+    pub github: String,
+    pub aws: String,
+    pub http: reqwest::Client,
+    /// An SDK configuration whose endpoint is the AWS world.
+    pub sdk: aws_config::SdkConfig,
+    /// The same for moto's Secrets Manager.
+    pub secrets_sdk: aws_config::SdkConfig,
+    pub state_dir: PathBuf,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(aws_smithy_http_client::Builder::new().build_http())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_autoscaling::config::Credentials::new(
+            "testbed", "testbed", None, None, "testbed",
+        ))
+        .endpoint_url(endpoint)
+        .load()
+        .await
+}
+
+impl World {
+    pub async fn start(spec: &Spec) -> anyhow::Result<World> {
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let config = github::Config {
+            listen: "127.0.0.1:0".parse()?,
+            orgs: vec![ORG.into()],
+            repos: vec![],
+            enterprises: vec![],
+            pats: vec![PAT.into()],
+            apps: vec![],
+            settings: spec.github.clone(),
+            poll_wait: Duration::from_secs(2),
+            webhook: None,
+        };
+        let gh = tokio::spawn(github::serve(config, shutdown.clone(), move |a| {
+            let _ = tx.send(a);
+        }));
+        let github = format!(
+            "http://{}",
+            rx.await.context("the GitHub fake did not start")?
+        );
+        let dir = tempfile::tempdir()?;
+        let world_file = dir.path().join("world.toml");
+        std::fs::write(&world_file, spec.world_file(&github)?)?;
+        let state_dir = match &spec.keep_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                std::fs::canonicalize(d)?
+            }
+            None => dir.path().join("state"),
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let config = aws::Config {
+            listen: "127.0.0.1:0".parse()?,
+            time_scale: spec.time_scale,
+            instance_command: spec.instance_command.clone(),
+            state_dir: Some(state_dir.clone()),
+            boot_delay: spec.boot_delay,
+            resume_delay: spec.resume_delay,
+            hibernate_delay: spec.hibernate_delay,
+            moto: aws::MotoMode::Auto,
+            world_file: Some(world_file),
+            seed: spec.seed,
+        };
+        let aws_task = tokio::spawn(aws::serve(config, shutdown.clone(), move |a| {
+            let _ = tx.send(a);
+        }));
+        let started = rx.await;
+        let mut tasks = vec![gh, aws_task];
+        let Ok(addr) = started else {
+            shutdown.cancel();
+            let why = match tasks.pop() {
+                Some(t) => match t.await {
+                    Ok(Err(e)) => format!("{e:#}"),
+                    _ => "no reason given".to_owned(),
+                },
+                None => String::new(),
+            };
+            bail!("the AWS world did not start: {why}");
+        };
+        let aws = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        let endpoints: Value = http
+            .get(format!("{aws}/_testbed/aws/endpoints"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let moto = endpoints["secretsmanager"].as_str().context("no moto")?;
+        let secrets_sdk = sdk_config(moto).await;
+        warmfleet_core::aws::SecretsManager::new(&secrets_sdk)
+            .put(
+                CREDENTIAL_SECRET,
+                &format!("{{\"token\": \"{PAT}\"}}").into(),
+                &[],
+            )
+            .await?;
+        Ok(World {
+            github,
+            sdk: sdk_config(&aws).await,
+            secrets_sdk,
+            aws,
+            http,
+            state_dir,
+            shutdown,
+            tasks,
+            _dir: dir,
+        })
+    }
+
+    /// A control endpoint of the AWS world (`instances`, `effects`, `invocations`...).
+    pub async fn aws_control(&self, what: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/_testbed/aws/{what}", self.aws);
+        Ok(self
+            .http
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// A control endpoint of the GitHub fake (`jobs`, `runners`, `requests`).
+    pub async fn github_control(&self, what: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/_testbed/{what}", self.github);
+        Ok(self
+            .http
+            .get(&url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// Stops both worlds: every instance and function process, and moto, end.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
