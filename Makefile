@@ -10,7 +10,7 @@ LAMBDAS := warmfleet-registration warmfleet-deregistration warmfleet-record-metr
 VENV := .deps/venv
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint contract-deps py-deps deny bench lambda-zips arm64-toolchain
+.PHONY: demo test lint contract-deps py-deps system-deps deny bench lambda-zips arm64-toolchain
 
 ## The main job on the local testbed (see README.md).
 ## (The agent and the Lambdas are real binaries the world runs: build them all first.)
@@ -20,12 +20,12 @@ demo: py-deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/debug/warmfleet-testbed demo --binaries target/debug $(DEMO_ARGS)
 
 ## Every check CI runs: format, lints, licences, then every test (Rust, then boto3).
-test: contract-deps py-deps lint deny
+test: contract-deps py-deps system-deps lint deny
 	# The control-plane tests run the Lambda binaries themselves: cargo test alone builds
 	# only the testbed's, so build every binary first (same profile: seconds).
 	$(CARGO) build --workspace --bins
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" timeout 40m $(CARGO) test --workspace --all-targets --no-fail-fast
-	WARMFLEET_TESTBED=target/debug/warmfleet-testbed timeout 10m $(VENV)/bin/pytest -q tests/python
+	WARMFLEET_TESTBED=target/debug/warmfleet-testbed timeout 10m $(VENV)/bin/pytest -q tests/python cloud-init
 
 ## Benchmarks (the dist profile: what ships): the Lambda binaries (target/bench/control.json) and the
 ## agent (target/bench/agent.json).
@@ -51,6 +51,12 @@ $(VENV_STAMP): tests/python/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 	touch $@
+
+## cloud-init (its `cloud-init schema` checks the user data template; Debian's package, root)
+## and terraform (renders the template as the module does; on these machines already).
+system-deps:
+	@command -v cloud-init >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cloud-init
+	@command -v terraform >/dev/null || { echo "terraform is needed to render cloud-init/user-data.yaml.tftpl" >&2; exit 1; }
 
 ## Prism and GitHub's OpenAPI description, for the contract test.
 contract-deps: $(CONTRACT_STAMP)
