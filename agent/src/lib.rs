@@ -1,8 +1,10 @@
 //! warmfleet-agent: the systemd service on every runner instance. `machine` is its state
 //! machine (pure), `driver` performs its actions; `runner` runs the actions runner's
 //! programs, `control` carries the commands (`drain`, `status`, `hook`, `sleep-hook`) to the
-//! running service, `record` keeps its state across restarts, `config` reads its files.
+//! running service, `record` keeps its state across restarts, `config` reads its files,
+//! `cli` is the command line.
 
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod driver;
