@@ -10,7 +10,7 @@ LAMBDAS := warmfleet-registration warmfleet-deregistration warmfleet-record-metr
 VENV := .deps/venv
 VENV_STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint contract-deps py-deps system-deps deny bench lambda-zips arm64-toolchain
+.PHONY: demo test lint contract-deps py-deps system-deps deny bench artifacts lambda-zips arm64-toolchain
 
 ## The main job on the local testbed (see README.md).
 ## (The agent and the Lambdas are real binaries the world runs: build them all first.)
@@ -64,6 +64,22 @@ contract-deps: $(CONTRACT_STAMP)
 $(CONTRACT_STAMP): $(CONTRACT)/package.json $(CONTRACT)/package-lock.json
 	cd $(CONTRACT) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+## What ships, for x86_64, built once on the dist profile and checked: the agent's .deb
+## (target/debian/, lintian clean: no error, no warning) and the three Lambda zips
+## (target/lambda/x86_64/, sizes printed). cargo-deb and lintian are installed when missing.
+DEB_TOOLS_STAMP := .deps/deb-tools.installed
+artifacts: $(DEB_TOOLS_STAMP)
+	$(CARGO) build --profile dist -p warmfleet-agent -p warmfleet-control
+	python3 packaging/lambda/zip.py --out target/lambda/x86_64 $(addprefix target/dist/,$(LAMBDAS))
+	$(CARGO) deb -p warmfleet-agent --profile dist --no-build --output target/debian/
+	lintian --fail-on warning,error target/debian/warmfleet-agent_*_amd64.deb
+	@ls -l target/debian/*.deb
+
+$(DEB_TOOLS_STAMP):
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked --quiet
+	@command -v lintian >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian
+	mkdir -p .deps && touch $@
 
 ## The three Lambda zips (provided.al2023, `bootstrap` inside, reproducible) for x86_64 and
 ## arm64: target/lambda/{x86_64,arm64}/*.zip. arm64 is cross-built with Debian's rustc-web
