@@ -129,27 +129,35 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         deadline: Instant,
     ) -> Result<Outcome, Error> {
         let id = instance_secret_id(group, instance);
-        let secret = patience::until(until, || self.secrets.get(&id)).await?;
-        if from_pool && secret.is_some() {
-            // A warm instance holds no registration, but one taken from the pool while it was
-            // still returning to it may: its job must finish.
-            let runners = self.runners_named(instance, until).await?;
-            if runners.iter().any(|r| r.status == RunnerStatus::Online) {
-                info!(
-                    instance,
-                    "trimmed from the pool with its runner online: draining"
-                );
-                return self.drain(group, instance, until, deadline).await;
-            }
-            self.delete_runners(&runners, until).await?;
-        }
-        if from_pool || secret.is_none() {
-            self.forget(group, instance, until).await?;
+        if patience::until(until, || self.secrets.get(&id))
+            .await?
+            .is_none()
+        {
+            // Never given a credential: nothing can be registered.
             self.complete(group, instance, deadline).await?;
-            info!(instance, from_pool, "nothing to drain: cleaned up");
+            info!(instance, "no credential was ever issued: completed");
             return Ok(Outcome::Completed);
         }
-        self.drain(group, instance, until, deadline).await
+        let runners = self.runners_named(instance, until).await?;
+        if from_pool {
+            // A warm instance holds no registration, but one taken from the pool while it was
+            // still returning to it may: its job must finish.
+            if !runners.iter().any(|r| r.status == RunnerStatus::Online) {
+                self.delete_runners(&runners, until).await?;
+                self.forget(group, instance, until).await?;
+                self.complete(group, instance, deadline).await?;
+                info!(
+                    instance,
+                    "leaving the warm pool, nothing to drain: cleaned up"
+                );
+                return Ok(Outcome::Completed);
+            }
+            info!(
+                instance,
+                "trimmed from the pool with its runner online: draining"
+            );
+        }
+        self.drain(group, instance, &runners, until, deadline).await
     }
 
     /// The runners registered under an instance's name (with their labels or, drained
@@ -188,24 +196,36 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         Ok(())
     }
 
-    /// Takes the runner's labels (so it gets no new job), hands the agent a remove token and
-    /// starts its drain; without SSM, removes the runner here.
+    /// Takes the runners' labels (so they get no new job), hands the agent a remove token
+    /// and starts its drain, noting the command in the secret; without SSM, removes the
+    /// runners here.
     async fn drain(
         &self,
         group: &str,
         instance: &str,
+        runners: &[Runner],
         until: Instant,
         deadline: Instant,
     ) -> Result<Outcome, Error> {
         // No job can be routed to a runner without its labels; the running one finishes.
-        let runners = self.runners_named(instance, until).await?;
-        for r in &runners {
+        for r in runners {
             match self.github.remove_labels(r.id, until).await {
                 Ok(()) | Err(GithubError::NotFound { .. }) => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        self.add_remove_token(group, instance, until).await?;
+        let mut secret = self.read_secret(group, instance, until).await?;
+        // A JIT runner is removed with the registration's own credentials: no token needed.
+        if let Some(value) = secret.as_mut() {
+            if let RunnerCredential::RegistrationToken { .. } = value.credential {
+                let t = self.github.remove_token(until).await?;
+                value.remove_token = Some(RemoveToken {
+                    token: t.token,
+                    expires_at: t.expires_at,
+                });
+                self.write_secret(group, instance, value, until).await?;
+            }
+        }
         let line = format!(
             "{} --timeout {}s",
             self.settings.drain_command,
@@ -221,8 +241,12 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         })
         .await?;
         if let Some(command_id) = sent {
-            self.record_drain(group, instance, &command_id, until)
-                .await?;
+            // The sweep follows this command, not a drain of an earlier time in service (an
+            // instance reused from the warm pool).
+            if let Some(value) = secret.as_mut() {
+                value.drain_command = Some(command_id.clone());
+                self.write_secret(group, instance, value, until).await?;
+            }
             info!(instance, command_id, "drain sent");
             return Ok(Outcome::Draining { command_id });
         }
@@ -232,7 +256,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
             warn!(%reason, "deregistration waits");
             return Ok(Outcome::Waiting { reason });
         }
-        self.delete_runners(&runners, until).await?;
+        self.delete_runners(runners, until).await?;
         self.forget(group, instance, until).await?;
         self.complete(group, instance, deadline).await?;
         info!(
@@ -268,44 +292,6 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         let tags = [(TAG_INSTANCE_ID, instance), (TAG_ASG_NAME, group)];
         let text = value.to_secret();
         Ok(patience::until(until, || self.secrets.put(&id, &text, &tags)).await?)
-    }
-
-    /// Adds a fresh remove token to the instance's secret (for `config.sh remove`).
-    async fn add_remove_token(
-        &self,
-        group: &str,
-        instance: &str,
-        until: Instant,
-    ) -> Result<(), Error> {
-        let Some(mut value) = self.read_secret(group, instance, until).await? else {
-            return Ok(());
-        };
-        // A JIT runner is removed with the registration's own credentials: no token needed.
-        if let RunnerCredential::RegistrationToken { .. } = value.credential {
-            let t = self.github.remove_token(until).await?;
-            value.remove_token = Some(RemoveToken {
-                token: t.token,
-                expires_at: t.expires_at,
-            });
-            self.write_secret(group, instance, &value, until).await?;
-        }
-        Ok(())
-    }
-
-    /// Notes the drain's command in the instance's secret: the sweep follows that one, not
-    /// a drain of an earlier time in service (an instance reused from the warm pool).
-    async fn record_drain(
-        &self,
-        group: &str,
-        instance: &str,
-        command_id: &str,
-        until: Instant,
-    ) -> Result<(), Error> {
-        let Some(mut value) = self.read_secret(group, instance, until).await? else {
-            return Ok(());
-        };
-        value.drain_command = Some(command_id.to_owned());
-        self.write_secret(group, instance, &value, until).await
     }
 
     /// The scheduled sweep over every group.
@@ -644,7 +630,13 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        h.record_drain("runners", instance, &command, soon())
+        let mut value = h
+            .read_secret("runners", instance, soon())
+            .await
+            .unwrap()
+            .unwrap();
+        value.drain_command = Some(command.clone());
+        h.write_secret("runners", instance, &value, soon())
             .await
             .unwrap();
         command
@@ -877,6 +869,7 @@ mod tests {
         // drain it, not take the old success as this drain's and cut the job off.
         let h = handler();
         at(&h, I, "Terminating:Wait");
+        registered(&h, I, Duration::from_secs(3600)); // the earlier time in service
         let old = draining(&h, I).await;
         h.commands
             .states
