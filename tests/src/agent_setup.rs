@@ -46,6 +46,9 @@ event_pattern = { source = ["aws.autoscaling"], detail-type = ["EC2 Instance-ter
 targets = ["deregistration"]
 "#;
 
+/// The heartbeat timeout of every hook `lifecycle_hooks` makes (world seconds).
+pub const HOOK_HEARTBEAT_SECONDS: i32 = 600;
+
 /// Lifecycle hooks as the Terraform module creates them (heartbeat 600 s, default ABANDON):
 /// `registration` and `bootstrap` on launch, `deregistration` on terminate; `names` picks.
 pub fn lifecycle_hooks(
@@ -62,7 +65,7 @@ pub fn lifecycle_hooks(
         aws_sdk_autoscaling::types::LifecycleHookSpecification::builder()
             .lifecycle_hook_name(name)
             .lifecycle_transition(transition)
-            .heartbeat_timeout(600)
+            .heartbeat_timeout(HOOK_HEARTBEAT_SECONDS)
             .default_result("ABANDON")
             .build()
     })

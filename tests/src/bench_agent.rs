@@ -154,7 +154,7 @@ impl Bench {
     }
 
     async fn root(&self, instance: &str) -> anyhow::Result<PathBuf> {
-        let all: Vec<Value> = serde_json::from_value(self.world.aws_control("instances").await?)?;
+        let all: Vec<Value> = self.world.aws_control("instances").await?;
         let root = all
             .iter()
             .find(|i| i["id"] == instance)

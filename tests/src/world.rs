@@ -5,6 +5,7 @@
 use crate::aws;
 use crate::github::{self, state::Settings};
 use anyhow::{bail, Context};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -244,29 +245,20 @@ impl World {
     }
 
     /// A control endpoint of the AWS world (`instances`, `effects`, `invocations`...).
-    pub async fn aws_control(&self, what: &str) -> anyhow::Result<Value> {
-        let url = format!("{}/_testbed/aws/{what}", self.aws);
-        Ok(self
-            .http
-            .get(&url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+    pub async fn aws_control<T: DeserializeOwned>(&self, what: &str) -> anyhow::Result<T> {
+        self.control(format!("{}/_testbed/aws/{what}", self.aws))
+            .await
     }
 
     /// A control endpoint of the GitHub fake (`jobs`, `runners`, `requests`).
-    pub async fn github_control(&self, what: &str) -> anyhow::Result<Value> {
-        let url = format!("{}/_testbed/{what}", self.github);
-        Ok(self
-            .http
-            .get(&url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
+    pub async fn github_control<T: DeserializeOwned>(&self, what: &str) -> anyhow::Result<T> {
+        self.control(format!("{}/_testbed/{what}", self.github))
+            .await
+    }
+
+    async fn control<T: DeserializeOwned>(&self, url: String) -> anyhow::Result<T> {
+        let resp = self.http.get(&url).send().await?.error_for_status()?;
+        resp.json().await.with_context(|| format!("reading {url}"))
     }
 
     /// Stops both worlds: every instance and function process, and moto, end.

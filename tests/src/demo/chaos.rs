@@ -88,9 +88,9 @@ impl Chaos {
         *self.counts.entry(kind).or_default() += 1;
     }
 
-    /// Instances whose process runs and whose runner is online, with their root.
+    /// Instances whose process runs (not hibernated, not stopped), with their root.
     async fn running_instances(&self, demo: &Demo) -> anyhow::Result<Vec<Value>> {
-        let all: Vec<Value> = serde_json::from_value(demo.world.aws_control("instances").await?)?;
+        let all: Vec<Value> = demo.world.aws_control("instances").await?;
         Ok(all
             .into_iter()
             .filter(|i| i["pid"].is_u64() && i["process"] == "running")
@@ -134,8 +134,7 @@ impl Chaos {
             .await?;
         let until = Instant::now() + Duration::from_secs(8);
         while Instant::now() < until {
-            let calls: Vec<Value> =
-                serde_json::from_value(demo.world.aws_control("invocations").await?)?;
+            let calls: Vec<Value> = demo.world.aws_control("invocations").await?;
             if let Some(call) = calls
                 .iter()
                 .rev()
@@ -179,23 +178,8 @@ impl Chaos {
         Ok(Some(format!("chaos: {what}")))
     }
 
-    async fn desired(&self, demo: &Demo) -> anyhow::Result<i32> {
-        let out = demo
-            .asg
-            .describe_auto_scaling_groups()
-            .auto_scaling_group_names(&demo.fleet.group)
-            .send()
-            .await?;
-        Ok(out
-            .auto_scaling_groups()
-            .first()
-            .and_then(|g| g.desired_capacity())
-            .unwrap_or_default())
-    }
-
     async fn busy_instances(&self, demo: &Demo) -> anyhow::Result<Vec<String>> {
-        let runners: Vec<Value> =
-            serde_json::from_value(demo.world.github_control("runners").await?)?;
+        let runners: Vec<Value> = demo.world.github_control("runners").await?;
         Ok(runners
             .iter()
             .filter(|r| r["busy"] == true)
@@ -204,7 +188,7 @@ impl Chaos {
     }
 
     async fn scale_in(&mut self, demo: &Demo) -> anyhow::Result<Option<String>> {
-        let desired = self.desired(demo).await?;
+        let (_, desired) = super::census(demo).await?;
         if desired <= demo.fleet.min_size as i32 || self.busy_instances(demo).await?.is_empty() {
             return Ok(None);
         }

@@ -11,7 +11,7 @@ pub mod report;
 pub mod settings;
 pub mod workload;
 
-use crate::agent_setup::{lifecycle_hooks, AgentSetup};
+use crate::agent_setup::{lifecycle_hooks, AgentSetup, HOOK_HEARTBEAT_SECONDS};
 use crate::github::{
     control::NewJob,
     state::{JobRec, Outcome},
@@ -89,9 +89,7 @@ impl Demo {
     }
 
     async fn jobs(&self) -> anyhow::Result<Vec<JobRec>> {
-        Ok(serde_json::from_value(
-            self.world.github_control("jobs").await?,
-        )?)
+        self.world.github_control("jobs").await
     }
 }
 
@@ -162,7 +160,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         extra_config: format!(
             "mode = \"{}\"\n[timeouts]\nheartbeat = \"{}ms\"\n",
             fleet.runner_mode.as_str(),
-            (HOOK_HEARTBEAT / 3.0 / args.time_scale * 1000.0) as u64
+            (f64::from(HOOK_HEARTBEAT_SECONDS) / 3.0 / args.time_scale * 1000.0) as u64
         ),
         env: String::new(),
         runner_user: None,
@@ -260,9 +258,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     }
 }
 
-/// The hooks' heartbeat timeout (world seconds), as `lifecycle_hooks` creates them.
-const HOOK_HEARTBEAT: f64 = 600.0;
-
 pub(crate) fn step(text: &str) {
     println!("==> {text}");
 }
@@ -314,7 +309,7 @@ async fn drive(
     let jobs = demo.jobs().await?;
     if let Some(dir) = keep {
         // The worlds' records, for a look afterwards.
-        for (file, value) in [
+        let records: [(&str, serde_json::Value); 5] = [
             ("effects.json", demo.world.aws_control("effects").await?),
             (
                 "invocations.json",
@@ -329,7 +324,8 @@ async fn drive(
                 "github-requests.json",
                 demo.world.github_control("requests").await?,
             ),
-        ] {
+        ];
+        for (file, value) in records {
             std::fs::write(dir.join(file), serde_json::to_vec_pretty(&value)?)?;
         }
     }
@@ -539,7 +535,7 @@ async fn wind_down(demo: &Demo, view: &mut view::View) -> anyhow::Result<()> {
 }
 
 /// The group's instances (in service and warm) by lifecycle state, and its desired capacity.
-async fn census(demo: &Demo) -> anyhow::Result<(BTreeMap<String, usize>, i32)> {
+pub(crate) async fn census(demo: &Demo) -> anyhow::Result<(BTreeMap<String, usize>, i32)> {
     let group = &demo.fleet.group;
     let groups = demo
         .asg
@@ -579,8 +575,7 @@ struct Leftovers {
 
 async fn leftovers(demo: &Demo) -> anyhow::Result<Leftovers> {
     let (instances, _) = census(demo).await?;
-    let runners: Vec<serde_json::Value> =
-        serde_json::from_value(demo.world.github_control("runners").await?)?;
+    let runners: Vec<serde_json::Value> = demo.world.github_control("runners").await?;
     Ok(Leftovers {
         instances: instances.values().sum(),
         runners: runners.len(),
@@ -603,20 +598,24 @@ async fn instance_secrets(demo: &Demo) -> anyhow::Result<usize> {
     Ok(n)
 }
 
-async fn collect(demo: &Demo, jobs: &[JobRec]) -> anyhow::Result<report::Report> {
-    let (job_counts, waits) = report::jobs(jobs, demo.time_scale, &demo.fleet.runner_label_set());
-    let effects: Vec<serde_json::Value> =
-        serde_json::from_value(demo.world.aws_control("effects").await?)?;
-    let (mut instances, instance_seconds) = report::instances(&effects, demo.world_now());
-    let activities = demo
+/// The group's scaling activities, newest first.
+async fn activities(demo: &Demo) -> anyhow::Result<Vec<aws_sdk_autoscaling::types::Activity>> {
+    let out = demo
         .asg
         .describe_scaling_activities()
         .auto_scaling_group_name(&demo.fleet.group)
         .send()
         .await?;
+    Ok(out.activities.unwrap_or_default())
+}
+
+async fn collect(demo: &Demo, jobs: &[JobRec]) -> anyhow::Result<report::Report> {
+    let (job_counts, waits) = report::jobs(jobs, demo.time_scale, &demo.fleet.runner_label_set());
+    let effects: Vec<serde_json::Value> = demo.world.aws_control("effects").await?;
+    let (mut instances, instance_seconds) = report::instances(&effects, demo.world_now());
+    let activities = activities(demo).await?;
     let caused = |what: &str| {
         activities
-            .activities()
             .iter()
             .filter(|a| a.cause().is_some_and(|c| c.contains(what)))
             .count()
@@ -626,8 +625,7 @@ async fn collect(demo: &Demo, jobs: &[JobRec]) -> anyhow::Result<report::Report>
         scale_outs: caused("triggered policy scale-out"),
         scale_ins: caused("triggered policy scale-in"),
     };
-    let requests: Vec<serde_json::Value> =
-        serde_json::from_value(demo.world.github_control("requests").await?)?;
+    let requests: Vec<serde_json::Value> = demo.world.github_control("requests").await?;
     let left = leftovers(demo).await?;
     Ok(report::Report {
         jobs: job_counts,
@@ -677,8 +675,7 @@ mod view {
 
         pub async fn show(&mut self, demo: &Demo) -> anyhow::Result<Snapshot> {
             let (states, desired) = super::census(demo).await?;
-            let runners: Vec<serde_json::Value> =
-                serde_json::from_value(demo.world.github_control("runners").await?)?;
+            let runners: Vec<serde_json::Value> = demo.world.github_control("runners").await?;
             let online = runners.iter().filter(|r| r["status"] == "online");
             let busy = online.clone().filter(|r| r["busy"] == true).count();
             let idle = online.count() - busy;
@@ -701,13 +698,7 @@ mod view {
                     format!("{short} {state}")
                 })
                 .collect();
-            let activities = demo
-                .asg
-                .describe_scaling_activities()
-                .auto_scaling_group_name(&demo.fleet.group)
-                .send()
-                .await?;
-            let all = activities.activities();
+            let all = super::activities(demo).await?;
             // Newest first: print those not seen yet, oldest first.
             let new = all.len().saturating_sub(self.activities_seen);
             for a in all.iter().take(new).rev() {
