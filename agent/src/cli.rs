@@ -26,6 +26,11 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the service (systemd Type=notify).
+    ///
+    /// READY once the runner listens, STATUS on every state change. SIGTERM is a drain: the
+    /// running job finishes, the runner is removed, then the agent exits 0. SIGUSR2 hands
+    /// over to a new agent (a package upgrade): the agent saves its state and exits 75
+    /// without draining, and the next one adopts the running listener.
     Run,
     /// Stop taking jobs, let the running job finish, remove the runner and complete the
     /// terminate hook if the instance is terminating. Exits 0 once drained.

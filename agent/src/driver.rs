@@ -88,6 +88,19 @@ impl Timing {
     }
 }
 
+/// Why the service ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM: drained (or failed), nothing left running.
+    Drained,
+    /// SIGUSR2: left the listener running for the next agent (exit with
+    /// [`HANDOVER_EXIT_CODE`], which the unit restarts on).
+    Handover,
+}
+
+/// The exit code of a handover; the unit's `RestartForceExitStatus`.
+pub const HANDOVER_EXIT_CODE: u8 = 75;
+
 pub struct Driver {
     settings: Settings,
     record: Record,
@@ -152,9 +165,11 @@ impl Driver {
         })
     }
 
-    /// The service: runs until a SIGTERM drain has finished. An error: it could not start
-    /// (not even learn who it is); systemd restarts it.
-    pub async fn run(mut self) -> Result<(), String> {
+    /// The service: runs until a SIGTERM drain has finished, or until SIGUSR2 asks it to
+    /// hand over to a new agent (a package upgrade: nothing is drained, the running
+    /// listener stays and the next agent adopts it). An error: it could not start (not even
+    /// learn who it is); systemd restarts it.
+    pub async fn run(mut self) -> Result<Stop, String> {
         let socket = control::socket(&self.settings.state_dir);
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket)
@@ -162,8 +177,9 @@ impl Driver {
         // Anyone may connect; each request is checked against who sent it.
         set_mode(&socket, 0o666)?;
         tokio::spawn(serve(listener, self.tx.clone(), self.runner.run_as.clone()));
-        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| e.to_string())?;
+        let signal = |kind| tokio::signal::unix::signal(kind).map_err(|e| e.to_string());
+        let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut sigusr2 = signal(tokio::signal::unix::SignalKind::user_defined2())?;
         let mut tick = tokio::time::interval(POLL);
         let mut watchdog = watchdog_interval();
 
@@ -197,13 +213,18 @@ impl Driver {
                         self.event(Event::Drain).await;
                     }
                 }
+                _ = sigusr2.recv() => {
+                    info!(state = self.record.state.name(), "SIGUSR2: handing over to a new agent, nothing drained");
+                    self.save();
+                    return Ok(Stop::Handover);
+                }
                 _ = tick.tick() => self.tick().await,
                 _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
                     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
                 }
             }
             if self.stopping && matches!(self.record.state, State::Drained | State::Failed { .. }) {
-                return Ok(());
+                return Ok(Stop::Drained);
             }
         }
     }
@@ -252,6 +273,15 @@ impl Driver {
                 Reply::ok(self.record.state.describe())
             }
             Request::Sleep { phase } => {
+                let phase_name = match phase {
+                    SleepPhase::Pre => "pre",
+                    SleepPhase::Post => "post",
+                };
+                info!(
+                    phase = phase_name,
+                    state = self.record.state.name(),
+                    "sleep hook"
+                );
                 self.event(match phase {
                     SleepPhase::Pre => Event::Hibernating,
                     SleepPhase::Post => Event::Resumed,

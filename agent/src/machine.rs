@@ -286,8 +286,10 @@ pub fn recover(state: &State, listener_alive: bool) -> (State, Vec<Action>) {
         (S::Identifying | S::Warm | S::AwaitingCredential, _) => {
             (S::Identifying, vec![A::Identify])
         }
-        (S::Registering | S::Idle | S::Busy | S::Draining, true) => (state.clone(), vec![A::Watch]),
-        (S::Restarting, true) => (S::Idle, vec![A::Watch]),
+        // A listener that listens: the service is ready again (systemd waits for it).
+        (S::Idle | S::Busy, true) => (state.clone(), vec![A::Watch, A::Ready]),
+        (S::Restarting, true) => (S::Idle, vec![A::Watch, A::Ready]),
+        (S::Registering | S::Draining, true) => (state.clone(), vec![A::Watch]),
         (S::Registering | S::Idle | S::Busy | S::Restarting, false) => {
             (S::Registering, vec![A::Register])
         }
@@ -481,7 +483,16 @@ mod tests {
 
     #[test]
     fn a_restart_never_registers_twice_nor_touches_a_running_job() {
-        assert_eq!(recover(&S::Busy, true), (S::Busy, vec![A::Watch]));
+        assert_eq!(recover(&S::Busy, true), (S::Busy, vec![A::Watch, A::Ready]));
+        assert_eq!(recover(&S::Idle, true), (S::Idle, vec![A::Watch, A::Ready]));
+        assert_eq!(
+            recover(&S::Restarting, true),
+            (S::Idle, vec![A::Watch, A::Ready])
+        );
+        assert_eq!(
+            recover(&S::Registering, true),
+            (S::Registering, vec![A::Watch])
+        );
         assert_eq!(recover(&S::Draining, true), (S::Draining, vec![A::Watch]));
         assert_eq!(
             recover(&S::Busy, false),

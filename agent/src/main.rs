@@ -8,7 +8,7 @@ use std::time::Duration;
 use warmfleet_agent::cli::{Cli, Command};
 use warmfleet_agent::config::{self, Settings};
 use warmfleet_agent::control::{self, Request};
-use warmfleet_agent::driver::Driver;
+use warmfleet_agent::driver::{Driver, Stop, HANDOVER_EXIT_CODE};
 use warmfleet_agent::record;
 
 fn main() -> ExitCode {
@@ -64,8 +64,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             let settings = settings(&cli)?;
             let driver = Driver::new(settings).map_err(anyhow::Error::msg)?;
-            driver.run().await.map_err(anyhow::Error::msg)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(match driver.run().await.map_err(anyhow::Error::msg)? {
+                Stop::Drained => ExitCode::SUCCESS,
+                Stop::Handover => ExitCode::from(HANDOVER_EXIT_CODE),
+            })
         }
         Command::Drain { timeout } => {
             let settings = settings(&cli)?;
