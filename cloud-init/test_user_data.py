@@ -101,8 +101,9 @@ def test_every_variant_is_valid_cloud_config_and_says_what_it_was_given(tmp_path
 
     runcmd = doc["runcmd"]
     assert runcmd[1] == ["/usr/local/lib/warmfleet/install-agent"], "install before the rest"
-    assert runcmd[2:-1] == [["sh", "-c", c] for c in variables["extra_commands"]]
-    assert runcmd[-1] == ["systemctl", "enable", "--now", "warmfleet-agent.service"]
+    assert runcmd[2:-2] == [["sh", "-c", c] for c in variables["extra_commands"]]
+    assert runcmd[-2] == ["systemctl", "daemon-reload"]
+    assert runcmd[-1] == ["systemctl", "enable", "--now", "--no-block", "warmfleet-agent.service"]
 
 
 def test_the_install_script_refuses_to_go_on_without_a_package(tmp_path):
