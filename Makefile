@@ -9,6 +9,8 @@ LAMBDAS := warmfleet-registration warmfleet-deregistration warmfleet-record-metr
 
 VENV := .deps/venv
 VENV_STAMP := $(VENV)/.installed
+# cargo-deb and lintian (the package is built by the tests and by `make artifacts`).
+DEB_TOOLS_STAMP := .deps/deb-tools.installed
 
 .PHONY: demo test lint contract-deps py-deps system-deps deny bench artifacts lambda-zips arm64-toolchain
 
@@ -52,10 +54,16 @@ $(VENV_STAMP): tests/python/requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 	touch $@
 
-## cloud-init (its `cloud-init schema` checks the user data template; Debian's package, root)
-## and terraform (renders the template as the module does; on these machines already).
-system-deps:
-	@command -v cloud-init >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cloud-init
+## What the tests run besides cargo and Python (root, Debian): cloud-init (its `cloud-init
+## schema` checks the user data template), debootstrap and systemd-container (the package and
+## cloud-init tests boot a Debian machine with systemd-nspawn; its root is cached under
+## /var/cache/warmfleet), cargo-deb (those tests build the package), openssl (a certificate
+## for the package's download); terraform renders the template as the module does (on these
+## machines already).
+SYSTEM_PACKAGES := cloud-init debootstrap systemd-container openssl
+system-deps: $(DEB_TOOLS_STAMP)
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+		[ -z "$$missing" ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; }
 	@command -v terraform >/dev/null || { echo "terraform is needed to render cloud-init/user-data.yaml.tftpl" >&2; exit 1; }
 
 ## Prism and GitHub's OpenAPI description, for the contract test.
@@ -68,7 +76,6 @@ $(CONTRACT_STAMP): $(CONTRACT)/package.json $(CONTRACT)/package-lock.json
 ## What ships, for x86_64, built once on the dist profile and checked: the agent's .deb
 ## (target/debian/, lintian clean: no error, no warning) and the three Lambda zips
 ## (target/lambda/x86_64/, sizes printed). cargo-deb and lintian are installed when missing.
-DEB_TOOLS_STAMP := .deps/deb-tools.installed
 artifacts: $(DEB_TOOLS_STAMP)
 	$(CARGO) build --profile dist -p warmfleet-agent -p warmfleet-control
 	python3 packaging/lambda/zip.py --out target/lambda/x86_64 $(addprefix target/dist/,$(LAMBDAS))

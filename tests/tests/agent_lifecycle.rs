@@ -8,7 +8,7 @@ mod common;
 
 use aws_sdk_autoscaling::types::{LifecycleHookSpecification, WarmPoolState};
 use common::control::{lambda, Function, Plane};
-use common::TESTBED;
+use common::{eventually, TESTBED};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -133,13 +133,7 @@ impl Fleet {
 
     /// The GitHub fake's runners named `instance`.
     async fn runners(&self, instance: &str) -> Vec<Value> {
-        let all = self.plane.github.get("/_testbed/runners").await;
-        all.as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["name"] == instance)
-            .cloned()
-            .collect()
+        self.plane.github.runners_named(instance).await
     }
 
     async fn protected(&self, instance: &str) -> bool {
@@ -300,18 +294,6 @@ impl Fleet {
             .iter()
             .map(|r| r["id"].as_u64().unwrap())
             .collect()
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < until, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod aws;
 pub mod control;
+pub mod machine;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -108,6 +109,17 @@ impl Github {
             .json()
             .await
             .expect("GET json")
+    }
+
+    /// The fake's runners named `name` (the agent names a runner after its instance).
+    pub async fn runners_named(&self, name: &str) -> Vec<Value> {
+        let all = self.get("/_testbed/runners").await;
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["name"] == name)
+            .cloned()
+            .collect()
     }
 
     pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
@@ -287,5 +299,18 @@ pub fn app_credential(app_id: u64) -> GithubCredential {
     GithubCredential::App {
         app_id,
         private_key: pem.into(),
+    }
+}
+
+/// Polls `check` (every 100 ms) until it holds; fails with `what` after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < until, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
