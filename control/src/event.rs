@@ -37,6 +37,10 @@ pub struct LifecycleEvent {
     pub group: String,
     pub hook: String,
     pub instance_id: String,
+    /// The instance's ARN, built from the event's partition (that of the group's ARN in
+    /// `resources`), region and account: what the instance's role credentials carry as
+    /// `ec2:SourceInstanceARN`, which its IAM policy compares with its secret's tag.
+    pub instance_arn: String,
     /// The lifecycle action's token: one per hook per launch or termination.
     pub token: String,
     pub transition: Transition,
@@ -98,11 +102,27 @@ impl Event {
             None | Some(Value::Null) => Ok(default),
             Some(_) => place(k),
         };
+        let instance_id = field("EC2InstanceId")?;
+        let partition = event
+            .resources
+            .first()
+            .and_then(|arn| arn.split(':').nth(1))
+            .filter(|p| !p.is_empty())
+            .unwrap_or("aws");
+        let (region, account) = match (&event.region, &event.account_id) {
+            (Some(r), Some(a)) if !r.is_empty() && !a.is_empty() => (r, a),
+            _ => {
+                return Err(EventError(format!(
+                    "{detail_type} without region or account"
+                )))
+            }
+        };
         Ok(Event::Lifecycle(LifecycleEvent {
             id: event.id.clone().unwrap_or_default(),
             group: field("AutoScalingGroupName")?,
             hook: field("LifecycleHookName")?,
-            instance_id: field("EC2InstanceId")?,
+            instance_arn: format!("arn:{partition}:ec2:{region}:{account}:instance/{instance_id}"),
+            instance_id,
             token: field("LifecycleActionToken")?,
             transition,
             origin: or("Origin", default_origin)?,
@@ -133,6 +153,13 @@ mod tests {
         );
         assert_eq!(e.group, "runners");
         assert_eq!(e.hook, "registration");
+        assert_eq!(
+            e.instance_arn,
+            format!(
+                "arn:aws:ec2:us-west-2:123456789012:instance/{}",
+                e.instance_id
+            )
+        );
         assert_eq!(e.transition, Transition::Launching);
         let Event::Lifecycle(e) = parse(include_str!(
             "../tests/fixtures/terminate-warm-pool-trim.json"

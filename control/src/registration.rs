@@ -20,7 +20,7 @@ use warmfleet_core::github::{GithubError, JitRequest};
 use warmfleet_core::instance_secret::{InstanceSecret, RunnerCredential};
 use warmfleet_core::naming::{
     instance_secret_id, runner_labels, runner_name, HOOK_REGISTRATION, TAG_ASG_NAME,
-    TAG_INSTANCE_ID,
+    TAG_INSTANCE_ARN, TAG_INSTANCE_ID,
 };
 use warmfleet_core::ports::{HookResult, Lifecycle, RunnerRegistry, SecretStore};
 
@@ -154,6 +154,7 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
         };
         let tags = [
             (TAG_INSTANCE_ID, e.instance_id.as_str()),
+            (TAG_INSTANCE_ARN, e.instance_arn.as_str()),
             (TAG_ASG_NAME, e.group.as_str()),
         ];
         let text = value.to_secret();
@@ -255,6 +256,10 @@ mod tests {
         let values = h.secrets.values.lock().unwrap();
         let (text, tags) = &values["warmfleet/runners/i-1234567890abcdef0"];
         assert!(tags.contains(&(TAG_INSTANCE_ID.to_owned(), "i-1234567890abcdef0".to_owned())));
+        assert!(tags.contains(&(
+            TAG_INSTANCE_ARN.to_owned(),
+            "arn:aws:ec2:us-west-2:123456789012:instance/i-1234567890abcdef0".to_owned()
+        )));
         InstanceSecret::parse(text).unwrap()
     }
 

@@ -10,9 +10,11 @@ pub const FLEET_LABEL: &str = "warmfleet";
 /// Prefix of every per-instance secret: `warmfleet/<asg>/<instance-id>`.
 pub const SECRET_PREFIX: &str = "warmfleet";
 
-/// Tag on a per-instance secret naming the instance it belongs to. The instance role's IAM
-/// policy compares it with `ec2:SourceInstanceARN`, so an instance reads only its own secret.
+/// Tag on a per-instance secret naming the instance it belongs to (its id).
 pub const TAG_INSTANCE_ID: &str = "warmfleet:instance-id";
+/// Tag on a per-instance secret with the instance's ARN. The instance role's IAM policy
+/// compares it with `ec2:SourceInstanceARN`, so an instance reads only its own secret.
+pub const TAG_INSTANCE_ARN: &str = "warmfleet:instance-arn";
 /// Tag on a per-instance secret naming its Auto Scaling group.
 pub const TAG_ASG_NAME: &str = "warmfleet:asg-name";
 
