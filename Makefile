@@ -9,10 +9,13 @@ LAMBDAS := warmfleet-registration warmfleet-deregistration warmfleet-record-metr
 
 VENV := .deps/venv
 VENV_STAMP := $(VENV)/.installed
+# The Terraform module's offline checks (python-hcl2), in a venv of their own.
+INFRA_VENV := .deps/venv-infra
+INFRA_VENV_STAMP := $(INFRA_VENV)/.installed
 # cargo-deb and lintian (the package is built by the tests and by `make artifacts`).
 DEB_TOOLS_STAMP := .deps/deb-tools.installed
 
-.PHONY: demo test lint contract-deps py-deps system-deps deny bench artifacts lambda-zips arm64-toolchain
+.PHONY: demo test lint contract-deps py-deps infra-deps system-deps deny bench artifacts lambda-zips arm64-toolchain
 
 ## The main job on the local testbed (see README.md).
 ## (The agent and the Lambdas are real binaries the world runs: build them all first.)
@@ -22,12 +25,13 @@ demo: py-deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/debug/warmfleet-testbed demo --binaries target/debug $(DEMO_ARGS)
 
 ## Every check CI runs: format, lints, licences, then every test (Rust, then boto3).
-test: contract-deps py-deps system-deps lint deny
+test: contract-deps py-deps infra-deps system-deps lint deny
 	# The control-plane tests run the Lambda binaries themselves: cargo test alone builds
 	# only the testbed's, so build every binary first (same profile: seconds).
 	$(CARGO) build --workspace --bins
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" timeout 40m $(CARGO) test --workspace --all-targets --no-fail-fast
 	WARMFLEET_TESTBED=target/debug/warmfleet-testbed timeout 10m $(VENV)/bin/pytest -q tests/python cloud-init
+	timeout 5m $(INFRA_VENV)/bin/pytest -q infra/tests
 
 ## Benchmarks (the dist profile: what ships): the Lambda binaries (target/bench/control.json) and the
 ## agent (target/bench/agent.json).
@@ -52,6 +56,14 @@ py-deps: $(VENV_STAMP)
 $(VENV_STAMP): tests/python/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+## python-hcl2 and pytest for infra/tests.
+infra-deps: $(INFRA_VENV_STAMP)
+
+$(INFRA_VENV_STAMP): infra/tests/requirements.txt
+	python3 -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/tests/requirements.txt
 	touch $@
 
 ## What the tests run besides cargo and Python (root, Debian): cloud-init (its `cloud-init

@@ -1,0 +1,107 @@
+# Alerts to an SNS topic (e-mails subscribed) and any topics given: launches stuck in a
+# hook, runners that registered and went offline, an empty warm pool, Lambda errors, and
+# metrics that stopped coming.
+
+resource "aws_sns_topic" "alerts" {
+  name              = "${var.name}-alerts"
+  kms_master_key_id = "alias/aws/sns"
+  tags              = local.tags
+}
+
+resource "aws_sns_topic_subscription" "email" {
+  for_each  = toset(var.alarm_emails)
+  topic_arn = aws_sns_topic.alerts.arn
+  protocol  = "email"
+  endpoint  = each.value
+}
+
+locals {
+  alert_actions = concat([aws_sns_topic.alerts.arn], var.alarm_topic_arns)
+}
+
+locals {
+  alert_specs = {
+    # A launch hook not completed (registration Lambda, or the agent).
+    stuck-launches = {
+      description = "Instances of ${var.name} pending for 15 minutes: a launch hook is not being completed (the registration Lambda's log, or journalctl -u warmfleet-agent)"
+      namespace   = "AWS/AutoScaling"
+      metric      = "GroupPendingInstances"
+      statistic   = "Minimum"
+      periods     = 3
+      operator    = "GreaterThanThreshold"
+      threshold   = 0
+      missing     = "notBreaching"
+      enabled     = true
+    }
+    # Registration gaps: runners registered but not listening while in service.
+    offline-runners = {
+      description = "Runners of ${var.name} offline for 15 minutes: their instances are in service but their runner does not listen"
+      namespace   = local.metric_namespace
+      metric      = local.metrics.offline
+      statistic   = "Minimum"
+      periods     = 3
+      operator    = "GreaterThanThreshold"
+      threshold   = 0
+      missing     = "notBreaching"
+      enabled     = true
+    }
+    no-runner-metrics = {
+      description = "record_metric has published nothing for ${var.name} in 10 minutes: scaling is blind"
+      namespace   = local.metric_namespace
+      metric      = local.metrics.idle
+      statistic   = "SampleCount"
+      periods     = 2
+      operator    = "LessThanThreshold"
+      threshold   = 1
+      missing     = "breaching"
+      enabled     = true
+    }
+    empty-warm-pool = {
+      description = "${var.name}'s warm pool has been empty for 30 minutes: scale-outs launch cold"
+      namespace   = "AWS/AutoScaling"
+      metric      = "WarmPoolWarmedCapacity"
+      statistic   = "Maximum"
+      periods     = 6
+      operator    = "LessThanThreshold"
+      threshold   = 1
+      missing     = "breaching"
+      enabled     = local.warm_pool && var.warm_pool_min_size > 0
+    }
+  }
+  alerts = { for k, a in local.alert_specs : k => a if a.enabled }
+}
+
+resource "aws_cloudwatch_metric_alarm" "alert" {
+  for_each            = local.alerts
+  alarm_name          = "${var.name}-${each.key}"
+  alarm_description   = each.value.description
+  namespace           = each.value.namespace
+  metric_name         = each.value.metric
+  dimensions          = local.dimensions
+  statistic           = each.value.statistic
+  period              = 300
+  evaluation_periods  = each.value.periods
+  comparison_operator = each.value.operator
+  threshold           = each.value.threshold
+  treat_missing_data  = each.value.missing
+  alarm_actions       = local.alert_actions
+  ok_actions          = local.alert_actions
+  tags                = local.tags
+}
+
+resource "aws_cloudwatch_metric_alarm" "lambda_errors" {
+  for_each            = local.functions
+  alarm_name          = "${var.name}-${each.key}-errors"
+  alarm_description   = "The ${each.key} Lambda of ${var.name} failed (its log group: /aws/lambda/${var.name}-${each.key})"
+  namespace           = "AWS/Lambda"
+  metric_name         = "Errors"
+  dimensions          = { FunctionName = aws_lambda_function.this[each.key].function_name }
+  statistic           = "Sum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = 0
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = local.alert_actions
+  tags                = local.tags
+}

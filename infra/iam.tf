@@ -1,0 +1,241 @@
+# Least privilege: each Lambda and the instance role get only the actions their code calls
+# (infra/tests checks this against the Rust sources), on the narrowest resources.
+
+data "aws_iam_policy_document" "lambda_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "lambda" {
+  for_each           = local.functions
+  name               = "${var.name}-${each.key}"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+  tags               = local.tags
+}
+
+# What every function needs: its log group, its network interfaces in the VPC (the Lambda
+# service makes them with the function's role), and the GitHub credential.
+data "aws_iam_policy_document" "lambda_common" {
+  for_each = local.functions
+  statement {
+    sid       = "Logs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.lambda[each.key].arn}:*"]
+  }
+  statement {
+    sid = "VpcNetworkInterfaces"
+    actions = [
+      "ec2:CreateNetworkInterface",
+      "ec2:DescribeNetworkInterfaces",
+      "ec2:DeleteNetworkInterface",
+      "ec2:AssignPrivateIpAddresses",
+      "ec2:UnassignPrivateIpAddresses",
+    ]
+    resources = ["*"] # the Lambda service's own calls: EC2 offers no narrower resource here
+  }
+  statement {
+    sid       = "GitHubCredential"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [local.github_secret]
+  }
+  dynamic "statement" {
+    for_each = var.github_credential_kms_key_arn != "" ? [1] : []
+    content {
+      sid       = "GitHubCredentialKey"
+      actions   = ["kms:Decrypt"]
+      resources = [var.github_credential_kms_key_arn]
+    }
+  }
+}
+
+data "aws_iam_policy_document" "registration" {
+  statement {
+    sid = "InstanceSecrets"
+    actions = [
+      "secretsmanager:GetSecretValue",
+      "secretsmanager:CreateSecret",
+      "secretsmanager:PutSecretValue",
+      "secretsmanager:TagResource",
+    ]
+    resources = [local.instance_secrets]
+  }
+  statement {
+    sid       = "CompleteRegistrationHook"
+    actions   = ["autoscaling:CompleteLifecycleAction"]
+    resources = [local.group_arn]
+  }
+}
+
+data "aws_iam_policy_document" "deregistration" {
+  statement {
+    sid = "InstanceSecrets"
+    actions = [
+      "secretsmanager:GetSecretValue",
+      "secretsmanager:PutSecretValue",
+      "secretsmanager:DeleteSecret",
+    ]
+    resources = [local.instance_secrets]
+  }
+  statement {
+    sid       = "FindInstanceSecrets"
+    actions   = ["secretsmanager:ListSecrets"]
+    resources = ["*"] # ListSecrets takes no resource
+  }
+  statement {
+    sid = "Hooks"
+    actions = [
+      "autoscaling:CompleteLifecycleAction",
+      "autoscaling:RecordLifecycleActionHeartbeat",
+      "autoscaling:SetInstanceHealth",
+    ]
+    resources = [local.group_arn]
+  }
+  statement {
+    sid = "DescribeGroup"
+    actions = [
+      "autoscaling:DescribeAutoScalingGroups",
+      "autoscaling:DescribeWarmPool",
+    ]
+    resources = ["*"] # Describe calls take no resource
+  }
+  statement {
+    sid     = "DrainOverSsm"
+    actions = ["ssm:SendCommand"]
+    resources = [
+      "arn:${local.partition}:ssm:${local.region}::document/AWS-RunShellScript",
+    ]
+  }
+  statement {
+    sid       = "DrainOnTheGroupsInstances"
+    actions   = ["ssm:SendCommand"]
+    resources = ["arn:${local.partition}:ec2:${local.region}:${local.account}:instance/*"]
+    condition {
+      test     = "StringEquals"
+      variable = "ssm:resourceTag/aws:autoscaling:groupName"
+      values   = [var.name]
+    }
+  }
+  statement {
+    sid       = "FollowDrains"
+    actions   = ["ssm:GetCommandInvocation"]
+    resources = ["*"] # GetCommandInvocation takes no resource
+  }
+}
+
+data "aws_iam_policy_document" "record_metric" {
+  statement {
+    sid       = "Metrics"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # PutMetricData takes no resource: the namespace is the condition
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [local.metric_namespace]
+    }
+  }
+  statement {
+    sid       = "ProtectedInstances"
+    actions   = ["autoscaling:DescribeAutoScalingGroups"]
+    resources = ["*"] # Describe calls take no resource
+  }
+}
+
+locals {
+  function_policies = {
+    registration   = data.aws_iam_policy_document.registration.json
+    deregistration = data.aws_iam_policy_document.deregistration.json
+    record-metric  = data.aws_iam_policy_document.record_metric.json
+  }
+}
+
+resource "aws_iam_role_policy" "lambda_common" {
+  for_each = local.functions
+  name     = "common"
+  role     = aws_iam_role.lambda[each.key].id
+  policy   = data.aws_iam_policy_document.lambda_common[each.key].json
+}
+
+resource "aws_iam_role_policy" "lambda" {
+  for_each = local.functions
+  name     = each.key
+  role     = aws_iam_role.lambda[each.key].id
+  policy   = local.function_policies[each.key]
+}
+
+# --- The runners' instance role ---------------------------------------------------------
+
+data "aws_iam_policy_document" "ec2_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "runner" {
+  name               = "${var.name}-runner"
+  assume_role_policy = data.aws_iam_policy_document.ec2_assume.json
+  tags               = local.tags
+}
+
+resource "aws_iam_instance_profile" "runner" {
+  name = "${var.name}-runner"
+  role = aws_iam_role.runner.name
+  tags = local.tags
+}
+
+data "aws_iam_policy_document" "agent" {
+  # Its own secret only: the registration Lambda tags each with the instance's ARN, which
+  # the instance's role credentials carry as ec2:SourceInstanceARN.
+  statement {
+    sid       = "OwnSecret"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [local.instance_secrets]
+    condition {
+      test     = "StringEquals"
+      variable = "secretsmanager:ResourceTag/${local.tag_instance_arn}"
+      values   = ["$${ec2:SourceInstanceARN}"]
+    }
+  }
+  statement {
+    sid = "OwnLifecycle"
+    actions = [
+      "autoscaling:CompleteLifecycleAction",
+      "autoscaling:RecordLifecycleActionHeartbeat",
+      "autoscaling:SetInstanceProtection",
+      "autoscaling:SetInstanceHealth",
+      "autoscaling:TerminateInstanceInAutoScalingGroup",
+    ]
+    resources = [local.group_arn]
+  }
+  statement {
+    sid       = "WhereAmIGoing"
+    actions   = ["autoscaling:DescribeAutoScalingInstances", "autoscaling:DescribeWarmPool"]
+    resources = ["*"] # Describe calls take no resource
+  }
+}
+
+resource "aws_iam_role_policy" "agent" {
+  name   = "warmfleet-agent"
+  role   = aws_iam_role.runner.id
+  policy = data.aws_iam_policy_document.agent.json
+}
+
+# SSM Run Command (the drain) and Session Manager.
+resource "aws_iam_role_policy_attachment" "ssm" {
+  role       = aws_iam_role.runner.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+}
+
+resource "aws_iam_role_policy_attachment" "extra" {
+  for_each   = toset(var.extra_policy_arns)
+  role       = aws_iam_role.runner.name
+  policy_arn = each.value
+}

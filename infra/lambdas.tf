@@ -1,0 +1,150 @@
+# The three Lambdas (provided.al2023, the zips `make artifacts` builds), their logs, and
+# what triggers them: lifecycle events by hook name, and the schedules.
+
+locals {
+  common_env = merge(
+    {
+      WARMFLEET_GITHUB_URL               = var.github_url
+      WARMFLEET_GITHUB_CREDENTIAL_SECRET = local.github_secret
+    },
+    var.github_api_url != "" ? { WARMFLEET_GITHUB_API_URL = var.github_api_url } : {},
+  )
+  functions = {
+    registration = {
+      zip     = "warmfleet-registration"
+      timeout = 60
+      environment = merge(local.common_env, {
+        WARMFLEET_RUNNER_MODE     = var.runner_mode
+        WARMFLEET_RUNNER_GROUP_ID = tostring(var.runner_group_id)
+        WARMFLEET_RUNNER_LABELS   = join(",", var.runner_labels)
+      })
+    }
+    deregistration = {
+      zip     = "warmfleet-deregistration"
+      timeout = 900
+      environment = merge(local.common_env, {
+        WARMFLEET_GROUPS        = var.name
+        WARMFLEET_DRAIN_TIMEOUT = "${var.drain_timeout_seconds}s"
+      })
+    }
+    record-metric = {
+      zip     = "warmfleet-record-metric"
+      timeout = 60
+      environment = merge(local.common_env, {
+        WARMFLEET_GROUPS = var.name
+      })
+    }
+  }
+}
+
+resource "aws_cloudwatch_log_group" "lambda" {
+  for_each          = local.functions
+  name              = "/aws/lambda/${var.name}-${each.key}"
+  retention_in_days = var.log_retention_days
+  tags              = local.tags
+}
+
+resource "aws_lambda_function" "this" {
+  for_each         = local.functions
+  function_name    = "${var.name}-${each.key}"
+  role             = aws_iam_role.lambda[each.key].arn
+  runtime          = "provided.al2023"
+  handler          = "bootstrap"
+  architectures    = [var.lambda_architecture]
+  filename         = "${local.zip_dir}/${var.lambda_architecture}/${each.value.zip}.zip"
+  source_code_hash = filebase64sha256("${local.zip_dir}/${var.lambda_architecture}/${each.value.zip}.zip")
+  timeout          = each.value.timeout
+  memory_size      = 128
+
+  environment {
+    variables = each.value.environment
+  }
+
+  vpc_config {
+    subnet_ids         = local.lambda_subnets
+    security_group_ids = [aws_security_group.lambda.id]
+  }
+
+  tracing_config {
+    mode = "PassThrough"
+  }
+
+  tags       = local.tags
+  depends_on = [aws_cloudwatch_log_group.lambda]
+}
+
+# --- Triggers -------------------------------------------------------------------------------
+
+locals {
+  lifecycle_rules = {
+    registration = {
+      detail_type = "EC2 Instance-launch Lifecycle Action"
+      hook        = local.hooks.registration
+    }
+    deregistration = {
+      detail_type = "EC2 Instance-terminate Lifecycle Action"
+      hook        = local.hooks.deregistration
+    }
+  }
+  schedules = {
+    record-metric  = "rate(1 minute)"
+    deregistration = "rate(5 minutes)"
+  }
+}
+
+resource "aws_cloudwatch_event_rule" "lifecycle" {
+  for_each    = local.lifecycle_rules
+  name        = "${var.name}-${each.key}"
+  description = "${each.value.detail_type}s of ${var.name}'s ${each.value.hook} hook"
+  event_pattern = jsonencode({
+    source      = ["aws.autoscaling"]
+    detail-type = [each.value.detail_type]
+    detail = {
+      AutoScalingGroupName = [var.name]
+      LifecycleHookName    = [each.value.hook]
+    }
+  })
+  tags = local.tags
+}
+
+resource "aws_cloudwatch_event_target" "lifecycle" {
+  for_each = local.lifecycle_rules
+  rule     = aws_cloudwatch_event_rule.lifecycle[each.key].name
+  arn      = aws_lambda_function.this[each.key].arn
+  retry_policy {
+    maximum_retry_attempts       = 3
+    maximum_event_age_in_seconds = 600
+  }
+}
+
+resource "aws_cloudwatch_event_rule" "schedule" {
+  for_each            = local.schedules
+  name                = "${var.name}-${each.key}-schedule"
+  description         = each.key == "deregistration" ? "The sweep of ${var.name}" : "${var.name}'s runner metrics"
+  schedule_expression = each.value
+  tags                = local.tags
+}
+
+resource "aws_cloudwatch_event_target" "schedule" {
+  for_each = local.schedules
+  rule     = aws_cloudwatch_event_rule.schedule[each.key].name
+  arn      = aws_lambda_function.this[each.key].arn
+}
+
+resource "aws_lambda_permission" "lifecycle" {
+  for_each      = local.lifecycle_rules
+  statement_id  = "lifecycle-events"
+  action        = "lambda:InvokeFunction"
+  function_name = aws_lambda_function.this[each.key].function_name
+  principal     = "events.amazonaws.com"
+  source_arn    = aws_cloudwatch_event_rule.lifecycle[each.key].arn
+}
+
+resource "aws_lambda_permission" "schedule" {
+  for_each      = local.schedules
+  statement_id  = "schedule"
+  action        = "lambda:InvokeFunction"
+  function_name = aws_lambda_function.this[each.key].function_name
+  principal     = "events.amazonaws.com"
+  source_arn    = aws_cloudwatch_event_rule.schedule[each.key].arn
+}

@@ -1,0 +1,159 @@
+# The runners: launch template, Auto Scaling group with its hooks and warm pool.
+
+resource "aws_launch_template" "runner" {
+  name_prefix   = "${var.name}-"
+  image_id      = var.ami_id
+  instance_type = var.instance_types[0]
+  key_name      = var.key_name != "" ? var.key_name : null
+  user_data = base64encode(templatefile("${path.module}/../cloud-init/user-data.yaml.tftpl", {
+    github_url           = var.github_url
+    runner_mode          = var.runner_mode
+    runner_labels        = var.runner_labels
+    runner_group         = var.runner_mode == "persistent" ? var.runner_group : ""
+    agent_package_url    = var.agent_package_url
+    agent_package_sha256 = var.agent_package_sha256
+    extra_files          = var.extra_files
+    extra_packages       = var.extra_packages
+    extra_commands       = var.extra_commands
+  }))
+
+  iam_instance_profile {
+    arn = aws_iam_instance_profile.runner.arn
+  }
+  vpc_security_group_ids = [aws_security_group.runner.id]
+
+  metadata_options {
+    http_endpoint               = "enabled"
+    http_tokens                 = "required"
+    http_put_response_hop_limit = var.imds_hop_limit
+    instance_metadata_tags      = "enabled"
+  }
+
+  hibernation_options {
+    configured = local.warm_pool
+  }
+
+  block_device_mappings {
+    device_name = data.aws_ami.runner.root_device_name
+    ebs {
+      volume_size           = var.root_volume_size_gb
+      volume_type           = "gp3"
+      encrypted             = true
+      kms_key_id            = var.root_volume_kms_key_arn != "" ? var.root_volume_kms_key_arn : null
+      delete_on_termination = true
+    }
+  }
+
+  monitoring {
+    enabled = true
+  }
+
+  tag_specifications {
+    resource_type = "instance"
+    tags          = merge(local.tags, { Name = var.name })
+  }
+  tag_specifications {
+    resource_type = "volume"
+    tags          = local.tags
+  }
+  tags = local.tags
+
+  lifecycle {
+    precondition {
+      condition     = !local.warm_pool || var.root_volume_size_gb >= local.ram_gib + 8
+      error_message = "Hibernation writes RAM to the root volume: ${var.instance_types[0]} has ${local.ram_gib} GiB, so root_volume_size_gb must be at least ${local.ram_gib + 8}."
+    }
+  }
+}
+
+resource "aws_autoscaling_group" "runners" {
+  name                  = var.name
+  min_size              = var.min_size
+  max_size              = var.max_size
+  vpc_zone_identifier   = var.subnet_ids
+  max_instance_lifetime = var.max_instance_lifetime_days > 0 ? var.max_instance_lifetime_days * 86400 : 0
+  health_check_type     = "EC2"
+  # The alerts watch pending instances and the warm pool's size.
+  metrics_granularity = "1Minute"
+  enabled_metrics     = ["GroupPendingInstances", "GroupInServiceInstances", "GroupDesiredCapacity", "WarmPoolWarmedCapacity", "WarmPoolPendingCapacity"]
+  # Scale-in protection is the agent's, per job; the group starts every instance without.
+  protect_from_scale_in = false
+
+  dynamic "launch_template" {
+    for_each = local.mixed ? [] : [1]
+    content {
+      id      = aws_launch_template.runner.id
+      version = aws_launch_template.runner.latest_version
+    }
+  }
+
+  dynamic "mixed_instances_policy" {
+    for_each = local.mixed ? [1] : []
+    content {
+      launch_template {
+        launch_template_specification {
+          launch_template_id = aws_launch_template.runner.id
+          version            = aws_launch_template.runner.latest_version
+        }
+        dynamic "override" {
+          for_each = var.instance_types
+          content {
+            instance_type = override.value
+          }
+        }
+      }
+      instances_distribution {
+        on_demand_base_capacity                  = 0
+        on_demand_percentage_above_base_capacity = var.spot ? 0 : 100
+        spot_allocation_strategy                 = "price-capacity-optimized"
+      }
+    }
+  }
+
+  # The hooks exist before the first instance launches.
+  initial_lifecycle_hook {
+    name                 = local.hooks.registration
+    lifecycle_transition = "autoscaling:EC2_INSTANCE_LAUNCHING"
+    heartbeat_timeout    = 600
+    default_result       = "ABANDON"
+  }
+  initial_lifecycle_hook {
+    name                 = local.hooks.bootstrap
+    lifecycle_transition = "autoscaling:EC2_INSTANCE_LAUNCHING"
+    heartbeat_timeout    = 900
+    default_result       = "ABANDON"
+  }
+  initial_lifecycle_hook {
+    name                 = local.hooks.deregistration
+    lifecycle_transition = "autoscaling:EC2_INSTANCE_TERMINATING"
+    # The agent heartbeats it while a job finishes (timeouts.heartbeat, 10 min).
+    heartbeat_timeout = 1800
+    default_result    = "ABANDON"
+  }
+
+  dynamic "warm_pool" {
+    for_each = local.warm_pool ? [1] : []
+    content {
+      pool_state                  = "Hibernated"
+      min_size                    = var.warm_pool_min_size
+      max_group_prepared_capacity = var.warm_pool_max_prepared
+      instance_reuse_policy {
+        reuse_on_scale_in = var.warm_pool_reuse_on_scale_in
+      }
+    }
+  }
+
+  dynamic "tag" {
+    for_each = local.tags
+    content {
+      key                 = tag.key
+      value               = tag.value
+      propagate_at_launch = true
+    }
+  }
+
+  lifecycle {
+    # Desired capacity is the scaling policies' to set.
+    ignore_changes = [desired_capacity]
+  }
+}

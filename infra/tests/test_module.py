@@ -1,0 +1,181 @@
+"""The Terraform module, checked offline (no provider can be downloaded here): it parses,
+it is formatted, every input is documented, and the names it shares with the code agree
+with the code's."""
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+
+import hcl2
+import pytest
+
+INFRA = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(INFRA)
+MODULE_FILES = sorted(glob.glob(os.path.join(INFRA, "*.tf")))
+EVERY_FILE = sorted(glob.glob(os.path.join(INFRA, "**", "*.tf"), recursive=True))
+
+
+def load(name):
+    with open(os.path.join(INFRA, name)) as f:
+        return hcl2.load(f)
+
+
+def unquote(value):
+    """python-hcl2 keeps a string literal's quotes."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def locals_of(name):
+    merged = {}
+    for block in load(name).get("locals", []):
+        merged.update(block)
+    return merged
+
+
+def read(path):
+    with open(os.path.join(ROOT, path)) as f:
+        return f.read()
+
+
+def rust_consts(path):
+    """`pub const NAME: &str = "value";` of a Rust file, by name."""
+    return dict(re.findall(r'pub const (\w+): &str = "([^"]*)";', read(path)))
+
+
+@pytest.mark.parametrize("path", EVERY_FILE, ids=lambda p: os.path.relpath(p, INFRA))
+def test_every_file_parses(path):
+    with open(path) as f:
+        assert hcl2.load(f), f"{path} is empty"
+
+
+def test_the_module_and_its_examples_are_formatted():
+    terraform = shutil.which("terraform")
+    assert terraform, "terraform is needed for `terraform fmt` (it is on these machines)"
+    out = subprocess.run([terraform, "fmt", "-check", "-recursive", "-diff", INFRA],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def variables():
+    return {unquote(name): body for v in load("variables.tf")["variable"]
+            for name, body in v.items()}
+
+
+def test_every_input_has_a_description_a_type_and_a_row_in_the_readme():
+    readme = read("infra/README.md")
+    documented = set(re.findall(r"^\| `(\w+)` \|", readme, re.MULTILINE))
+    inputs = variables()
+    for name, body in inputs.items():
+        assert unquote(body.get("description", "")), f"{name} has no description"
+        assert "type" in body, f"{name} has no type"
+    assert set(inputs) - documented == set(), "inputs missing from infra/README.md"
+    assert documented - set(inputs) == set(), "infra/README.md documents inputs that do not exist"
+
+
+def test_every_variable_a_file_uses_is_declared():
+    declared = set(variables())
+    for path in MODULE_FILES:
+        with open(path) as f:
+            used = set(re.findall(r"\bvar\.(\w+)", f.read()))
+        assert used <= declared, f"{os.path.basename(path)} uses undeclared {used - declared}"
+
+
+def test_hook_metric_and_secret_names_are_the_codes():
+    naming = rust_consts("core/src/naming.rs")
+    main = locals_of("main.tf")
+    hooks = {k: unquote(v) for k, v in main["hooks"].items()}
+    assert hooks == {
+        "registration": naming["HOOK_REGISTRATION"],
+        "bootstrap": naming["HOOK_BOOTSTRAP"],
+        "deregistration": naming["HOOK_DEREGISTRATION"],
+    }
+    assert unquote(main["metric_namespace"]) == naming["METRIC_NAMESPACE"]
+    metrics = {k: unquote(v) for k, v in main["metrics"].items()}
+    assert metrics == {
+        "idle": naming["METRIC_IDLE_RUNNERS"],
+        "busy": naming["METRIC_BUSY_RUNNERS"],
+        "offline": naming["METRIC_OFFLINE_RUNNERS"],
+        "all_busy": naming["METRIC_ALL_RUNNERS_BUSY"],
+        "api_calls": naming["METRIC_GITHUB_API_CALLS"],
+    }
+    assert unquote(main["secret_prefix"]) == naming["SECRET_PREFIX"]
+    assert unquote(main["tag_instance_arn"]) == naming["TAG_INSTANCE_ARN"]
+    # The alarms' dimension is the one record_metric publishes.
+    dimensions = locals_of("scaling.tf")["dimensions"]
+    assert list(dimensions) == [naming["METRIC_DIMENSION_ASG"]]
+    # The agent looks for its secret under the same prefix.
+    agent = read("packaging/agent/agent.toml")
+    assert f'secret_prefix = "{naming["SECRET_PREFIX"]}"' in agent
+
+
+def lambda_environment():
+    """Each function's environment variable names, as lambdas.tf sets them."""
+    local = locals_of("lambdas.tf")
+    common = set(local["common_env"] and re.findall(r"WARMFLEET_\w+", str(local["common_env"])))
+    return {unquote(name): common | set(re.findall(r"WARMFLEET_\w+", str(f["environment"])))
+            for name, f in local["functions"].items()}
+
+
+def test_each_lambda_gets_the_environment_its_code_reads():
+    config = read("control/src/config.rs")
+    # What each settings struct reads: Common for all, then its own.
+    def reads(struct):
+        body = config[config.index(f"impl {struct} {{"):]
+        body = body[:body.index("\n}\n")]
+        names = set(re.findall(r'"(WARMFLEET_\w+)"', body))
+        if "groups(env)" in body:
+            names.add("WARMFLEET_GROUPS")
+        return names
+    common = reads("Common")
+    required = set(re.findall(r'required\(env, "(WARMFLEET_\w+)"\)', config))
+    code = {
+        "registration": common | reads("RegistrationSettings"),
+        "deregistration": common | reads("DeregistrationSettings"),
+        "record-metric": common | reads("MetricSettings"),
+    }
+    module = lambda_environment()
+    assert set(module) == set(code)
+    for function, names in module.items():
+        assert names <= code[function], f"{function} is given {names - code[function]}, which its code never reads"
+        missing = (required | {"WARMFLEET_GROUPS"}) & code[function] - names
+        assert not missing, f"{function} lacks {missing}, which its code requires"
+    # The zips are the binaries the workspace builds.
+    makefile = read("Makefile")
+    for f in locals_of("lambdas.tf")["functions"].values():
+        assert unquote(f["zip"]) in makefile
+
+
+def test_lifecycle_rules_match_the_hooks_the_lambdas_handle():
+    rules = locals_of("lambdas.tf")["lifecycle_rules"]
+    assert unquote(rules["registration"]["hook"]) == "${local.hooks.registration}"
+    assert unquote(rules["deregistration"]["hook"]) == "${local.hooks.deregistration}"
+    assert unquote(rules["registration"]["detail_type"]) == "EC2 Instance-launch Lifecycle Action"
+    assert unquote(rules["deregistration"]["detail_type"]) == "EC2 Instance-terminate Lifecycle Action"
+    event = read("control/src/event.rs")
+    for rule in rules.values():
+        assert unquote(rule["detail_type"]) in event
+
+
+def template_variables(text):
+    """The variables a Terraform template reads: identifiers in its `${...}` and `%{...}`
+    expressions (not `$${` escapes), less functions, attributes and `for` loop variables."""
+    expressions = re.findall(r"(?<![$%])[$%]\{(.*?)\}", text)
+    loop = set(re.findall(r"for\s+(\w+)\s+in", " ".join(expressions)))
+    names = set()
+    for e in expressions:
+        e = re.sub(r'"[^"]*"', "", e)
+        for m in re.finditer(r"(?<![.\w])([A-Za-z_]\w*)\b(?!\s*\()", e):
+            names.add(m.group(1))
+    return names - loop - {"for", "in", "if", "else", "endif", "endfor"}
+
+
+def test_the_user_data_template_gets_exactly_its_variables():
+    wanted = template_variables(read("cloud-init/user-data.yaml.tftpl"))
+    runners = read("infra/runners.tf")
+    block = runners[runners.index("templatefile("):runners.index("}))")]
+    given = set(re.findall(r"^\s+(\w+)\s+=", block, re.MULTILINE))
+    assert given == wanted

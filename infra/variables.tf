@@ -1,0 +1,335 @@
+# Every input of the module; infra/README.md describes each (a test keeps the two in step).
+
+# --- Naming -------------------------------------------------------------------------------
+
+variable "name" {
+  description = "The Auto Scaling group's name, also the prefix of every resource the module creates. Runners carry it as a label."
+  type        = string
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9-]{0,31}$", var.name))
+    error_message = "name: 1 to 32 letters, digits or hyphens, starting with a letter or digit."
+  }
+}
+
+variable "tags" {
+  description = "Tags for every resource the module creates (and the instances)."
+  type        = map(string)
+  default     = {}
+}
+
+# --- Network ------------------------------------------------------------------------------
+
+variable "subnet_ids" {
+  description = "Subnets of the runners (private, with a route to GitHub, e.g. through NAT)."
+  type        = list(string)
+  validation {
+    condition     = length(var.subnet_ids) > 0
+    error_message = "subnet_ids: at least one subnet."
+  }
+}
+
+variable "lambda_subnet_ids" {
+  description = "Subnets of the Lambdas (they call GitHub and AWS APIs); the runners' subnets when empty."
+  type        = list(string)
+  default     = []
+}
+
+# --- GitHub -------------------------------------------------------------------------------
+
+variable "github_url" {
+  description = "Where runners register: https://github.com/ORG, https://github.com/ORG/REPO, https://github.com/enterprises/ENTERPRISE, or the same on a GitHub Enterprise Server host."
+  type        = string
+  validation {
+    condition     = can(regex("^https://[^/]+/[^/]+(/[^/]+)?$", var.github_url))
+    error_message = "github_url: https://HOST/ORG, https://HOST/ORG/REPO or https://HOST/enterprises/ENTERPRISE."
+  }
+}
+
+variable "github_api_url" {
+  description = "The REST API's base URL, when it cannot be derived from github_url (api.github.com for github.com, https://HOST/api/v3 for GHES)."
+  type        = string
+  default     = ""
+}
+
+variable "github_credential_secret" {
+  description = "Name or ARN of the Secrets Manager secret with the GitHub credential: {\"token\": \"...\"} (a PAT) or {\"app_id\": 123, \"private_key\": \"...\"} (a GitHub App). Only the Lambdas can read it."
+  type        = string
+}
+
+variable "github_credential_kms_key_arn" {
+  description = "The KMS key the credential secret is encrypted with, when it is a customer-managed key (the Lambdas get kms:Decrypt on it)."
+  type        = string
+  default     = ""
+}
+
+variable "runner_mode" {
+  description = "persistent (a runner takes many jobs) or ephemeral (a just-in-time runner, one job per instance)."
+  type        = string
+  default     = "persistent"
+  validation {
+    condition     = contains(["persistent", "ephemeral"], var.runner_mode)
+    error_message = "runner_mode: persistent or ephemeral."
+  }
+}
+
+variable "runner_labels" {
+  description = "Labels of every runner besides warmfleet, the group's name and the instance id."
+  type        = list(string)
+  default     = []
+  validation {
+    condition     = alltrue([for l in var.runner_labels : can(regex("^[^,\\s]+$", l))])
+    error_message = "runner_labels: no empty label, no commas or spaces."
+  }
+}
+
+variable "runner_group" {
+  description = "The runner group persistent runners register into (by name); the default group when empty."
+  type        = string
+  default     = ""
+}
+
+variable "runner_group_id" {
+  description = "The runner group of ephemeral (JIT) runners, by id (1 is the default group)."
+  type        = number
+  default     = 1
+}
+
+# --- Instances ----------------------------------------------------------------------------
+
+variable "ami_id" {
+  description = "The runner AMI: Debian 12 or Ubuntu with the actions runner in /opt/actions-runner and, unless agent_package_url is given, the warmfleet-agent package (docs/usage/install.md)."
+  type        = string
+}
+
+variable "instance_types" {
+  description = "Instance types; the first is the launch template's. More than one (or spot) uses a mixed instances policy, which turns the warm pool off."
+  type        = list(string)
+  default     = ["m7i.large"]
+  validation {
+    condition     = length(var.instance_types) > 0
+    error_message = "instance_types: at least one type."
+  }
+}
+
+variable "spot" {
+  description = "Run the runners on spot capacity (no hibernation, so no warm pool)."
+  type        = bool
+  default     = false
+}
+
+variable "root_volume_size_gb" {
+  description = "Root volume size (encrypted gp3). With a warm pool it must hold the instance's RAM besides the system: at least RAM + 8 GiB."
+  type        = number
+  default     = 40
+}
+
+variable "root_volume_kms_key_arn" {
+  description = "The KMS key of the root volume; the account's default EBS key when empty."
+  type        = string
+  default     = ""
+}
+
+variable "key_name" {
+  description = "An EC2 key pair for SSH; none when empty (SSM Session Manager works without one)."
+  type        = string
+  default     = ""
+}
+
+variable "extra_policy_arns" {
+  description = "More IAM policies for the runners' instance role (what the jobs need)."
+  type        = list(string)
+  default     = []
+}
+
+variable "max_instance_lifetime_days" {
+  description = "Replace instances older than this (1 to 365 days); 0 keeps them."
+  type        = number
+  default     = 30
+  validation {
+    condition     = var.max_instance_lifetime_days == 0 || (var.max_instance_lifetime_days >= 1 && var.max_instance_lifetime_days <= 365)
+    error_message = "max_instance_lifetime_days: 0, or 1 to 365."
+  }
+}
+
+variable "imds_hop_limit" {
+  description = "IMDSv2 response hop limit: 1, or 2 when jobs' containers need the instance's metadata."
+  type        = number
+  default     = 1
+  validation {
+    condition     = contains([1, 2], var.imds_hop_limit)
+    error_message = "imds_hop_limit: 1 or 2."
+  }
+}
+
+# --- Scaling ------------------------------------------------------------------------------
+
+variable "min_size" {
+  description = "The fewest instances in service."
+  type        = number
+  default     = 0
+}
+
+variable "max_size" {
+  description = "The most instances in service."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.max_size >= 1
+    error_message = "max_size: at least 1."
+  }
+}
+
+variable "idle_runners_target" {
+  description = "How many idle runners to keep: fewer scales out, more scales in. With 0, the group scales out when every runner is busy."
+  type        = number
+  default     = 1
+  validation {
+    condition     = var.idle_runners_target >= 0
+    error_message = "idle_runners_target: 0 or more."
+  }
+}
+
+variable "scale_out_step" {
+  description = "Instances added each time the idle-runners-low alarm fires."
+  type        = number
+  default     = 1
+}
+
+variable "scale_in_step" {
+  description = "Instances removed each time the idle-runners-high alarm fires."
+  type        = number
+  default     = 1
+}
+
+variable "scale_out_evaluation_periods" {
+  description = "Minutes below the target before scaling out."
+  type        = number
+  default     = 1
+}
+
+variable "scale_in_evaluation_periods" {
+  description = "Minutes above the target before scaling in."
+  type        = number
+  default     = 10
+}
+
+variable "warm_pool" {
+  description = "Keep hibernated instances ready (turned off with spot or several instance types)."
+  type        = bool
+  default     = true
+}
+
+variable "warm_pool_min_size" {
+  description = "Hibernated instances kept in the pool."
+  type        = number
+  default     = 1
+}
+
+variable "warm_pool_max_prepared" {
+  description = "Instances in service and in the pool together at most; -1: max_size."
+  type        = number
+  default     = -1
+}
+
+variable "warm_pool_reuse_on_scale_in" {
+  description = "Send instances back to the pool on scale-in (drained, hibernated) instead of terminating them."
+  type        = bool
+  default     = true
+}
+
+# --- Lambdas ------------------------------------------------------------------------------
+
+variable "lambda_architecture" {
+  description = "x86_64 or arm64: which of the packaged zips the Lambdas run."
+  type        = string
+  default     = "x86_64"
+  validation {
+    condition     = contains(["x86_64", "arm64"], var.lambda_architecture)
+    error_message = "lambda_architecture: x86_64 or arm64."
+  }
+}
+
+variable "lambda_zip_dir" {
+  description = "The directory with x86_64/ and arm64/ Lambda zips (make artifacts); the repository's target/lambda when empty."
+  type        = string
+  default     = ""
+}
+
+variable "log_retention_days" {
+  description = "How long the Lambdas' logs are kept."
+  type        = number
+  default     = 30
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days: one of CloudWatch Logs' retention periods (1, 3, 5, 7, 14, 30, 60, 90, ... days)."
+  }
+}
+
+variable "drain_timeout_seconds" {
+  description = "How long a drain may wait for the running job (the longest job), at most 48 h."
+  type        = number
+  default     = 86400
+  validation {
+    condition     = var.drain_timeout_seconds >= 60 && var.drain_timeout_seconds <= 172800
+    error_message = "drain_timeout_seconds: 60 to 172800."
+  }
+}
+
+# --- Alerting -----------------------------------------------------------------------------
+
+variable "alarm_emails" {
+  description = "E-mail addresses subscribed to the module's alert topic."
+  type        = list(string)
+  default     = []
+}
+
+variable "alarm_topic_arns" {
+  description = "More SNS topics the alerts go to (e.g. a chat integration's)."
+  type        = list(string)
+  default     = []
+}
+
+# --- Provisioning (cloud-init) ------------------------------------------------------------
+
+variable "agent_package_url" {
+  description = "Where instances download the warmfleet-agent package when the AMI lacks it (https:// or s3://); empty: the AMI has it."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.agent_package_url == "" || can(regex("^(https|s3)://", var.agent_package_url))
+    error_message = "agent_package_url: https:// or s3://."
+  }
+}
+
+variable "agent_package_sha256" {
+  description = "The package's SHA-256, checked before it is installed."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.agent_package_sha256 == "" || can(regex("^[0-9a-f]{64}$", var.agent_package_sha256))
+    error_message = "agent_package_sha256: 64 lowercase hex digits."
+  }
+}
+
+variable "extra_packages" {
+  description = "Debian packages cloud-init installs at first boot."
+  type        = list(string)
+  default     = []
+}
+
+variable "extra_files" {
+  description = "Files cloud-init writes at first boot."
+  type = list(object({
+    path        = string
+    content     = string
+    owner       = optional(string, "root:root")
+    permissions = optional(string, "0644")
+  }))
+  default = []
+}
+
+variable "extra_commands" {
+  description = "Shell commands cloud-init runs at first boot, after the package and before the agent starts."
+  type        = list(string)
+  default     = []
+}
