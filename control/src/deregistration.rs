@@ -30,7 +30,7 @@ use warmfleet_core::github::{GithubError, Runner, RunnerStatus};
 use warmfleet_core::instance_secret::{InstanceSecret, RemoveToken, RunnerCredential};
 use warmfleet_core::naming::{
     group_secret_prefix, instance_of_secret, instance_secret_id, DRAIN_COMMENT, FLEET_LABEL,
-    HOOK_DEREGISTRATION, TAG_ASG_NAME, TAG_INSTANCE_ID,
+    HOOK_DEREGISTRATION,
 };
 use warmfleet_core::ports::{
     CommandState, Commands, HookResult, Lifecycle, RunnerRegistry, SecretStore,
@@ -289,9 +289,12 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         until: Instant,
     ) -> Result<(), Error> {
         let id = instance_secret_id(group, instance);
-        let tags = [(TAG_INSTANCE_ID, instance), (TAG_ASG_NAME, group)];
         let text = value.to_secret();
-        Ok(patience::until(until, || self.secrets.put(&id, &text, &tags)).await?)
+        // Only the registration Lambda creates secrets (tagged for the instance's policy).
+        if !patience::until(until, || self.secrets.update(&id, &text)).await? {
+            warn!(secret = %id, instance, "the instance's secret is gone: nothing recorded in it");
+        }
+        Ok(())
     }
 
     /// The scheduled sweep over every group.

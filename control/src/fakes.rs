@@ -60,6 +60,15 @@ impl SecretStore for Secrets {
             .insert(id.to_owned(), (value.clone(), tags));
         Ok(())
     }
+    async fn update(&self, id: &str, value: &SecretString) -> Result<bool, PortError> {
+        let mut values = self.values.lock().unwrap();
+        let Some(stored) = values.get_mut(id) else {
+            return Ok(false);
+        };
+        *self.puts.lock().unwrap() += 1;
+        stored.0 = value.clone();
+        Ok(true)
+    }
     async fn delete(&self, id: &str) -> Result<(), PortError> {
         self.values.lock().unwrap().remove(id);
         Ok(())

@@ -34,6 +34,10 @@ pub trait SecretStore: Send + Sync {
         tags: &[(&str, &str)],
     ) -> Result<(), PortError>;
 
+    /// Puts a new current version of a secret that exists; `false` when it does not (then
+    /// nothing is created).
+    async fn update(&self, id: &str, value: &SecretString) -> Result<bool, PortError>;
+
     /// Deletes a secret at once, without a recovery window. One that does not exist is not
     /// an error.
     async fn delete(&self, id: &str) -> Result<(), PortError>;

@@ -7,6 +7,7 @@
 mod common;
 
 use common::*;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -65,6 +66,20 @@ async fn the_github_credential_comes_from_secrets_manager() {
 
     let store = SecretsManager::new(&config);
     assert!(store.get("warmfleet/nothing-here").await.unwrap().is_none());
+    // An update never creates (only the registration Lambda may, with the tags).
+    let value = SecretString::from("v2".to_owned());
+    assert!(!store
+        .update("warmfleet/nothing-here", &value)
+        .await
+        .unwrap());
+    assert!(store.get("warmfleet/nothing-here").await.unwrap().is_none());
+    store
+        .put("warmfleet/a/i-1", &"v1".to_owned().into(), &[("k", "v")])
+        .await
+        .unwrap();
+    assert!(store.update("warmfleet/a/i-1", &value).await.unwrap());
+    let now = store.get("warmfleet/a/i-1").await.unwrap().unwrap();
+    assert_eq!(now.expose_secret(), "v2");
     let credential = GithubCredential::load(&store, "warmfleet/github")
         .await
         .unwrap();

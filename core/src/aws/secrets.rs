@@ -88,6 +88,16 @@ impl SecretStore for SecretsManager {
         }
     }
 
+    async fn update(&self, id: &str, value: &SecretString) -> Result<bool, PortError> {
+        match self.put_version(id, value).await {
+            Ok(()) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => {
+                Ok(false)
+            }
+            Err(err) => Err(sdk_error(SERVICE, "PutSecretValue", id.to_owned(), &err)),
+        }
+    }
+
     async fn delete(&self, id: &str) -> Result<(), PortError> {
         match self
             .client

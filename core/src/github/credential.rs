@@ -150,6 +150,10 @@ mod tests {
             Err(read_only(id))
         }
 
+        async fn update(&self, id: &str, _: &SecretString) -> Result<bool, PortError> {
+            Err(read_only(id))
+        }
+
         async fn delete(&self, id: &str) -> Result<(), PortError> {
             Err(read_only(id))
         }

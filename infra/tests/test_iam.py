@@ -1,0 +1,148 @@
+"""Least privilege, kept in step with the code: each role in infra/iam.tf grants exactly the
+AWS actions its component's Rust code calls, no fewer (it would fail in AWS) and no more.
+
+The code side is read from the sources: core/src/aws/*.rs says which SDK operations each
+port method makes (`client.<operation>()`, following calls to the adapter's own helpers);
+each component's sources say which port methods it calls (on the receivers that hold
+ports: `secrets`, `store`, `lifecycle`, `asg`, `commands`, `metrics`)."""
+
+import glob
+import os
+import re
+
+from test_module import ROOT, load, unquote
+
+SERVICES = {"autoscaling.rs": "autoscaling", "secrets.rs": "secretsmanager",
+            "ssm.rs": "ssm", "cloudwatch.rs": "cloudwatch"}
+PORT_OF_RECEIVER = {"secrets": "SecretStore", "store": "SecretStore", "lifecycle": "Lifecycle",
+                    "asg": "Lifecycle", "commands": "Commands", "metrics": "Metrics"}
+# Actions an operation needs besides its own (AWS's rules, not the code's choice).
+IMPLIED = {"secretsmanager:CreateSecret": {"secretsmanager:TagResource"}}  # created with tags
+# What each role holds for the platform rather than for calls in the code.
+PLATFORM_SIDS = {"Logs", "VpcNetworkInterfaces", "GitHubCredentialKey"}
+
+COMPONENTS = {
+    # role (as in iam.tf) -> the sources whose calls it must allow
+    "registration": ["control/src/registration.rs", "control/src/runtime.rs",
+                     "core/src/github/credential.rs"],
+    "deregistration": ["control/src/deregistration.rs", "control/src/runtime.rs",
+                       "core/src/github/credential.rs"],
+    "record-metric": ["control/src/record_metric.rs", "control/src/runtime.rs",
+                      "core/src/github/credential.rs"],
+    "runner": sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "agent/src/*.rs"))),
+}
+
+
+def pascal(snake):
+    return "".join(part.capitalize() for part in snake.split("_"))
+
+
+def functions(text):
+    """`fn name` -> its body (up to the next fn)."""
+    starts = [(m.start(), m.group(1)) for m in re.finditer(r"\bfn (\w+)", text)]
+    return {name: text[start:(starts[i + 1][0] if i + 1 < len(starts) else len(text))]
+            for i, (start, name) in enumerate(starts)}
+
+
+def port_actions():
+    """(port trait, method) -> the IAM actions its AWS adapter needs."""
+    actions = {}
+    for path in sorted(glob.glob(os.path.join(ROOT, "core/src/aws/*.rs"))):
+        service = SERVICES.get(os.path.basename(path))
+        if service is None:
+            continue
+        with open(path) as f:
+            text = f.read()
+        text = text[:text.find("#[cfg(test)]")] if "#[cfg(test)]" in text else text
+        bodies = functions(text)
+
+        def ops(name, seen=()):
+            body = bodies[name]
+            found = {f"{service}:{pascal(op)}" for op in re.findall(r"client\s*\.\s*(\w+)\(", body)}
+            for helper in re.findall(r"self\s*\.\s*(\w+)\(", body):
+                if helper in bodies and helper not in seen and helper != name:
+                    found |= ops(helper, seen + (name,))
+            return found
+
+        for impl in re.finditer(r"impl (\w+) for \w+ \{", text):
+            trait = impl.group(1)
+            end = text.find("\n}\n", impl.end())
+            for method in re.findall(r"async fn (\w+)", text[impl.end():end]):
+                needed = ops(method)
+                for action in list(needed):
+                    needed |= IMPLIED.get(action, set())
+                actions[(trait, method)] = needed
+    return actions
+
+
+def code_actions(sources):
+    by_method = port_actions()
+    needed = set()
+    for path in sources:
+        with open(os.path.join(ROOT, path)) as f:
+            text = f.read()
+        text = text[:text.find("#[cfg(test)]")] if "#[cfg(test)]" in text else text
+        receivers = "|".join(PORT_OF_RECEIVER)
+        for receiver, method in re.findall(rf"\b({receivers})\s*\.\s*(\w+)\(", text):
+            needed |= by_method.get((PORT_OF_RECEIVER[receiver], method), set())
+    return needed
+
+
+def statements(document):
+    """The statements of a data.aws_iam_policy_document, by sid, with their actions."""
+    return [(unquote(s.get("sid", "")), {unquote(a) for a in s["actions"]})
+            for s in document.get("statement", [])]
+
+
+def documents():
+    docs = {}
+    for block in load("iam.tf")["data"]:
+        for kind, named in block.items():
+            if unquote(kind) == "aws_iam_policy_document":
+                for name, body in named.items():
+                    docs[unquote(name)] = body
+    return docs
+
+
+def granted(role):
+    docs = documents()
+    names = {"runner": ["agent"], "registration": ["lambda_common", "registration"],
+             "deregistration": ["lambda_common", "deregistration"],
+             "record-metric": ["lambda_common", "record_metric"]}[role]
+    actions = set()
+    for name in names:
+        for sid, acts in statements(docs[name]):
+            if sid not in PLATFORM_SIDS:
+                actions |= acts
+    return actions
+
+
+def test_the_code_is_read():
+    """The reading above finds what it must (else the comparison below proves nothing)."""
+    by_method = port_actions()
+    assert by_method[("Lifecycle", "complete")] == {"autoscaling:CompleteLifecycleAction"}
+    assert by_method[("SecretStore", "put")] == {
+        "secretsmanager:CreateSecret", "secretsmanager:PutSecretValue", "secretsmanager:TagResource"}
+    assert by_method[("Commands", "run")] == {"ssm:SendCommand"}
+    assert by_method[("Metrics", "publish")] == {"cloudwatch:PutMetricData"}
+    assert "autoscaling:SetInstanceProtection" in code_actions(COMPONENTS["runner"])
+
+
+def test_every_role_grants_exactly_what_its_code_calls():
+    report = []
+    for role, sources in COMPONENTS.items():
+        calls, grants = code_actions(sources), granted(role)
+        if calls - grants:
+            report.append(f"{role} calls but may not: {sorted(calls - grants)}")
+        if grants - calls:
+            report.append(f"{role} may but never calls: {sorted(grants - calls)}")
+    assert not report, "\n".join(report)
+
+
+def test_the_lambdas_roles_are_the_modules_functions():
+    functions_tf = load("lambdas.tf")
+    names = set()
+    for block in functions_tf.get("locals", []):
+        if "functions" in block:
+            names |= {unquote(k) for k in block["functions"]}
+    assert names == {r for r in COMPONENTS if r != "runner"}
