@@ -12,10 +12,12 @@ VENV_STAMP := $(VENV)/.installed
 # The Terraform module's offline checks (python-hcl2), in a venv of their own.
 INFRA_VENV := .deps/venv-infra
 INFRA_VENV_STAMP := $(INFRA_VENV)/.installed
+CHECKOV_VENV := .deps/venv-checkov
+CHECKOV_VENV_STAMP := $(CHECKOV_VENV)/.installed
 # cargo-deb and lintian (the package is built by the tests and by `make artifacts`).
 DEB_TOOLS_STAMP := .deps/deb-tools.installed
 
-.PHONY: demo test lint contract-deps py-deps infra-deps system-deps deny bench artifacts lambda-zips arm64-toolchain
+.PHONY: demo test lint contract-deps py-deps infra-deps checkov-deps system-deps deny bench artifacts lambda-zips arm64-toolchain
 
 ## The main job on the local testbed (see README.md).
 ## (The agent and the Lambdas are real binaries the world runs: build them all first.)
@@ -25,7 +27,7 @@ demo: py-deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/debug/warmfleet-testbed demo --binaries target/debug $(DEMO_ARGS)
 
 ## Every check CI runs: format, lints, licences, then every test (Rust, then boto3).
-test: contract-deps py-deps infra-deps system-deps lint deny
+test: contract-deps py-deps infra-deps checkov-deps system-deps lint deny
 	# The control-plane tests run the Lambda binaries themselves: cargo test alone builds
 	# only the testbed's, so build every binary first (same profile: seconds).
 	$(CARGO) build --workspace --bins
@@ -64,6 +66,14 @@ infra-deps: $(INFRA_VENV_STAMP)
 $(INFRA_VENV_STAMP): infra/tests/requirements.txt
 	python3 -m venv $(INFRA_VENV)
 	$(INFRA_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/tests/requirements.txt
+	touch $@
+
+## checkov, for infra/tests/test_checkov.py (its own venv: its pins clash with others').
+checkov-deps: $(CHECKOV_VENV_STAMP)
+
+$(CHECKOV_VENV_STAMP): infra/tests/checkov-requirements.txt
+	python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/tests/checkov-requirements.txt
 	touch $@
 
 ## What the tests run besides cargo and Python (root, Debian): cloud-init (its `cloud-init
