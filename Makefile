@@ -127,6 +127,6 @@ lambda-zips:
 	python3 packaging/lambda/zip.py --out target/lambda/arm64 $(addprefix target/arm64/aarch64-unknown-linux-gnu/dist/,$(LAMBDAS))
 
 arm64-toolchain:
-	dpkg --add-architecture arm64
-	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+	@if [ -d $(ARM64_STD) ] && command -v aarch64-linux-gnu-gcc >/dev/null; then echo "arm64 toolchain: present"; else \
+		dpkg --add-architecture arm64 && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rustc-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross; fi
