@@ -4,6 +4,20 @@
 
 locals {
   dimensions = { AutoScalingGroupName = var.name }
+  # One instance per missing idle runner, up to scale_out_max_step at once: the alarm's
+  # breach (IdleRunners - target) of [-1.5, 0) adds 1, [-2.5, -1.5) adds 2, and so on, the
+  # last step open-ended. With a target of 0 (AllRunnersBusy at 1): one.
+  scale_out_steps = var.idle_runners_target > 0 ? [
+    for k in range(1, var.scale_out_max_step + 1) : {
+      lower  = k == var.scale_out_max_step ? null : -(k + 0.5)
+      upper  = k == 1 ? 0 : -(k - 0.5)
+      change = k
+    }
+    ] : [{
+      lower  = 0
+      upper  = null
+      change = 1
+  }]
 }
 
 resource "aws_autoscaling_policy" "scale_out" {
@@ -11,10 +25,14 @@ resource "aws_autoscaling_policy" "scale_out" {
   autoscaling_group_name    = aws_autoscaling_group.runners.name
   policy_type               = "StepScaling"
   adjustment_type           = "ChangeInCapacity"
-  estimated_instance_warmup = 120
-  step_adjustment {
-    metric_interval_lower_bound = 0
-    scaling_adjustment          = var.scale_out_step
+  estimated_instance_warmup = var.instance_warmup_seconds
+  dynamic "step_adjustment" {
+    for_each = local.scale_out_steps
+    content {
+      metric_interval_lower_bound = step_adjustment.value.lower
+      metric_interval_upper_bound = step_adjustment.value.upper
+      scaling_adjustment          = step_adjustment.value.change
+    }
   }
 }
 
@@ -35,7 +53,7 @@ resource "aws_cloudwatch_metric_alarm" "idle_runners_low" {
   namespace           = local.metric_namespace
   metric_name         = var.idle_runners_target > 0 ? local.metrics.idle : local.metrics.all_busy
   dimensions          = local.dimensions
-  statistic           = "Minimum"
+  statistic           = var.idle_runners_target > 0 ? "Minimum" : "Maximum"
   period              = 60
   evaluation_periods  = var.scale_out_evaluation_periods
   comparison_operator = var.idle_runners_target > 0 ? "LessThanThreshold" : "GreaterThanOrEqualToThreshold"

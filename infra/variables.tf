@@ -189,10 +189,20 @@ variable "idle_runners_target" {
   }
 }
 
-variable "scale_out_step" {
-  description = "Instances added each time the idle-runners-low alarm fires."
+variable "scale_out_max_step" {
+  description = "The most instances one scale-out adds: one per missing idle runner, up to this many (with an idle target of 0, one)."
   type        = number
-  default     = 1
+  default     = 3
+  validation {
+    condition     = var.scale_out_max_step >= 1 && var.scale_out_max_step <= 10
+    error_message = "scale_out_max_step: 1 to 10."
+  }
+}
+
+variable "instance_warmup_seconds" {
+  description = "How long a new or resumed instance takes to have its runner listening; scale-outs within it do not count it twice."
+  type        = number
+  default     = 120
 }
 
 variable "scale_in_step" {

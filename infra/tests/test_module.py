@@ -179,3 +179,31 @@ def test_the_user_data_template_gets_exactly_its_variables():
     block = runners[runners.index("templatefile("):runners.index("}))")]
     given = set(re.findall(r"^\s+(\w+)\s+=", block, re.MULTILINE))
     assert given == wanted
+
+
+def duration_seconds(text):
+    """`10m`, `2m`, `30s`, `24h` (the agent's durations) in seconds."""
+    number, unit = re.fullmatch(r"(\d+)([smh])", text).groups()
+    return int(number) * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def test_hook_timeouts_leave_the_agent_room():
+    """The hooks' heartbeat timeouts against the agent's own defaults (agent.toml): the
+    bootstrap hook outlasts the credential wait plus the listener's start, and the
+    terminate hook outlasts three of the agent's heartbeat intervals (a drained job's
+    heartbeats keep it alive)."""
+    agent = read("packaging/agent/agent.toml")
+    timeouts = dict(re.findall(r'^(\w+) = "(\d+[smh])"', agent[agent.index("[timeouts]"):],
+                               re.MULTILINE))
+    group = load("runners.tf")["resource"]
+    asg = next(r['"aws_autoscaling_group"'] for r in group if '"aws_autoscaling_group"' in r)
+    hooks = {}
+    for hook in asg['"runners"']["initial_lifecycle_hook"]:
+        hooks[unquote(hook["name"])] = hook["heartbeat_timeout"]
+    assert set(hooks) == {"${local.hooks.registration}", "${local.hooks.bootstrap}",
+                          "${local.hooks.deregistration}"}
+    credential = duration_seconds(timeouts["credential"])
+    listen = duration_seconds(timeouts["listen"])
+    heartbeat = duration_seconds(timeouts["heartbeat"])
+    assert hooks["${local.hooks.bootstrap}"] > credential + listen
+    assert hooks["${local.hooks.deregistration}"] >= 3 * heartbeat
