@@ -166,14 +166,16 @@ fn configure(m: &Machine, plane: &Plane, instance_root: &Path) {
     .unwrap();
 }
 
-/// A unit drop-in with the environment the world gave the instance.
+/// A unit drop-in with the environment the world gave the instance, and the watchdog
+/// shortened from the unit's 10 minutes to 20 s: the agent must ping within the test (a
+/// watchdog kill would show as a restart and as the unit's result).
 fn instance_environment(instance_root: &Path) -> String {
     let env = std::fs::read_to_string(instance_root.join("aws.env")).unwrap();
     let lines: String = env
         .lines()
         .map(|l| format!("Environment=\"{l}\"\n"))
         .collect();
-    format!("[Service]\n{lines}")
+    format!("[Service]\n{lines}WatchdogSec=20s\n")
 }
 
 /// Invokes the registration Lambda with the launch event Auto Scaling sent for `instance`'s
@@ -293,6 +295,7 @@ async fn the_package_runs_the_agent_under_systemd_from_first_start_to_purge() {
     let runner = plane.github.runners_named(&instance).await;
     assert_eq!(runner.len(), 1, "{runner:#?}");
     assert_eq!(runner[0]["status"], "online", "{runner:#?}");
+    assert_eq!(m.property(UNIT, "WatchdogUSec"), "20s");
     let status = m.sh_ok("systemctl status --no-pager warmfleet-agent.service");
     assert!(
         status.contains("Status: \"listening for jobs\""),
@@ -505,6 +508,7 @@ async fn the_sleep_hook_wakes_a_warm_agent_which_then_registers() {
     .await;
     assert_eq!(m.property(UNIT, "StatusText"), "listening for jobs");
     assert!(plane.instance_secret(GROUP, &instance).await.is_some());
+    assert_eq!(m.property(UNIT, "NRestarts"), "0");
     let runner = plane.github.runners_named(&instance).await;
     assert_eq!(runner.len(), 1, "{runner:#?}");
     plane.aws.sole_in_service(GROUP).await;
@@ -730,5 +734,6 @@ async fn cloud_init_alone_installs_configures_and_starts_the_agent() {
         .map(|l| l.as_str().or(l["name"].as_str()).unwrap())
         .collect();
     assert!(labels.contains(&"cloud-init"), "{labels:?}");
+    assert_eq!(m.property(UNIT, "NRestarts"), "0");
     plane.aws.sole_in_service(GROUP).await;
 }
