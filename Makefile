@@ -14,10 +14,15 @@ INFRA_VENV := .deps/venv-infra
 INFRA_VENV_STAMP := $(INFRA_VENV)/.installed
 CHECKOV_VENV := .deps/venv-checkov
 CHECKOV_VENV_STAMP := $(CHECKOV_VENV)/.installed
+# The AWS provider's schema, as the CDK for Terraform bindings publish it on npm (19.65.1 is
+# generated from hashicorp/aws 5.99.1), for infra/tests/test_schema.py.
+PROVIDER_SCHEMA := .deps/provider-aws
+PROVIDER_SCHEMA_PACKAGE := @cdktf/provider-aws@19.65.1
+PROVIDER_SCHEMA_STAMP := $(PROVIDER_SCHEMA)/.installed-19.65.1
 # cargo-deb and lintian (the package is built by the tests and by `make artifacts`).
 DEB_TOOLS_STAMP := .deps/deb-tools.installed
 
-.PHONY: demo test lint contract-deps py-deps infra-deps checkov-deps system-deps deny bench artifacts lambda-zips arm64-toolchain
+.PHONY: demo test lint contract-deps py-deps infra-deps checkov-deps provider-schema system-deps deny bench artifacts lambda-zips arm64-toolchain
 
 ## The main job on the local testbed (see README.md).
 ## (The agent and the Lambdas are real binaries the world runs: build them all first.)
@@ -27,7 +32,7 @@ demo: py-deps
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/debug/warmfleet-testbed demo --binaries target/debug $(DEMO_ARGS)
 
 ## Every check CI runs: format, lints, licences, then every test (Rust, then boto3).
-test: contract-deps py-deps infra-deps checkov-deps system-deps lint deny
+test: contract-deps py-deps infra-deps checkov-deps provider-schema system-deps lint deny
 	# The control-plane tests run the Lambda binaries themselves: cargo test alone builds
 	# only the testbed's, so build every binary first (same profile: seconds).
 	$(CARGO) build --workspace --bins
@@ -74,6 +79,16 @@ checkov-deps: $(CHECKOV_VENV_STAMP)
 $(CHECKOV_VENV_STAMP): infra/tests/checkov-requirements.txt
 	python3 -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r infra/tests/checkov-requirements.txt
+	touch $@
+
+## The provider schema: the npm package's generated bindings, unpacked (no dependencies).
+provider-schema: $(PROVIDER_SCHEMA_STAMP)
+
+$(PROVIDER_SCHEMA_STAMP):
+	rm -rf $(PROVIDER_SCHEMA) && mkdir -p $(PROVIDER_SCHEMA)
+	cd $(PROVIDER_SCHEMA) && npm pack --silent $(PROVIDER_SCHEMA_PACKAGE) >/dev/null
+	tar -xzf $(PROVIDER_SCHEMA)/cdktf-provider-aws-*.tgz -C $(PROVIDER_SCHEMA) --wildcards 'package/lib/*/index.js' package/package.json
+	rm $(PROVIDER_SCHEMA)/cdktf-provider-aws-*.tgz
 	touch $@
 
 ## What the tests run besides cargo and Python (root, Debian): cloud-init (its `cloud-init
