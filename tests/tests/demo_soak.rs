@@ -7,14 +7,11 @@
 
 mod common;
 
-use common::TESTBED;
-use serde_json::Value;
-use std::process::Command;
+use common::DemoRun;
 
 #[test]
 fn two_hundred_jobs_under_chaos_all_succeed_and_nothing_is_left_behind() {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let report = dir.path().join("report.json");
     let fleet = dir.path().join("fleet.toml");
     // Up to 3 runners busy around midday, few at the start and the end: the alarms scale out
     // and back in.
@@ -24,37 +21,18 @@ fn two_hundred_jobs_under_chaos_all_succeed_and_nothing_is_left_behind() {
          [workload]\npattern = \"workday\"\njobs = 200\nlength = \"45m\"\njob_duration = \"20s\"\n",
     )
     .expect("the fleet file");
-    let binaries = std::path::Path::new(TESTBED)
-        .parent()
-        .expect("the binaries' directory");
-    let out = Command::new(TESTBED)
-        .args([
-            "demo",
-            "--chaos",
-            "--seed",
-            "11",
-            "--time-scale",
-            "20",
-            "--config",
-        ])
-        .arg(&fleet)
-        .arg("--binaries")
-        .arg(binaries)
-        .arg("--report")
-        .arg(&report)
-        .output()
-        .expect("the testbed runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let text = std::fs::read_to_string(&report)
-        .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
-    let r: Value = serde_json::from_str(&text).expect("the report is JSON");
-    let n = |path: &str| -> u64 {
-        r.pointer(path)
-            .and_then(Value::as_u64)
-            .unwrap_or_else(|| panic!("{path} missing in {text}"))
-    };
-    let context = format!("report:\n{text}\nlog tail:\n{}", tail(&stdout, 40));
+    let run = DemoRun::run(&[
+        "--chaos".as_ref(),
+        "--seed".as_ref(),
+        "11".as_ref(),
+        "--time-scale".as_ref(),
+        "20".as_ref(),
+        "--config".as_ref(),
+        fleet.as_os_str(),
+    ]);
+    let n = |path: &str| run.n(path);
+    let (stdout, text) = (&run.stdout, &run.text);
+    let context = format!("report:\n{text}\nlog tail:\n{}", tail(stdout, 40));
     assert_eq!(n("/jobs/total"), 200, "{context}");
     assert_eq!(n("/jobs/succeeded"), 200, "{context}");
     assert_eq!(n("/jobs/killed"), 0, "{context}");
@@ -74,7 +52,7 @@ fn two_hundred_jobs_under_chaos_all_succeed_and_nothing_is_left_behind() {
     ] {
         assert!(n(&format!("/chaos/{kind}")) > 0, "no {kind}: {context}");
     }
-    assert!(out.status.success(), "exit {:?}: {context}", out.status);
+    assert!(run.status.success(), "exit {:?}: {context}", run.status);
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -7,6 +7,7 @@
 //! docs/usage/demo.md is the user's guide.
 
 mod chaos;
+pub mod module_vars;
 pub mod report;
 pub mod settings;
 pub mod workload;
@@ -33,6 +34,12 @@ pub struct DemoArgs {
     /// The fleet file (TOML, docs/usage/demo.md); without it, the documented defaults.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The Terraform module's inputs (a terraform.tfvars.json): the group, its sizes, idle
+    /// target, mode, labels, scaling and warm pool as the module would make them, the
+    /// module's defaults for what the file leaves out (the fleet file then gives only the
+    /// testbed's delays and the workload).
+    #[arg(long)]
+    pub module_vars: Option<PathBuf>,
     /// The workload: a pattern (steady, bursts, workday) or a CSV file
     /// (queued_at,duration,labels); default the fleet file's `[workload]`.
     #[arg(long)]
@@ -130,6 +137,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         bail!("--time-scale must be at least 1 (got {})", args.time_scale);
     }
     let mut fleet = Fleet::load(args.config.as_deref())?;
+    if let Some(vars) = &args.module_vars {
+        let (shaped, ignored) = module_vars::apply(vars, fleet)?;
+        fleet = shaped;
+        if !ignored.is_empty() {
+            step(&format!(
+                "module inputs that shape nothing on the testbed: {}",
+                ignored.join(", ")
+            ));
+        }
+    }
     let seed = args.seed.unwrap_or_else(rand::random);
     let planned = plan(&args, &mut fleet, seed)?;
     let agent = binary(&args.binaries, "warmfleet-agent")?;
@@ -402,16 +419,20 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
             .scaling_adjustment(change)
             .build()
     };
-    // Scale out: one runner per missing idle one, up to three at once. With a target of 0,
-    // one runner whenever every runner is busy.
+    // Scale out as the module does: one runner per missing idle one, up to
+    // scale_out_max_step at once. With a target of 0, one runner whenever every runner is
+    // busy.
     let out_steps = if f.idle_runner_target == 0 {
         vec![step_of(Some(0.0), None, 1)]
     } else {
-        vec![
-            step_of(Some(-1.5), Some(0.0), 1),
-            step_of(Some(-2.5), Some(-1.5), 2),
-            step_of(None, Some(-2.5), 3),
-        ]
+        let max = f.scale_out_max_step as i32;
+        (1..=max)
+            .map(|k| {
+                let lower = (k < max).then(|| -(f64::from(k) + 0.5));
+                let upper = if k == 1 { 0.0 } else { -(f64::from(k) - 0.5) };
+                step_of(lower, Some(upper), k)
+            })
+            .collect()
     };
     let policy = |name: &str, steps: Vec<StepAdjustment>| {
         demo.asg
@@ -461,7 +482,7 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
             Statistic::Maximum,
             ComparisonOperator::GreaterThanOrEqualToThreshold,
             1.0,
-            1,
+            f.scale_out_evaluation_periods,
             out.policy_arn,
         )
         .await?;
@@ -472,7 +493,7 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
             Statistic::Minimum,
             ComparisonOperator::LessThanThreshold,
             target,
-            1,
+            f.scale_out_evaluation_periods,
             out.policy_arn,
         )
         .await?;

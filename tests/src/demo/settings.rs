@@ -55,6 +55,10 @@ pub struct Fleet {
     pub runner_mode: Mode,
     /// Labels besides `warmfleet`, the group and the instance id.
     pub runner_labels: Vec<String>,
+    /// The most instances one scale-out adds: one per missing idle runner, up to this many.
+    pub scale_out_max_step: u32,
+    /// Minutes `IdleRunners` must stay below the target before a scale-out.
+    pub scale_out_evaluation_periods: u32,
     /// Minutes `IdleRunners` must stay above the target before one runner goes.
     pub scale_in_evaluation_periods: u32,
     /// How long a new instance counts as warming up for the scale-out policy.
@@ -114,6 +118,8 @@ impl Default for Fleet {
             idle_runner_target: 1,
             runner_mode: Mode::Persistent,
             runner_labels: vec!["linux".into()],
+            scale_out_max_step: 3,
+            scale_out_evaluation_periods: 1,
             scale_in_evaluation_periods: 3,
             instance_warmup: Duration::from_secs(60),
             boot_delay: Duration::from_secs(40),
@@ -169,7 +175,7 @@ impl Fleet {
         Ok(fleet)
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    pub(super) fn check(&self) -> anyhow::Result<()> {
         if self.max_size == 0 || self.min_size > self.max_size {
             bail!(
                 "min_size ({}) must be at most max_size ({}), and max_size at least 1",
@@ -184,8 +190,13 @@ impl Fleet {
                 self.max_size
             );
         }
-        if self.scale_in_evaluation_periods == 0 {
-            bail!("scale_in_evaluation_periods must be at least 1");
+        if self.scale_in_evaluation_periods == 0 || self.scale_out_evaluation_periods == 0 {
+            bail!(
+                "scale_in_evaluation_periods and scale_out_evaluation_periods must be at least 1"
+            );
+        }
+        if self.scale_out_max_step == 0 {
+            bail!("scale_out_max_step must be at least 1");
         }
         if self.group.is_empty() || self.group.contains('/') {
             bail!(

@@ -314,3 +314,54 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// A `warmfleet-testbed demo` run to its end, with its report.
+pub struct DemoRun {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// The report as written (`--report`).
+    pub text: String,
+    pub report: Value,
+}
+
+impl DemoRun {
+    /// Runs the demo with these arguments (the binaries beside the testbed's, a report in
+    /// a temporary directory).
+    pub fn run(args: &[&std::ffi::OsStr]) -> DemoRun {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let report = dir.path().join("report.json");
+        let binaries = Path::new(TESTBED)
+            .parent()
+            .expect("the binaries' directory");
+        let out = Command::new(TESTBED)
+            .arg("demo")
+            .args(args)
+            .arg("--binaries")
+            .arg(binaries)
+            .arg("--report")
+            .arg(&report)
+            .output()
+            .expect("the testbed runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let text = std::fs::read_to_string(&report)
+            .unwrap_or_else(|e| panic!("no report ({e}):\n{stdout}\n{stderr}"));
+        let report = serde_json::from_str(&text).expect("the report is JSON");
+        DemoRun {
+            status: out.status,
+            stdout,
+            stderr,
+            text,
+            report,
+        }
+    }
+
+    /// A count in the report, by JSON pointer.
+    pub fn n(&self, path: &str) -> u64 {
+        self.report
+            .pointer(path)
+            .and_then(Value::as_u64)
+            .unwrap_or_else(|| panic!("{path} missing in {}", self.text))
+    }
+}
