@@ -113,8 +113,12 @@ $(CONTRACT_STAMP): $(CONTRACT)/package.json $(CONTRACT)/package-lock.json
 ## What ships, for x86_64, built once on the dist profile and checked: the agent's .deb
 ## (target/debian/, lintian clean: no error, no warning) and the three Lambda zips
 ## (target/lambda/x86_64/, sizes printed). cargo-deb and lintian are installed when missing.
+# One dist build for everything that ships: the same packages every time, so that features
+# unify the same way, nothing is built twice, and a zip is the same bytes whichever target
+# made it.
+DIST_BUILD := $(CARGO) build --profile dist -p warmfleet-agent -p warmfleet-control
 artifacts: $(DEB_TOOLS_STAMP)
-	$(CARGO) build --profile dist -p warmfleet-agent -p warmfleet-control
+	$(DIST_BUILD)
 	python3 packaging/lambda/zip.py --out target/lambda/x86_64 $(addprefix target/dist/,$(LAMBDAS))
 	$(CARGO) deb -p warmfleet-agent --profile dist --no-build --output target/debian/
 	lintian --fail-on warning,error target/debian/warmfleet-agent_*_amd64.deb
@@ -131,7 +135,7 @@ $(DEB_TOOLS_STAMP):
 ## cross gcc; `make arm64-toolchain` installs them (root, Debian).
 ARM64_STD := /usr/lib/rustlib/aarch64-unknown-linux-gnu
 lambda-zips:
-	$(CARGO) build --profile dist -p warmfleet-control
+	$(DIST_BUILD)
 	python3 packaging/lambda/zip.py --out target/lambda/x86_64 $(addprefix target/dist/,$(LAMBDAS))
 	@test -d $(ARM64_STD) && command -v aarch64-linux-gnu-gcc >/dev/null || \
 		{ echo "arm64: no aarch64 toolchain here (make arm64-toolchain installs it)" >&2; exit 1; }
