@@ -465,6 +465,15 @@ impl Driver {
                 Msg::Relaunch
             }),
             Action::Protect(on) => {
+                if !on && !self.record.protected {
+                    return Ok(());
+                }
+                if on {
+                    // Recorded first: should the agent die before the answer, its successor
+                    // still knows to clear it.
+                    self.record.protected = true;
+                    self.save();
+                }
                 let (identity, asg, _) = self.aws()?;
                 tokio::time::timeout(
                     call,

@@ -135,7 +135,9 @@ pub enum Action {
     RestartListener,
     /// Follow a listener that outlived the agent (its output and its end).
     Watch,
-    /// Set or clear the instance's scale-in protection.
+    /// Set or clear the instance's scale-in protection. Clearing is idempotent: the driver
+    /// calls AWS only when its record says protection is on, and records "on" before it
+    /// asks for it, so a crash in between never leaves it on unknowingly.
     Protect(bool),
     /// Stop the listener (SIGINT: it ends its session and exits 0).
     StopListener,
@@ -201,12 +203,15 @@ pub fn on(state: &State, event: Event, mode: Mode) -> Result<(State, Vec<Action>
         (S::Idle, E::JobStarted) => (S::Busy, vec![A::Protect(true)]),
         (s @ (S::Busy | S::Draining), E::JobRunning) => (s.clone(), vec![]),
         (s @ (S::Busy | S::Draining), E::JobStarted) => (s.clone(), vec![A::Protect(true)]),
+        // The listener's word that the job finished clears protection too: the
+        // job-completed hook is lost when the agent was down while it ran, and an instance
+        // left protected is never scaled in.
         (s, E::JobCompleted) if s.has_listener() => (s.clone(), vec![A::Protect(false)]),
         (S::Busy, E::JobFinished) => match mode {
-            Mode::Persistent => (S::Idle, vec![]),
-            Mode::Ephemeral => (S::Replacing, vec![A::Replace]),
+            Mode::Persistent => (S::Idle, vec![A::Protect(false)]),
+            Mode::Ephemeral => (S::Replacing, vec![A::Protect(false), A::Replace]),
         },
-        (S::Draining, E::JobFinished) => (S::Stopping, vec![A::StopListener]),
+        (S::Draining, E::JobFinished) => (S::Stopping, vec![A::Protect(false), A::StopListener]),
         (S::Idle, E::JobFinished) => (S::Idle, vec![]),
 
         // Draining: no new job from the moment it is acknowledged.
@@ -286,12 +291,15 @@ pub fn recover(state: &State, listener_alive: bool) -> (State, Vec<Action>) {
         (S::Identifying | S::Warm | S::AwaitingCredential, _) => {
             (S::Identifying, vec![A::Identify])
         }
-        // A listener that listens: the service is ready again (systemd waits for it).
-        (S::Idle | S::Busy, true) => (state.clone(), vec![A::Watch, A::Ready]),
-        (S::Restarting, true) => (S::Idle, vec![A::Watch, A::Ready]),
+        // A listener that listens: the service is ready again (systemd waits for it). An
+        // idle runner runs no job, so no protection is left on it.
+        (S::Idle, true) => (S::Idle, vec![A::Protect(false), A::Watch, A::Ready]),
+        (S::Busy, true) => (S::Busy, vec![A::Watch, A::Ready]),
+        (S::Restarting, true) => (S::Idle, vec![A::Protect(false), A::Watch, A::Ready]),
         (S::Registering | S::Draining, true) => (state.clone(), vec![A::Watch]),
+        // No listener: whatever job ran is over.
         (S::Registering | S::Idle | S::Busy | S::Restarting, false) => {
-            (S::Registering, vec![A::Register])
+            (S::Registering, vec![A::Protect(false), A::Register])
         }
         (S::Draining, false) => (S::Removing, vec![A::Protect(false), A::RemoveRunner]),
         (S::Stopping, true) => (S::Stopping, vec![A::Watch, A::StopListener]),
@@ -363,7 +371,25 @@ mod tests {
             Mode::Persistent,
         );
         assert_eq!(s, S::Idle);
-        assert_eq!(actions, [A::Protect(true), A::Protect(false)]);
+        // The listener's word clears it again (a no-op for the driver once the hook has).
+        assert_eq!(
+            actions,
+            [A::Protect(true), A::Protect(false), A::Protect(false)]
+        );
+    }
+
+    #[test]
+    fn an_agent_down_through_the_job_completed_hook_still_clears_protection() {
+        let (s, actions) = recover(&S::Busy, true);
+        assert_eq!((&s, &actions[..]), (&S::Busy, &[A::Watch, A::Ready][..]));
+        // The hook ran while the agent was down; only the listener's log tells.
+        let (s, actions) = on(&s, E::JobFinished, Mode::Persistent).unwrap();
+        assert_eq!((s, actions), (S::Idle, vec![A::Protect(false)]));
+        let (s, actions) = on(&S::Draining, E::JobFinished, Mode::Persistent).unwrap();
+        assert_eq!(
+            (s, actions),
+            (S::Stopping, vec![A::Protect(false), A::StopListener])
+        );
     }
 
     #[test]
@@ -383,6 +409,7 @@ mod tests {
         assert_eq!(
             actions,
             [
+                A::Protect(false),
                 A::Protect(false),
                 A::StopListener,
                 A::RemoveRunner,
@@ -466,6 +493,7 @@ mod tests {
             [
                 A::Protect(true),
                 A::Protect(false),
+                A::Protect(false),
                 A::Replace,
                 A::StopListener,
                 A::RemoveRunner,
@@ -484,10 +512,13 @@ mod tests {
     #[test]
     fn a_restart_never_registers_twice_nor_touches_a_running_job() {
         assert_eq!(recover(&S::Busy, true), (S::Busy, vec![A::Watch, A::Ready]));
-        assert_eq!(recover(&S::Idle, true), (S::Idle, vec![A::Watch, A::Ready]));
+        assert_eq!(
+            recover(&S::Idle, true),
+            (S::Idle, vec![A::Protect(false), A::Watch, A::Ready])
+        );
         assert_eq!(
             recover(&S::Restarting, true),
-            (S::Idle, vec![A::Watch, A::Ready])
+            (S::Idle, vec![A::Protect(false), A::Watch, A::Ready])
         );
         assert_eq!(
             recover(&S::Registering, true),
@@ -496,7 +527,7 @@ mod tests {
         assert_eq!(recover(&S::Draining, true), (S::Draining, vec![A::Watch]));
         assert_eq!(
             recover(&S::Busy, false),
-            (S::Registering, vec![A::Register])
+            (S::Registering, vec![A::Protect(false), A::Register])
         );
         assert_eq!(
             recover(&S::Draining, false),

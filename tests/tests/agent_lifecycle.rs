@@ -573,6 +573,38 @@ async fn sigkill_in_every_state_then_a_restart_registers_once_and_kills_no_job()
 }
 
 #[tokio::test]
+async fn a_job_completed_hook_that_never_arrives_still_ends_the_protection() {
+    // As when the agent is down (killed, restarting) while the hook runs: the listener's
+    // own "completed" line is the agent's other witness, and an instance left protected
+    // would never be scaled in.
+    let f = fleet("persistent", "", true).await;
+    f.plane.aws.create(GROUP, 0, 2, 1, hooks()).await;
+    let instance = f.plane.aws.sole_in_service(GROUP).await;
+    f.until_state(&instance, "idle").await;
+    let job = f.plane.github.enqueue(&["warmfleet"], 3.0).await;
+    eventually("protection on", Duration::from_secs(15), || async {
+        f.protected(&instance).await
+    })
+    .await;
+    let socket = f.root(&instance).await.join("var/lib/warmfleet/agent.sock");
+    let hidden = socket.with_extension("hidden");
+    std::fs::rename(&socket, &hidden).unwrap();
+    f.succeeded(job).await;
+    f.until_state(&instance, "idle").await;
+    eventually("protection off", Duration::from_secs(5), || async {
+        !f.protected(&instance).await
+    })
+    .await;
+    std::fs::rename(&hidden, &socket).unwrap();
+    let root = f.root(&instance).await;
+    assert!(
+        !files_containing(&root, "the job runs without scale-in protection").is_empty(),
+        "the hook reached the agent after all:\n{}",
+        f.console(&instance).await
+    );
+}
+
+#[tokio::test]
 async fn listener_exit_3_restarts_it_and_exit_1_has_the_instance_replaced() {
     let f = fleet("persistent", "", true).await;
     f.plane.aws.create(GROUP, 0, 2, 1, hooks()).await;
