@@ -11,6 +11,8 @@
 //!   the runner and completes the hook. When SSM cannot reach the instance, the runner is
 //!   deleted here (never while busy: then the hook waits for the sweep) and the hook
 //!   completed.
+//! - the same event again (delivered twice, or late) while the drain it started runs: left
+//!   to the agent.
 //!
 //! The sweep reconciles each group in both directions, every item on its own (one failure
 //! never stops the rest): runners whose instance is gone are deleted (busy ones wait for the
@@ -129,14 +131,26 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         deadline: Instant,
     ) -> Result<Outcome, Error> {
         let id = instance_secret_id(group, instance);
-        if patience::until(until, || self.secrets.get(&id))
-            .await?
-            .is_none()
-        {
+        let Some(text) = patience::until(until, || self.secrets.get(&id)).await? else {
             // Never given a credential: nothing can be registered.
             self.complete(group, instance, deadline).await?;
             info!(instance, "no credential was ever issued: completed");
             return Ok(Outcome::Completed);
+        };
+        // A repeated or late event while the drain sent for this time in service still runs:
+        // the agent completes the hook when its job is done. Acting again would complete it
+        // under the agent (the drained runner is offline, so it looks like nothing to drain)
+        // and terminate the instance mid-drain.
+        if let Some(command_id) = InstanceSecret::parse(&text)
+            .ok()
+            .and_then(|s| s.drain_command)
+        {
+            let state =
+                patience::until(until, || self.commands.state(&command_id, instance)).await?;
+            if matches!(state, CommandState::Pending | CommandState::Running) {
+                info!(instance, command_id, "a drain is under way: left to it");
+                return Ok(Outcome::Draining { command_id });
+            }
         }
         let runners = self.runners_named(instance, until).await?;
         if from_pool {
@@ -529,8 +543,10 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                         .await?;
                         summary.drains_heartbeated += 1;
                     }
+                    // The agent drained but did not complete the hook. Its secret stays
+                    // for the gone-instance sweep, which first deletes any runner the agent
+                    // could not remove.
                     Some(CommandState::Succeeded) => {
-                        self.forget(group, instance, until).await?;
                         self.complete(group, instance, deadline).await?;
                         summary.drains_completed += 1;
                     }
@@ -748,6 +764,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_repeated_event_leaves_a_running_drain_alone() {
+        // Events come twice and late. The first started the drain; by the second the agent
+        // has stopped its listener (the runner is offline) and is removing the registration:
+        // completing the hook now would terminate the instance under it.
+        for fixture in ["trim", "scale-in"] {
+            let h = handler();
+            registered(&h, I, Duration::ZERO);
+            h.github.runners.lock().unwrap().push(runner(7, I, false));
+            let command = draining(&h, I).await;
+            h.github.runners.lock().unwrap()[0].status = RunnerStatus::Offline;
+            let out = h.handle(event(fixture), soon()).await.unwrap();
+            assert_eq!(
+                out,
+                Outcome::Draining {
+                    command_id: command.clone()
+                },
+                "{fixture}"
+            );
+            assert!(completed(&h).is_empty(), "{fixture}");
+            assert!(h.github.deleted.lock().unwrap().is_empty(), "{fixture}");
+            assert_eq!(
+                h.commands.sent.lock().unwrap().len(),
+                1,
+                "{fixture}: no second drain"
+            );
+            // Once that drain has ended, an event is handled as before.
+            h.commands
+                .states
+                .lock()
+                .unwrap()
+                .insert(command, CommandState::Succeeded);
+            let out = h.handle(event(fixture), soon()).await.unwrap();
+            assert_ne!(
+                out,
+                Outcome::Draining {
+                    command_id: "cmd-1".into()
+                },
+                "{fixture}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn without_ssm_an_idle_runner_is_removed_here_and_a_busy_one_waits() {
         let h = handler();
         registered(&h, I, Duration::ZERO);
@@ -846,6 +905,41 @@ mod tests {
             "kept until its runner can go"
         );
         assert_eq!(s.secrets_deleted, 1);
+    }
+
+    #[tokio::test]
+    async fn after_a_drain_that_did_not_complete_the_sweep_completes_and_later_clears_up() {
+        // The drain succeeded but the agent's remove failed (the runner is left, unlabelled)
+        // and so did its completion: the sweep completes the hook, and once the instance is
+        // gone deletes the runner, then the secret. Deleting the secret first would lose
+        // the only tie between that runner and this group.
+        let h = handler();
+        at(&h, I, "Terminating:Wait");
+        registered(&h, I, Duration::ZERO);
+        let command = draining(&h, I).await;
+        h.commands
+            .states
+            .lock()
+            .unwrap()
+            .insert(command, CommandState::Succeeded);
+        let mut left = runner(7, I, false);
+        left.labels.clear();
+        left.status = RunnerStatus::Offline;
+        h.github.runners.lock().unwrap().push(left);
+        let s = h.sweep(soon()).await.unwrap();
+        assert_eq!(s.drains_completed, 1, "{s:?}");
+        assert_eq!(completed(&h), [I]);
+        assert!(h
+            .secrets
+            .values
+            .lock()
+            .unwrap()
+            .contains_key(&instance_secret_id("runners", I)));
+        h.lifecycle.instances.lock().unwrap().clear();
+        let s = h.sweep(soon()).await.unwrap();
+        assert_eq!((s.runners_deleted, s.secrets_deleted), (1, 1), "{s:?}");
+        assert!(h.github.runners.lock().unwrap().is_empty());
+        assert!(h.secrets.values.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
