@@ -16,3 +16,19 @@ pub mod demo;
 pub mod github;
 pub mod runner;
 pub mod world;
+
+/// Resolves on SIGTERM or SIGINT (never, if the handlers cannot be installed).
+pub async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    if let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    } else {
+        std::future::pending::<()>().await;
+    }
+}

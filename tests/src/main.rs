@@ -217,16 +217,7 @@ async fn serve_github(args: GithubArgs) -> anyhow::Result<i32> {
 }
 
 async fn stop_on_signal(token: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    if let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    }
+    warmfleet_testbed::interrupted().await;
     token.cancel();
 }
 

@@ -32,7 +32,11 @@ fn two_hundred_jobs_under_chaos_all_succeed_and_nothing_is_left_behind() {
     ]);
     let n = |path: &str| run.n(path);
     let (stdout, text) = (&run.stdout, &run.text);
-    let context = format!("report:\n{text}\nlog tail:\n{}", tail(stdout, 40));
+    let context = format!(
+        "report:\n{text}\nsteps:\n{}\nlog tail:\n{}",
+        steps(stdout),
+        tail(stdout, 40)
+    );
     assert_eq!(n("/jobs/total"), 200, "{context}");
     assert_eq!(n("/jobs/succeeded"), 200, "{context}");
     assert_eq!(n("/jobs/killed"), 0, "{context}");
@@ -53,6 +57,12 @@ fn two_hundred_jobs_under_chaos_all_succeed_and_nothing_is_left_behind() {
         assert!(n(&format!("/chaos/{kind}")) > 0, "no {kind}: {context}");
     }
     assert!(run.status.success(), "exit {:?}: {context}", run.status);
+}
+
+/// The demo's own lines (`==> ...`): what it did, and what it found left at the end.
+fn steps(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with("==>")).collect();
+    lines.join("\n")
 }
 
 fn tail(text: &str, lines: usize) -> String {

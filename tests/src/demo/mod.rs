@@ -233,7 +233,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     };
     let outcome = tokio::select! {
         r = drive(&demo, planned, args.chaos, seed, args.keep.as_deref()) => Some(r),
-        _ = tokio::signal::ctrl_c() => None,
+        // Ctrl-C, or a SIGTERM (a CI job's timeout): the world is stopped, nothing left running.
+        _ = crate::interrupted() => None,
     };
     let demo_world = demo.world;
     match outcome {
@@ -533,8 +534,9 @@ async fn wind_down(demo: &Demo, view: &mut view::View) -> anyhow::Result<()> {
             .send()
             .await?;
     }
-    // Two sweeps (every 5 world minutes) after the last instance went.
-    let until = Instant::now() + demo.real(15.0 * 60.0);
+    // Two sweeps (every 5 world minutes) after the last instance went; instances may take
+    // up to a terminate hook's timeout (10 world minutes) to go.
+    let until = Instant::now() + demo.real(25.0 * 60.0);
     let mut gone_at: Option<Instant> = None;
     loop {
         view.show(demo).await?;
@@ -543,12 +545,15 @@ async fn wind_down(demo: &Demo, view: &mut view::View) -> anyhow::Result<()> {
             gone_at = Some(Instant::now());
             view.line("==> every instance terminated");
         }
-        if left.instances == 0 && left.runners == 0 && left.secrets == 0 {
+        if left.nothing() {
             return Ok(());
         }
         if gone_at.is_some_and(|t| t.elapsed() > demo.real(10.0 * 60.0)) || Instant::now() > until {
             let (states, _) = census(demo).await?;
-            view.line(&format!("==> still left: {left:?}, instances {states:?}"));
+            view.line(&format!(
+                "==> still left: instances {states:?}; runners {:?}; secrets {:?}",
+                left.runners, left.secrets
+            ));
             return Ok(());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -587,11 +592,17 @@ pub(crate) async fn census(demo: &Demo) -> anyhow::Result<(BTreeMap<String, usiz
     ))
 }
 
-#[derive(Debug)]
+/// What is still there: instances (by state), runners and the instances' secrets, by name.
 struct Leftovers {
     instances: usize,
-    runners: usize,
-    secrets: usize,
+    runners: Vec<String>,
+    secrets: Vec<String>,
+}
+
+impl Leftovers {
+    fn nothing(&self) -> bool {
+        self.instances == 0 && self.runners.is_empty() && self.secrets.is_empty()
+    }
 }
 
 async fn leftovers(demo: &Demo) -> anyhow::Result<Leftovers> {
@@ -599,24 +610,45 @@ async fn leftovers(demo: &Demo) -> anyhow::Result<Leftovers> {
     let runners: Vec<serde_json::Value> = demo.world.github_control("runners").await?;
     Ok(Leftovers {
         instances: instances.values().sum(),
-        runners: runners.len(),
+        runners: runners.iter().map(describe_runner).collect(),
         secrets: instance_secrets(demo).await?,
     })
 }
 
-/// Per-instance secrets of the group still in Secrets Manager.
-async fn instance_secrets(demo: &Demo) -> anyhow::Result<usize> {
+/// A runner as the fake holds it: name, id, online or not, busy or not, labels.
+fn describe_runner(r: &serde_json::Value) -> String {
+    let labels: Vec<&str> = r["labels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l["name"].as_str())
+        .collect();
+    format!(
+        "{} (id {}, {}{}, labels [{}])",
+        r["name"].as_str().unwrap_or("?"),
+        r["id"],
+        r["status"].as_str().unwrap_or("?"),
+        if r["busy"] == true { ", busy" } else { "" },
+        labels.join(",")
+    )
+}
+
+/// The names of the group's per-instance secrets still in Secrets Manager.
+async fn instance_secrets(demo: &Demo) -> anyhow::Result<Vec<String>> {
     let prefix = naming::group_secret_prefix(&demo.fleet.group);
     let mut pages = demo.secrets.list_secrets().into_paginator().send();
-    let mut n = 0;
+    let mut names = Vec::new();
     while let Some(page) = pages.next().await {
-        n += page?
-            .secret_list()
-            .iter()
-            .filter(|s| s.name().is_some_and(|n| n.starts_with(&prefix)))
-            .count();
+        names.extend(
+            page?
+                .secret_list()
+                .iter()
+                .filter_map(|s| s.name())
+                .filter(|n| n.starts_with(&prefix))
+                .map(str::to_owned),
+        );
     }
-    Ok(n)
+    Ok(names)
 }
 
 /// The group's scaling activities, newest first.
@@ -656,10 +688,10 @@ async fn collect(demo: &Demo, jobs: &[JobRec]) -> anyhow::Result<report::Report>
         scaling,
         github: report::GithubCounts {
             api_calls: requests.len(),
-            orphan_runners_at_end: left.runners,
+            orphan_runners_at_end: left.runners.len(),
         },
         aws: report::AwsCounts {
-            leaked_secrets_at_end: left.secrets,
+            leaked_secrets_at_end: left.secrets.len(),
             pending_hooks_at_end: report::pending_hooks(&effects),
         },
         chaos: None,
