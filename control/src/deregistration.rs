@@ -11,8 +11,8 @@
 //!   the runner and completes the hook. When SSM cannot reach the instance, the runner is
 //!   deleted here (never while busy: then the hook waits for the sweep) and the hook
 //!   completed.
-//! - the same event again (delivered twice, or late) while the drain it started runs: left
-//!   to the agent.
+//! - the same event again (delivered twice, or late): ignored once the hook no longer waits;
+//!   while it waits and the drain the first one started runs, left to the agent.
 //!
 //! The sweep reconciles each group in both directions, every item on its own (one failure
 //! never stops the rest): runners whose instance is gone are deleted (busy ones wait for the
@@ -115,9 +115,37 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
             }
         };
         let until = self.until(deadline);
+        if !self.hook_waits(&e.group, &e.instance_id, until).await? {
+            // Delivered twice or late: acting now would drain an instance already back
+            // in the pool (hibernated, the command would wait for its next time in
+            // service) or one gone. The sweep follows whatever the first delivery began.
+            let reason = format!(
+                "{}: its {HOOK_DEREGISTRATION} hook no longer waits",
+                e.instance_id
+            );
+            info!(%reason, "event ignored");
+            return Ok(Outcome::Ignored { reason });
+        }
         let from_pool = e.origin == Place::WarmPool;
         self.settle(&e.group, &e.instance_id, from_pool, until, deadline)
             .await
+    }
+
+    /// Whether the instance is held by a terminate hook now: leaving the group, leaving the
+    /// pool, or (scale-in with reuse) on its way back into it.
+    async fn hook_waits(&self, group: &str, instance: &str, until: Instant) -> Result<bool, Error> {
+        const WAITING: [&str; 3] = [
+            "Terminating:Wait",
+            "Warmed:Terminating:Wait",
+            "Warmed:Pending:Wait",
+        ];
+        let groups = [group.to_owned()];
+        let in_group = patience::until(until, || self.lifecycle.instances(&groups)).await?;
+        let warm = patience::until(until, || self.lifecycle.warm_pool(group)).await?;
+        Ok(in_group
+            .iter()
+            .chain(&warm)
+            .any(|i| i.instance_id == instance && WAITING.contains(&i.lifecycle_state.as_str())))
     }
 
     /// Ends an instance's registration: cleans up directly when there is nothing to drain,
@@ -678,6 +706,26 @@ mod tests {
         });
     }
 
+    /// Delivers an event while its hook waits (as AWS sends it).
+    async fn deliver(h: &Handler, fixture: &str) -> Outcome {
+        let state = match fixture {
+            "scale-in" => "Terminating:Wait",
+            "trim" => "Warmed:Terminating:Wait",
+            _ => "Pending:Wait",
+        };
+        let waiting = h
+            .lifecycle
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|i| i.instance_id == I && i.lifecycle_state == state);
+        if !waiting {
+            at(h, I, state);
+        }
+        h.handle(event(fixture), soon()).await.unwrap()
+    }
+
     fn completed(h: &Handler) -> Vec<String> {
         h.lifecycle
             .completions
@@ -694,7 +742,7 @@ mod tests {
         registered(&h, I, Duration::ZERO);
         h.github.runners.lock().unwrap().push(runner(7, I, true));
         h.commands.reachable.lock().unwrap().push(I.into());
-        let out = h.handle(event("scale-in"), soon()).await.unwrap();
+        let out = deliver(&h, "scale-in").await;
         assert_eq!(
             out,
             Outcome::Draining {
@@ -719,19 +767,13 @@ mod tests {
     async fn a_trimmed_or_never_registered_instance_is_cleaned_up_and_completed() {
         let h = handler();
         registered(&h, I, Duration::ZERO);
-        assert_eq!(
-            h.handle(event("trim"), soon()).await.unwrap(),
-            Outcome::Completed
-        );
+        assert_eq!(deliver(&h, "trim").await, Outcome::Completed);
         assert!(h.secrets.values.lock().unwrap().is_empty());
-        assert_eq!(
-            h.handle(event("scale-in"), soon()).await.unwrap(),
-            Outcome::Completed
-        );
+        assert_eq!(deliver(&h, "scale-in").await, Outcome::Completed);
         assert_eq!(completed(&h), [I, I]);
         assert!(h.commands.sent.lock().unwrap().is_empty());
         assert!(matches!(
-            h.handle(event("launch"), soon()).await.unwrap(),
+            deliver(&h, "launch").await,
             Outcome::Ignored { .. }
         ));
     }
@@ -744,7 +786,7 @@ mod tests {
         registered(&h, I, Duration::ZERO);
         h.commands.reachable.lock().unwrap().push(I.into());
         h.github.runners.lock().unwrap().push(runner(7, I, true));
-        let out = h.handle(event("trim"), soon()).await.unwrap();
+        let out = deliver(&h, "trim").await;
         assert!(matches!(out, Outcome::Draining { .. }), "{out:?}");
         assert!(
             completed(&h).is_empty(),
@@ -757,7 +799,7 @@ mod tests {
         let mut stale = runner(8, I, false);
         stale.status = RunnerStatus::Offline;
         h.github.runners.lock().unwrap().push(stale);
-        let out = h.handle(event("trim"), soon()).await.unwrap();
+        let out = deliver(&h, "trim").await;
         assert_eq!(out, Outcome::Completed);
         assert!(h.github.runners.lock().unwrap().is_empty());
         assert_eq!(completed(&h), [I]);
@@ -774,7 +816,7 @@ mod tests {
             h.github.runners.lock().unwrap().push(runner(7, I, false));
             let command = draining(&h, I).await;
             h.github.runners.lock().unwrap()[0].status = RunnerStatus::Offline;
-            let out = h.handle(event(fixture), soon()).await.unwrap();
+            let out = deliver(&h, fixture).await;
             assert_eq!(
                 out,
                 Outcome::Draining {
@@ -795,7 +837,7 @@ mod tests {
                 .lock()
                 .unwrap()
                 .insert(command, CommandState::Succeeded);
-            let out = h.handle(event(fixture), soon()).await.unwrap();
+            let out = deliver(&h, fixture).await;
             assert_ne!(
                 out,
                 Outcome::Draining {
@@ -807,11 +849,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_event_whose_hook_no_longer_waits_is_ignored() {
+        // A scale-in with reuse delivered again after the instance went back to the pool
+        // (hibernated: a drain would wait there for its next time in service), and a late
+        // one for an instance already gone.
+        for state in [Some("Warmed:Hibernated"), None] {
+            let h = handler();
+            registered(&h, I, Duration::ZERO);
+            let mut left = runner(7, I, false);
+            left.status = RunnerStatus::Offline;
+            h.github.runners.lock().unwrap().push(left);
+            h.commands.reachable.lock().unwrap().push(I.into());
+            if let Some(state) = state {
+                at(&h, I, state);
+            }
+            let out = h.handle(event("scale-in"), soon()).await.unwrap();
+            assert!(
+                matches!(&out, Outcome::Ignored { reason } if reason.contains("no longer waits")),
+                "{state:?}: {out:?}"
+            );
+            assert!(h.commands.sent.lock().unwrap().is_empty(), "{state:?}");
+            assert!(h.github.unlabelled.lock().unwrap().is_empty(), "{state:?}");
+            assert!(h.github.deleted.lock().unwrap().is_empty(), "{state:?}");
+            assert!(completed(&h).is_empty(), "{state:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn without_ssm_an_idle_runner_is_removed_here_and_a_busy_one_waits() {
         let h = handler();
         registered(&h, I, Duration::ZERO);
         h.github.runners.lock().unwrap().push(runner(7, I, true));
-        let out = h.handle(event("scale-in"), soon()).await.unwrap();
+        let out = deliver(&h, "scale-in").await;
         assert!(matches!(out, Outcome::Waiting { .. }), "{out:?}");
         assert!(completed(&h).is_empty());
         assert!(
@@ -819,10 +888,7 @@ mod tests {
             "never a busy runner"
         );
         h.github.runners.lock().unwrap()[0].busy = false;
-        assert_eq!(
-            h.handle(event("scale-in"), soon()).await.unwrap(),
-            Outcome::RemovedWithoutDrain
-        );
+        assert_eq!(deliver(&h, "scale-in").await, Outcome::RemovedWithoutDrain);
         assert_eq!(*h.github.deleted.lock().unwrap(), [7]);
         assert_eq!(completed(&h), [I]);
     }

@@ -94,6 +94,11 @@ async fn scale_in_drains_over_ssm_and_the_sweep_completes_a_finished_drain() {
         .aws
         .until("runners", false, "terminated", |i| i.is_empty())
         .await;
+    // The secret outlives the instance: it ties a runner the agent might have left to this
+    // group. The next sweep, with the instance gone, deletes it.
+    assert!(plane.instance_secret("runners", &instance).await.is_some());
+    let summary = plane.invoke_scheduled("deregistration").await.unwrap();
+    assert_eq!(summary["secrets_deleted"], 1, "{summary:#}");
     assert!(plane.instance_secret("runners", &instance).await.is_none());
 }
 
