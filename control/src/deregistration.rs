@@ -165,14 +165,20 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
             info!(instance, "no credential was ever issued: completed");
             return Ok(Outcome::Completed);
         };
-        // A repeated or late event while the drain sent for this time in service still runs:
-        // the agent completes the hook when its job is done. Acting again would complete it
-        // under the agent (the drained runner is offline, so it looks like nothing to drain)
-        // and terminate the instance mid-drain.
-        if let Some(command_id) = InstanceSecret::parse(&text)
-            .ok()
-            .and_then(|s| s.drain_command)
-        {
+        let runners = self.runners_named(instance, until).await?;
+        // A repeated or late event while the drain sent for this time in service still runs
+        // and its runner is still registered: the agent completes the hook when its job is
+        // done. Acting again would complete it under the agent (the drained runner is
+        // offline, so it looks like nothing to drain) and terminate the instance mid-drain.
+        // With no runner left the drain has done its part: a command still "in progress"
+        // then is one whose instance went back into the pool, hibernated, before its
+        // result was reported.
+        if let (Some(command_id), false) = (
+            InstanceSecret::parse(&text)
+                .ok()
+                .and_then(|s| s.drain_command),
+            runners.is_empty(),
+        ) {
             let state =
                 patience::until(until, || self.commands.state(&command_id, instance)).await?;
             if matches!(state, CommandState::Pending | CommandState::Running) {
@@ -180,7 +186,6 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                 return Ok(Outcome::Draining { command_id });
             }
         }
-        let runners = self.runners_named(instance, until).await?;
         if from_pool {
             // A warm instance holds no registration, but one taken from the pool while it was
             // still returning to it may: its job must finish.
@@ -556,14 +561,28 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                     .read_secret(group, instance, until)
                     .await?
                     .and_then(|s| s.drain_command);
-                let state = match drain {
+                let state = match &drain {
                     Some(command) => Some(
-                        patience::until(until, || self.commands.state(&command, instance)).await?,
+                        patience::until(until, || self.commands.state(command, instance)).await?,
                     ),
                     None => None,
                 };
-                match state {
-                    Some(CommandState::Pending | CommandState::Running) => {
+                // The agent drained but did not complete the hook. Its secret stays for the
+                // gone-instance sweep, which first deletes any runner the agent could not
+                // remove.
+                if state == Some(CommandState::Succeeded) {
+                    self.complete(group, instance, deadline).await?;
+                    summary.drains_completed += 1;
+                    return Ok(());
+                }
+                // Otherwise as an event would: the drain still at work is left to the agent
+                // (and its hook heartbeated here), one never sent (the event was lost) or
+                // failed is sent again.
+                match self
+                    .settle(group, instance, from_pool, until, deadline)
+                    .await?
+                {
+                    Outcome::Draining { command_id } if drain.as_ref() == Some(&command_id) => {
                         patience::until(until, || {
                             self.lifecycle
                                 .heartbeat(group, HOOK_DEREGISTRATION, instance)
@@ -571,23 +590,10 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                         .await?;
                         summary.drains_heartbeated += 1;
                     }
-                    // The agent drained but did not complete the hook. Its secret stays
-                    // for the gone-instance sweep, which first deletes any runner the agent
-                    // could not remove.
-                    Some(CommandState::Succeeded) => {
-                        self.complete(group, instance, deadline).await?;
-                        summary.drains_completed += 1;
-                    }
-                    // Never sent (the event was lost), or it failed: again.
-                    _ => match self
-                        .settle(group, instance, from_pool, until, deadline)
-                        .await?
-                    {
-                        Outcome::Draining { .. } => summary.drains_sent += 1,
-                        Outcome::RemovedWithoutDrain => summary.removed_without_drain += 1,
-                        Outcome::Completed => summary.drains_completed += 1,
-                        _ => {}
-                    },
+                    Outcome::Draining { .. } => summary.drains_sent += 1,
+                    Outcome::RemovedWithoutDrain => summary.removed_without_drain += 1,
+                    Outcome::Completed => summary.drains_completed += 1,
+                    _ => {}
                 }
                 Ok(())
             }
@@ -1014,6 +1020,7 @@ mod tests {
         at(&h, I, "Warmed:Terminating:Wait");
         at(&h, "i-warm", "Warmed:Terminating:Wait");
         registered(&h, I, Duration::ZERO);
+        h.github.runners.lock().unwrap().push(runner(7, I, true));
         draining(&h, I).await;
         let s = h.sweep(soon()).await.unwrap();
         assert_eq!(*h.lifecycle.heartbeats.lock().unwrap(), [I]);
@@ -1023,6 +1030,30 @@ mod tests {
             "only the one with nothing to drain"
         );
         assert_eq!((s.drains_heartbeated, s.drains_completed), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_drain_whose_instance_hibernated_before_reporting_does_not_hold_the_pool_back() {
+        // Scale-in with reuse: the agent drained, removed its runner, completed the hook, and
+        // the instance hibernated in the pool before SSM heard the command end (it stays "in
+        // progress"). When the pool is deleted, neither the event nor the sweep may wait for
+        // that drain.
+        for by_event in [true, false] {
+            let h = handler();
+            registered(&h, I, Duration::ZERO);
+            draining(&h, I).await;
+            let out = if by_event {
+                deliver(&h, "trim").await
+            } else {
+                at(&h, I, "Warmed:Terminating:Wait");
+                let s = h.sweep(soon()).await.unwrap();
+                assert_eq!((s.drains_completed, s.drains_heartbeated), (1, 0), "{s:?}");
+                Outcome::Completed
+            };
+            assert_eq!(out, Outcome::Completed, "by event: {by_event}");
+            assert_eq!(completed(&h), [I], "by event: {by_event}");
+            assert!(h.lifecycle.heartbeats.lock().unwrap().is_empty());
+        }
     }
 
     #[tokio::test]
