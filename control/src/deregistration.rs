@@ -173,12 +173,14 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         // With no runner left the drain has done its part: a command still "in progress"
         // then is one whose instance went back into the pool, hibernated, before its
         // result was reported.
-        if let (Some(command_id), false) = (
+        let drain = if runners.is_empty() {
+            None
+        } else {
             InstanceSecret::parse(&text)
                 .ok()
-                .and_then(|s| s.drain_command),
-            runners.is_empty(),
-        ) {
+                .and_then(|s| s.drain_command)
+        };
+        if let Some(command_id) = drain {
             let state =
                 patience::until(until, || self.commands.state(&command_id, instance)).await?;
             if matches!(state, CommandState::Pending | CommandState::Running) {
@@ -695,6 +697,15 @@ mod tests {
         command
     }
 
+    /// SSM reports the drain command succeeded.
+    fn drain_ended(h: &Handler, command: String) {
+        h.commands
+            .states
+            .lock()
+            .unwrap()
+            .insert(command, CommandState::Succeeded);
+    }
+
     fn runner(id: u64, name: &str, busy: bool) -> Runner {
         serde_json::from_value(
             serde_json::json!({"id": id, "name": name, "status": "online", "busy": busy,
@@ -822,14 +833,10 @@ mod tests {
             h.github.runners.lock().unwrap().push(runner(7, I, false));
             let command = draining(&h, I).await;
             h.github.runners.lock().unwrap()[0].status = RunnerStatus::Offline;
-            let out = deliver(&h, fixture).await;
-            assert_eq!(
-                out,
-                Outcome::Draining {
-                    command_id: command.clone()
-                },
-                "{fixture}"
-            );
+            let under_way = Outcome::Draining {
+                command_id: command.clone(),
+            };
+            assert_eq!(deliver(&h, fixture).await, under_way, "{fixture}");
             assert!(completed(&h).is_empty(), "{fixture}");
             assert!(h.github.deleted.lock().unwrap().is_empty(), "{fixture}");
             assert_eq!(
@@ -838,19 +845,8 @@ mod tests {
                 "{fixture}: no second drain"
             );
             // Once that drain has ended, an event is handled as before.
-            h.commands
-                .states
-                .lock()
-                .unwrap()
-                .insert(command, CommandState::Succeeded);
-            let out = deliver(&h, fixture).await;
-            assert_ne!(
-                out,
-                Outcome::Draining {
-                    command_id: "cmd-1".into()
-                },
-                "{fixture}"
-            );
+            drain_ended(&h, command);
+            assert_ne!(deliver(&h, fixture).await, under_way, "{fixture}");
         }
     }
 
@@ -989,11 +985,7 @@ mod tests {
         at(&h, I, "Terminating:Wait");
         registered(&h, I, Duration::ZERO);
         let command = draining(&h, I).await;
-        h.commands
-            .states
-            .lock()
-            .unwrap()
-            .insert(command, CommandState::Succeeded);
+        drain_ended(&h, command);
         let mut left = runner(7, I, false);
         left.labels.clear();
         left.status = RunnerStatus::Offline;
@@ -1038,22 +1030,20 @@ mod tests {
         // the instance hibernated in the pool before SSM heard the command end (it stays "in
         // progress"). When the pool is deleted, neither the event nor the sweep may wait for
         // that drain.
-        for by_event in [true, false] {
-            let h = handler();
-            registered(&h, I, Duration::ZERO);
-            draining(&h, I).await;
-            let out = if by_event {
-                deliver(&h, "trim").await
-            } else {
-                at(&h, I, "Warmed:Terminating:Wait");
-                let s = h.sweep(soon()).await.unwrap();
-                assert_eq!((s.drains_completed, s.drains_heartbeated), (1, 0), "{s:?}");
-                Outcome::Completed
-            };
-            assert_eq!(out, Outcome::Completed, "by event: {by_event}");
-            assert_eq!(completed(&h), [I], "by event: {by_event}");
-            assert!(h.lifecycle.heartbeats.lock().unwrap().is_empty());
-        }
+        let h = handler();
+        registered(&h, I, Duration::ZERO);
+        draining(&h, I).await;
+        assert_eq!(deliver(&h, "trim").await, Outcome::Completed);
+        assert_eq!(completed(&h), [I]);
+
+        let h = handler();
+        registered(&h, I, Duration::ZERO);
+        draining(&h, I).await;
+        at(&h, I, "Warmed:Terminating:Wait");
+        let s = h.sweep(soon()).await.unwrap();
+        assert_eq!((s.drains_completed, s.drains_heartbeated), (1, 0), "{s:?}");
+        assert_eq!(completed(&h), [I]);
+        assert!(h.lifecycle.heartbeats.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -1065,11 +1055,7 @@ mod tests {
         at(&h, I, "Terminating:Wait");
         registered(&h, I, Duration::from_secs(3600)); // the earlier time in service
         let old = draining(&h, I).await;
-        h.commands
-            .states
-            .lock()
-            .unwrap()
-            .insert(old, CommandState::Succeeded);
+        drain_ended(&h, old);
         registered(&h, I, Duration::ZERO); // the resume's new credential: no drain yet
         h.github.runners.lock().unwrap().push(runner(7, I, true));
         let s = h.sweep(soon()).await.unwrap();
@@ -1078,11 +1064,7 @@ mod tests {
         // Its success, once it comes, completes the hook.
         let new = h.read_secret("runners", I, soon()).await.unwrap().unwrap();
         let new = new.drain_command.expect("the new drain is recorded");
-        h.commands
-            .states
-            .lock()
-            .unwrap()
-            .insert(new, CommandState::Succeeded);
+        drain_ended(&h, new);
         let s = h.sweep(soon()).await.unwrap();
         assert_eq!(s.drains_completed, 1, "{s:?}");
         assert_eq!(completed(&h), [I]);
