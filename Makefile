@@ -52,9 +52,12 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Licences, banned crates and sources (offline: no advisory database).
+## Licences, banned crates and sources (offline: no advisory database). cargo-deny reads the
+## metadata of every target's crates, and a build fetches only this platform's: fetch them all
+## first (`cargo fetch` without --target), so that a fresh machine has them too.
 deny:
 	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked --quiet
+	$(CARGO) fetch --locked
 	$(CARGO) deny --offline check licenses bans sources
 
 ## moto (Secrets Manager), boto3 and pytest, pinned, in a venv of the project's own.
@@ -98,9 +101,12 @@ $(PROVIDER_SCHEMA_STAMP):
 ## for the package's download); terraform renders the template as the module does (on these
 ## machines already).
 SYSTEM_PACKAGES := cloud-init debootstrap systemd-container openssl
+# $(call apt_install_missing,PACKAGES): installs those of the Debian packages that are
+# missing, reading the package lists first (a fresh machine may have none).
+apt_install_missing = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	[ -z "$$missing" ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; }
 system-deps: $(DEB_TOOLS_STAMP)
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
-		[ -z "$$missing" ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; }
+	@$(call apt_install_missing,$(SYSTEM_PACKAGES))
 	@command -v terraform >/dev/null || { echo "terraform is needed to render cloud-init/user-data.yaml.tftpl" >&2; exit 1; }
 
 ## Prism and GitHub's OpenAPI description, for the contract test.
@@ -126,7 +132,7 @@ artifacts: $(DEB_TOOLS_STAMP)
 
 $(DEB_TOOLS_STAMP):
 	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked --quiet
-	@command -v lintian >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian
+	@$(call apt_install_missing,lintian)
 	mkdir -p .deps && touch $@
 
 ## The three Lambda zips (provided.al2023, `bootstrap` inside, reproducible) for x86_64 and

@@ -89,12 +89,18 @@ impl Report {
     }
 }
 
+/// World seconds as the report shows them: to the tenth (what the world's clock and the
+/// fakes' timestamps can tell apart), not `88.88999999999999`.
+pub fn tenths(seconds: f64) -> f64 {
+    (seconds * 10.0).round() / 10.0
+}
+
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    tenths(sorted[i.min(sorted.len() - 1)])
 }
 
 /// Counts outcomes and queue waits (real seconds × `time_scale`); a job is unroutable when
@@ -133,7 +139,7 @@ pub fn jobs(
     let p = Percentiles {
         p50: percentile(&waits, 0.5),
         p95: percentile(&waits, 0.95),
-        max: waits.last().copied().unwrap_or(0.0),
+        max: tenths(waits.last().copied().unwrap_or(0.0)),
     };
     (counts, p)
 }
@@ -199,6 +205,8 @@ pub fn instances(effects: &[Value], end: f64) -> (InstanceCounts, InstanceSecond
             add(state, *since, end.max(*since), &mut secs);
         }
     }
+    secs.in_service = tenths(secs.in_service);
+    secs.warm = tenths(secs.warm);
     (counts, secs)
 }
 
@@ -294,5 +302,25 @@ mod tests {
             (4, 1, 1, 2, 1)
         );
         assert_eq!((w.p50, w.max), (30.0, 30.0));
+    }
+
+    #[test]
+    fn world_seconds_are_shown_to_the_tenth() {
+        assert_eq!(tenths(88.88999999999999), 88.9);
+        assert_eq!(
+            serde_json::to_string(&Percentiles {
+                p50: tenths(88.88999999999999),
+                p95: tenths(207.04999),
+                max: tenths(0.04),
+            })
+            .unwrap(),
+            r#"{"p50":88.9,"p95":207.0,"max":0.0}"#
+        );
+        let effects = vec![
+            json!({"at": 0.0, "effect": {"Start": {"instance": "i-1"}}}),
+            change(0.1, "i-1", "Pending", "InService"),
+        ];
+        let (_, s) = instances(&effects, 0.3);
+        assert_eq!(s.in_service, 0.2, "0.3 - 0.1 is 0.19999999999999998 in f64");
     }
 }

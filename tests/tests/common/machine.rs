@@ -1,6 +1,6 @@
 //! A Debian machine with a real systemd, for the package and cloud-init tests: a minimal
 //! bookworm root made by debootstrap (with cloud-init added), cached between runs under
-//! `/var/cache/warmfleet`, copied for each machine and booted with `systemd-nspawn -b`. The
+//! `/var/cache/warmfleet` (or `$WARMFLEET_MACHINE_CACHE`: CI starts from an empty one), copied for each machine and booted with `systemd-nspawn -b`. The
 //! machine shares the host's network, so the testbed's servers on loopback are reachable.
 //! Needs root, debootstrap and systemd-container (`make system-deps` installs them).
 
@@ -11,7 +11,15 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Where the base root is kept; the name changes whenever what goes into it does.
-const BASE: &str = "/var/cache/warmfleet/nspawn-bookworm-cloud-init-4";
+const BASE_NAME: &str = "nspawn-bookworm-cloud-init-4";
+
+fn base_path() -> String {
+    let dir = std::env::var("WARMFLEET_MACHINE_CACHE")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "/var/cache/warmfleet".to_owned());
+    format!("{dir}/{BASE_NAME}")
+}
 /// What a machine's root holds besides debootstrap's minimal base.
 /// (man-db: `systemd-analyze verify` checks a unit's `Documentation=man:` pages with it;
 /// curl and locales: cloud-init's install script downloads with the one, its locale module
@@ -22,18 +30,19 @@ const INCLUDE: &str = "systemd,systemd-sysv,dbus,ca-certificates,man-db,curl,loc
 pub fn base_root() -> PathBuf {
     static MADE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = MADE.lock().unwrap_or_else(|e| e.into_inner());
-    let base = PathBuf::from(BASE);
+    let base_path = base_path();
+    let base = PathBuf::from(&base_path);
     std::fs::create_dir_all(base.parent().unwrap()).unwrap();
-    let lock = std::fs::File::create(format!("{BASE}.lock")).unwrap();
+    let lock = std::fs::File::create(format!("{base_path}.lock")).unwrap();
     let _flock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
         .unwrap();
     if base.join(".complete").exists() {
         return base;
     }
-    let building = PathBuf::from(format!("{BASE}.building"));
+    let building = PathBuf::from(format!("{base_path}.building"));
     let _ = std::fs::remove_dir_all(&building);
-    eprintln!("making the machines' root {BASE} (debootstrap, once)");
+    eprintln!("making the machines' root {base_path} (debootstrap, once)");
     run_ok(
         Command::new("debootstrap")
             .args(["--variant=minbase", &format!("--include={INCLUDE}")])
