@@ -177,6 +177,35 @@ impl MetricSettings {
     }
 }
 
+/// The webhook receiver's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookSettings {
+    /// The Secrets Manager secret holding the webhook secret (its `AWSPREVIOUS` version is
+    /// accepted too, during a rotation).
+    pub secret_id: String,
+    /// The DynamoDB table of jobs acted on.
+    pub job_table: String,
+    /// The groups, in the order a job that several could serve is routed by.
+    pub groups: Vec<String>,
+    /// Labels the runners carry besides `warmfleet` and their group (as the registration
+    /// function's `WARMFLEET_RUNNER_LABELS`).
+    pub labels: Vec<String>,
+    /// Time kept back from the invocation's deadline to answer.
+    pub deadline_margin: Duration,
+}
+
+impl WebhookSettings {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        Ok(WebhookSettings {
+            secret_id: required(env, "WARMFLEET_WEBHOOK_SECRET")?,
+            job_table: required(env, "WARMFLEET_JOB_TABLE")?,
+            groups: groups(env)?,
+            labels: list(env, "WARMFLEET_RUNNER_LABELS"),
+            deadline_margin: duration(env, "WARMFLEET_DEADLINE_MARGIN", Duration::from_secs(1))?,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeregistrationSettings {
     pub common: Common,
@@ -252,5 +281,29 @@ mod tests {
         let d = DeregistrationSettings::from_env(&[BASE[0], BASE[1], ("WARMFLEET_GROUPS", "a, b")])
             .unwrap();
         assert_eq!(d.groups, ["a", "b"]);
+    }
+
+    #[test]
+    fn the_webhook_needs_no_github_credential_but_its_secret_table_and_groups() {
+        let w = WebhookSettings::from_env(&[
+            ("WARMFLEET_WEBHOOK_SECRET", "warmfleet/webhook"),
+            ("WARMFLEET_JOB_TABLE", "warmfleet-jobs"),
+            ("WARMFLEET_GROUPS", "small,large"),
+            ("WARMFLEET_RUNNER_LABELS", "linux, x64"),
+        ])
+        .unwrap();
+        assert_eq!(w.groups, ["small", "large"]);
+        assert_eq!(w.labels, ["linux", "x64"]);
+        assert_eq!(w.deadline_margin, Duration::from_secs(1));
+        let e =
+            WebhookSettings::from_env(&[("WARMFLEET_JOB_TABLE", "t"), ("WARMFLEET_GROUPS", "a")])
+                .unwrap_err();
+        assert_eq!(e.var, "WARMFLEET_WEBHOOK_SECRET");
+        let e = WebhookSettings::from_env(&[
+            ("WARMFLEET_WEBHOOK_SECRET", "s"),
+            ("WARMFLEET_GROUPS", "a"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "WARMFLEET_JOB_TABLE");
     }
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use warmfleet_core::github::{GithubError, JitConfig, JitRequest, Runner, RunnerToken};
 use warmfleet_core::ports::{
-    CommandState, Commands, Completion, HookResult, InstanceStatus, Lifecycle, Metrics, PortError,
-    RunnerRegistry, SecretStore,
+    Capacity, CommandState, Commands, Completion, HookResult, InstanceStatus, JobLedger, JobStage,
+    Lifecycle, Metrics, PortError, RunnerRegistry, SecretStore,
 };
 
 /// A stored secret: its value and tags.
@@ -24,6 +24,8 @@ pub type Published = (String, Vec<(String, f64)>);
 #[derive(Default)]
 pub struct Secrets {
     pub values: Mutex<BTreeMap<String, Stored>>,
+    /// Values in the `AWSPREVIOUS` stage.
+    pub previous: Mutex<BTreeMap<String, SecretString>>,
     pub puts: Mutex<u32>,
     /// Every read fails as throttling would.
     pub unreadable: Mutex<bool>,
@@ -42,6 +44,9 @@ impl SecretStore for Secrets {
             });
         }
         Ok(self.values.lock().unwrap().get(id).map(|v| v.0.clone()))
+    }
+    async fn get_previous(&self, id: &str) -> Result<Option<SecretString>, PortError> {
+        Ok(self.previous.lock().unwrap().get(id).cloned())
     }
     async fn put(
         &self,
@@ -294,6 +299,8 @@ impl Commands for Ssm {
 #[derive(Default)]
 pub struct Cloudwatch {
     pub published: Mutex<Vec<Published>>,
+    /// (group, metric, values) of every duration published.
+    pub durations: Mutex<Vec<(String, String, Vec<f64>)>>,
 }
 
 #[async_trait]
@@ -303,6 +310,76 @@ impl Metrics for Cloudwatch {
             group.to_owned(),
             values.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         ));
+        Ok(())
+    }
+    async fn publish_seconds(
+        &self,
+        group: &str,
+        metric: &str,
+        seconds: &[f64],
+    ) -> Result<(), PortError> {
+        self.durations.lock().unwrap().push((
+            group.to_owned(),
+            metric.to_owned(),
+            seconds.to_vec(),
+        ));
+        Ok(())
+    }
+}
+
+/// A group's desired capacity, raised one at a time up to its maximum.
+#[derive(Default)]
+pub struct Policies {
+    /// (group, policy) of every execution.
+    pub executed: Mutex<Vec<(String, String)>>,
+    /// Every execution fails as throttling would.
+    pub throttled: Mutex<bool>,
+}
+
+#[async_trait]
+impl Capacity for Policies {
+    async fn add_one(&self, group: &str, policy: &str) -> Result<(), PortError> {
+        if *self.throttled.lock().unwrap() {
+            return Err(PortError {
+                service: "Auto Scaling",
+                operation: "ExecutePolicy",
+                resource: format!("{group}/{policy}"),
+                message: "Throttling: Rate exceeded".into(),
+                retryable: true,
+            });
+        }
+        self.executed
+            .lock()
+            .unwrap()
+            .push((group.to_owned(), policy.to_owned()));
+        Ok(())
+    }
+}
+
+/// The job ledger's rules over a map of job id to the stages recorded.
+#[derive(Default)]
+pub struct Ledger {
+    pub jobs: Mutex<BTreeMap<u64, Vec<JobStage>>>,
+}
+
+#[async_trait]
+impl JobLedger for Ledger {
+    async fn record(&self, job_id: u64, stage: JobStage) -> Result<bool, PortError> {
+        let mut jobs = self.jobs.lock().unwrap();
+        let seen = jobs.entry(job_id).or_default();
+        let first = match stage {
+            JobStage::Queued => seen.is_empty(),
+            JobStage::Started => !seen.contains(&JobStage::Started),
+        };
+        if first {
+            seen.push(stage);
+        }
+        Ok(first)
+    }
+    async fn forget(&self, job_id: u64, stage: JobStage) -> Result<(), PortError> {
+        if let Some(seen) = self.jobs.lock().unwrap().get_mut(&job_id) {
+            seen.retain(|s| *s != stage);
+        }
         Ok(())
     }
 }

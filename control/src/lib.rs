@@ -1,5 +1,5 @@
-//! The warmfleet control plane: three Lambdas, each a handler generic over `core`'s ports
-//! (`registration`, `deregistration`, `record_metric`), the events they read (`event`),
+//! The warmfleet control plane: four Lambdas, each a handler generic over `core`'s ports
+//! (`registration`, `deregistration`, `record_metric`, `webhook`), the events they read (`event`),
 //! their configuration (`config`), and what their `main`s share (`runtime`).
 
 pub mod config;
@@ -11,6 +11,7 @@ pub mod patience;
 pub mod record_metric;
 pub mod registration;
 pub mod runtime;
+pub mod webhook;
 
 use warmfleet_core::github::GithubError;
 use warmfleet_core::ports::PortError;

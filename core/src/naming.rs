@@ -25,6 +25,10 @@ pub const HOOK_BOOTSTRAP: &str = "bootstrap";
 /// Terminate hook completed after the drain.
 pub const HOOK_DEREGISTRATION: &str = "deregistration";
 
+/// The step scaling policy of each group that the webhook receiver runs once per queued
+/// job: one step, +1 from a breach of 0 up, no warm-up.
+pub const POLICY_JOB_QUEUED: &str = "warmfleet-job-queued";
+
 /// The SSM comment on every drain command, by which the sweep finds the one sent last.
 pub const DRAIN_COMMENT: &str = "warmfleet drain";
 
@@ -38,6 +42,8 @@ pub const METRIC_OFFLINE_RUNNERS: &str = "OfflineRunners";
 pub const METRIC_ALL_RUNNERS_BUSY: &str = "AllRunnersBusy";
 pub const METRIC_GITHUB_API_CALLS: &str = "GitHubApiCalls";
 pub const METRIC_GITHUB_RATE_LIMIT_REMAINING: &str = "GitHubRateLimitRemaining";
+/// Seconds each job waited from queued to started (from the `workflow_job` webhooks).
+pub const METRIC_JOB_QUEUE_TIME: &str = "JobQueueTime";
 /// The one dimension of every metric.
 pub const METRIC_DIMENSION_ASG: &str = "AutoScalingGroupName";
 

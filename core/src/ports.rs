@@ -25,6 +25,10 @@ pub trait SecretStore: Send + Sync {
     /// The current value of a secret, or `None` when it does not exist (or is being deleted).
     async fn get(&self, id: &str) -> Result<Option<SecretString>, PortError>;
 
+    /// The value a secret had before its current one (Secrets Manager's `AWSPREVIOUS`
+    /// stage), or `None` when it has none: what a rotation still accepts for a while.
+    async fn get_previous(&self, id: &str) -> Result<Option<SecretString>, PortError>;
+
     /// Makes `value` the secret's current value: creates the secret with `tags`, or puts a
     /// new version when it exists.
     async fn put(
@@ -124,6 +128,46 @@ pub trait Lifecycle: Send + Sync {
     async fn replace(&self, instance_id: &str) -> Result<(), PortError>;
 }
 
+/// Auto Scaling's scaling policies, as the webhook receiver runs them.
+#[async_trait]
+pub trait Capacity: Send + Sync {
+    /// Adds one instance to a group's desired capacity by running its job policy (a step
+    /// scaling policy whose one step adds 1 from a breach of 0 up, with no warm-up): Auto
+    /// Scaling computes the new capacity itself, capped at the group's maximum, so that
+    /// concurrent calls never lose an increment as a read-modify-write of the desired
+    /// capacity would.
+    async fn add_one(&self, group: &str, policy: &str) -> Result<(), PortError>;
+}
+
+/// How far a job has got, as the webhook receiver records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStage {
+    Queued,
+    Started,
+}
+
+impl JobStage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStage::Queued => "queued",
+            JobStage::Started => "started",
+        }
+    }
+}
+
+/// What the webhook receiver has acted on, per job, where every instance of the function
+/// sees it (a DynamoDB table, written conditionally): GitHub may deliver an event twice, or
+/// out of order, and several function instances run at once.
+#[async_trait]
+pub trait JobLedger: Send + Sync {
+    /// Records that a job reached `stage`; `true` only the first time, and, for `Queued`,
+    /// only while the job has not been seen started (a late `queued` adds nothing).
+    async fn record(&self, job_id: u64, stage: JobStage) -> Result<bool, PortError>;
+
+    /// Undoes a record whose action then failed, so that a redelivery acts again.
+    async fn forget(&self, job_id: u64, stage: JobStage) -> Result<(), PortError>;
+}
+
 /// Where a command sent to an instance has got to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandState {
@@ -166,7 +210,17 @@ pub trait Commands: Send + Sync {
 /// CloudWatch metrics, as far as warmfleet publishes them: one group's values at a time.
 #[async_trait]
 pub trait Metrics: Send + Sync {
+    /// Counts, one value per metric.
     async fn publish(&self, group: &str, values: &[(&str, f64)]) -> Result<(), PortError>;
+
+    /// Durations in seconds, several values of one metric at once (CloudWatch keeps each,
+    /// so percentiles of them can be graphed and alarmed on).
+    async fn publish_seconds(
+        &self,
+        group: &str,
+        metric: &str,
+        seconds: &[f64],
+    ) -> Result<(), PortError>;
 }
 
 /// GitHub's runner registry: tokens, runners, deletion. `GithubClient` implements it.

@@ -1,7 +1,7 @@
 //! `Lifecycle` on Auto Scaling.
 
 use super::sdk_error;
-use crate::ports::{Completion, HookResult, InstanceStatus, Lifecycle, PortError};
+use crate::ports::{Capacity, Completion, HookResult, InstanceStatus, Lifecycle, PortError};
 use async_trait::async_trait;
 use aws_sdk_autoscaling::error::{ProvideErrorMetadata, SdkError};
 
@@ -236,5 +236,22 @@ impl Lifecycle for AutoScaling {
                     &e,
                 )
             })
+    }
+}
+
+#[async_trait]
+impl Capacity for AutoScaling {
+    async fn add_one(&self, group: &str, policy: &str) -> Result<(), PortError> {
+        // A breach of 1 above a threshold of 0 falls in the job policy's one step (+1).
+        self.client
+            .execute_policy()
+            .auto_scaling_group_name(group)
+            .policy_name(policy)
+            .metric_value(1.0)
+            .breach_threshold(0.0)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| sdk_error(SERVICE, "ExecutePolicy", format!("{group}/{policy}"), &e))
     }
 }

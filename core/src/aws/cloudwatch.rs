@@ -47,4 +47,44 @@ impl Metrics for CloudWatch {
             .map(|_| ())
             .map_err(|e| sdk_error("CloudWatch", "PutMetricData", group.to_owned(), &e))
     }
+
+    async fn publish_seconds(
+        &self,
+        group: &str,
+        metric: &str,
+        seconds: &[f64],
+    ) -> Result<(), PortError> {
+        // One datum with every value (up to 150 a datum), as CloudWatch takes them.
+        let data = seconds
+            .chunks(150)
+            .map(|values| {
+                MetricDatum::builder()
+                    .metric_name(metric)
+                    .dimensions(
+                        Dimension::builder()
+                            .name(METRIC_DIMENSION_ASG)
+                            .value(group)
+                            .build(),
+                    )
+                    .set_values(Some(values.to_vec()))
+                    .unit(StandardUnit::Seconds)
+                    .build()
+            })
+            .collect();
+        self.client
+            .put_metric_data()
+            .namespace(METRIC_NAMESPACE)
+            .set_metric_data(Some(data))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                sdk_error(
+                    "CloudWatch",
+                    "PutMetricData",
+                    format!("{group}/{metric}"),
+                    &e,
+                )
+            })
+    }
 }

@@ -6,11 +6,13 @@
 
 mod autoscaling;
 mod cloudwatch;
+mod dynamodb;
 mod secrets;
 mod ssm;
 
 pub use autoscaling::AutoScaling;
 pub use cloudwatch::CloudWatch;
+pub use dynamodb::JobTable;
 pub use secrets::SecretsManager;
 pub use ssm::Ssm;
 

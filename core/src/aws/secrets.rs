@@ -51,6 +51,24 @@ impl SecretStore for SecretsManager {
         }
     }
 
+    async fn get_previous(&self, id: &str) -> Result<Option<SecretString>, PortError> {
+        let asked = self
+            .client
+            .get_secret_value()
+            .secret_id(id)
+            .version_stage("AWSPREVIOUS")
+            .send()
+            .await;
+        match asked {
+            Ok(out) => Ok(out
+                .secret_string()
+                .map(|s| SecretString::from(s.to_owned()))),
+            // No such secret, or no version in that stage (a secret never rotated).
+            Err(SdkError::ServiceError(e)) if e.err().is_resource_not_found_exception() => Ok(None),
+            Err(err) => Err(sdk_error(SERVICE, "GetSecretValue", id.to_owned(), &err)),
+        }
+    }
+
     async fn put(
         &self,
         id: &str,

@@ -141,6 +141,10 @@ mod tests {
             Ok((id == "gh").then(|| self.0.to_owned().into()))
         }
 
+        async fn get_previous(&self, _: &str) -> Result<Option<SecretString>, PortError> {
+            Ok(None)
+        }
+
         async fn put(
             &self,
             id: &str,
