@@ -5,7 +5,7 @@ CARGO ?= cargo
 CONTRACT := tests/contract
 CONTRACT_STAMP := $(CONTRACT)/node_modules/.installed
 
-LAMBDAS := warmfleet-registration warmfleet-deregistration warmfleet-record-metric
+LAMBDAS := warmfleet-registration warmfleet-deregistration warmfleet-record-metric warmfleet-webhook
 
 VENV := .deps/venv
 VENV_STAMP := $(VENV)/.installed
@@ -117,7 +117,7 @@ $(CONTRACT_STAMP): $(CONTRACT)/package.json $(CONTRACT)/package-lock.json
 	touch $@
 
 ## What ships, for x86_64, built once on the dist profile and checked: the agent's .deb
-## (target/debian/, lintian clean: no error, no warning) and the three Lambda zips
+## (target/debian/, lintian clean: no error, no warning) and the four Lambda zips
 ## (target/lambda/x86_64/, sizes printed). cargo-deb and lintian are installed when missing.
 # One dist build for everything that ships: the same packages every time, so that features
 # unify the same way, nothing is built twice, and a zip is the same bytes whichever target
@@ -135,7 +135,7 @@ $(DEB_TOOLS_STAMP):
 	@$(call apt_install_missing,lintian)
 	mkdir -p .deps && touch $@
 
-## The three Lambda zips (provided.al2023, `bootstrap` inside, reproducible) for x86_64 and
+## The four Lambda zips (provided.al2023, `bootstrap` inside, reproducible) for x86_64 and
 ## arm64: target/lambda/{x86_64,arm64}/*.zip. arm64 is cross-built with Debian's rustc-web
 ## (its aarch64 standard library matches it; rustup cannot fetch one here) and the aarch64
 ## cross gcc; `make arm64-toolchain` installs them (root, Debian).

@@ -40,13 +40,17 @@ data "aws_iam_policy_document" "lambda_common" {
     ]
     resources = ["*"] # the Lambda service's own calls: EC2 offers no narrower resource here
   }
-  statement {
-    sid       = "GitHubCredential"
-    actions   = ["secretsmanager:GetSecretValue"]
-    resources = [local.github_secret]
+  # Every function but the webhook receiver, which never talks to GitHub.
+  dynamic "statement" {
+    for_each = each.key != "webhook" ? [1] : []
+    content {
+      sid       = "GitHubCredential"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [local.github_secret]
+    }
   }
   dynamic "statement" {
-    for_each = var.github_credential_kms_key_arn != "" ? [1] : []
+    for_each = var.github_credential_kms_key_arn != "" && each.key != "webhook" ? [1] : []
     content {
       sid       = "GitHubCredentialKey"
       actions   = ["kms:Decrypt"]
@@ -147,11 +151,48 @@ data "aws_iam_policy_document" "record_metric" {
   }
 }
 
+data "aws_iam_policy_document" "webhook" {
+  statement {
+    sid       = "WebhookSecret"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_secretsmanager_secret.webhook.arn]
+  }
+  dynamic "statement" {
+    for_each = var.webhook_secret_kms_key_arn != "" ? [1] : []
+    content {
+      sid       = "WebhookSecretKey"
+      actions   = ["kms:Decrypt"]
+      resources = [var.webhook_secret_kms_key_arn]
+    }
+  }
+  statement {
+    sid       = "JobLedger"
+    actions   = ["dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
+  }
+  statement {
+    sid       = "ScaleOutPerJob"
+    actions   = ["autoscaling:ExecutePolicy"]
+    resources = [local.group_arn]
+  }
+  statement {
+    sid       = "QueueTime"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # PutMetricData takes no resource: the namespace is the condition
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [local.metric_namespace]
+    }
+  }
+}
+
 locals {
   function_policies = {
     registration   = data.aws_iam_policy_document.registration.json
     deregistration = data.aws_iam_policy_document.deregistration.json
     record-metric  = data.aws_iam_policy_document.record_metric.json
+    webhook        = data.aws_iam_policy_document.webhook.json
   }
 }
 

@@ -1,5 +1,6 @@
-# The three Lambdas (provided.al2023, the zips `make artifacts` builds), their logs, and
-# what triggers them: lifecycle events by hook name, and the schedules.
+# The four Lambdas (provided.al2023, the zips `make artifacts` builds), their logs, and
+# what triggers them: lifecycle events by hook name, the schedules, and (for the webhook
+# receiver) its function URL, in webhook.tf.
 
 locals {
   common_env = merge(
@@ -11,8 +12,9 @@ locals {
   )
   functions = {
     registration = {
-      zip     = "warmfleet-registration"
-      timeout = 60
+      zip                  = "warmfleet-registration"
+      timeout              = 60
+      reserved_concurrency = -1
       environment = merge(local.common_env, {
         WARMFLEET_RUNNER_MODE     = var.runner_mode
         WARMFLEET_RUNNER_GROUP_ID = tostring(var.runner_group_id)
@@ -20,19 +22,34 @@ locals {
       })
     }
     deregistration = {
-      zip     = "warmfleet-deregistration"
-      timeout = 900
+      zip                  = "warmfleet-deregistration"
+      timeout              = 900
+      reserved_concurrency = -1
       environment = merge(local.common_env, {
         WARMFLEET_GROUPS        = var.name
         WARMFLEET_DRAIN_TIMEOUT = "${var.drain_timeout_seconds}s"
       })
     }
     record-metric = {
-      zip     = "warmfleet-record-metric"
-      timeout = 60
+      zip                  = "warmfleet-record-metric"
+      timeout              = 60
+      reserved_concurrency = -1
       environment = merge(local.common_env, {
         WARMFLEET_GROUPS = var.name
       })
+    }
+    # No GitHub credential: it reads only the webhook secret. GitHub waits 10 s for an
+    # answer.
+    webhook = {
+      zip                  = "warmfleet-webhook"
+      timeout              = 8
+      reserved_concurrency = var.webhook_reserved_concurrency
+      environment = {
+        WARMFLEET_GROUPS         = var.name
+        WARMFLEET_RUNNER_LABELS  = join(",", var.runner_labels)
+        WARMFLEET_WEBHOOK_SECRET = aws_secretsmanager_secret.webhook.arn
+        WARMFLEET_JOB_TABLE      = aws_dynamodb_table.jobs.name
+      }
     }
   }
 }
@@ -48,7 +65,7 @@ resource "aws_cloudwatch_log_group" "lambda" {
 
 resource "aws_lambda_function" "this" {
   #checkov:skip=CKV_AWS_116:a failed lifecycle event is retried by Lambda and EventBridge, and the scheduled sweep reconciles whatever is left; a dead-letter queue would hold nothing to act on
-  #checkov:skip=CKV_AWS_115:no concurrency cap: a scale-out of many instances must not have its registrations throttled
+  #checkov:skip=CKV_AWS_115:no concurrency cap but the webhook receiver's: a scale-out of many instances must not have its registrations throttled
   #checkov:skip=CKV_AWS_272:the zips come from make artifacts; code signing needs a signing profile the module does not impose
   #checkov:skip=CKV_AWS_173:the environment holds names and settings, no secret (the GitHub credential stays in Secrets Manager)
   for_each         = local.functions
@@ -61,6 +78,9 @@ resource "aws_lambda_function" "this" {
   source_code_hash = filebase64sha256("${local.zip_dir}/${var.lambda_architecture}/${each.value.zip}.zip")
   timeout          = each.value.timeout
   memory_size      = 128
+  # -1: unreserved. The webhook receiver's reservation bounds what a flood of deliveries
+  # can take from the account's concurrency (and guarantees it that much).
+  reserved_concurrent_executions = each.value.reserved_concurrency
 
   environment {
     variables = each.value.environment

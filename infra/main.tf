@@ -35,12 +35,15 @@ locals {
   }
   metric_namespace = "Warmfleet"
   metrics = {
-    idle      = "IdleRunners"
-    busy      = "BusyRunners"
-    offline   = "OfflineRunners"
-    all_busy  = "AllRunnersBusy"
-    api_calls = "GitHubApiCalls"
+    idle       = "IdleRunners"
+    busy       = "BusyRunners"
+    offline    = "OfflineRunners"
+    all_busy   = "AllRunnersBusy"
+    api_calls  = "GitHubApiCalls"
+    queue_time = "JobQueueTime"
   }
+  # The step policy the webhook receiver runs once per queued job.
+  job_policy       = "warmfleet-job-queued"
   secret_prefix    = "warmfleet"
   tag_instance_arn = "warmfleet:instance-arn"
 

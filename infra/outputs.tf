@@ -34,7 +34,7 @@ output "runner_security_group_id" {
 }
 
 output "lambda_function_names" {
-  description = "The Lambdas, by role: registration, deregistration, record-metric."
+  description = "The Lambdas, by role: registration, deregistration, record-metric, webhook."
   value       = { for k, f in aws_lambda_function.this : k => f.function_name }
 }
 
@@ -51,4 +51,24 @@ output "alert_topic_arn" {
 output "drain_document_name" {
   description = "The SSM document that drains one instance by hand."
   value       = aws_ssm_document.drain.name
+}
+
+output "webhook_url" {
+  description = "Where GitHub's webhook delivers (payload URL; content type application/json; event workflow_job)."
+  value       = aws_lambda_function_url.webhook.function_url
+}
+
+output "webhook_secret_arn" {
+  description = "The Secrets Manager secret holding the webhook's secret (give its value to GitHub's webhook)."
+  value       = aws_secretsmanager_secret.webhook.arn
+}
+
+output "job_table_name" {
+  description = "The DynamoDB table of jobs the webhook receiver acted on."
+  value       = aws_dynamodb_table.jobs.name
+}
+
+output "dashboard_name" {
+  description = "The CloudWatch dashboard: queue time, runners, group and warm pool, webhook deliveries."
+  value       = aws_cloudwatch_dashboard.fleet.dashboard_name
 }

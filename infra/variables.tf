@@ -287,6 +287,41 @@ variable "drain_timeout_seconds" {
 
 # --- Alerting -----------------------------------------------------------------------------
 
+# --- Webhook (the receiver of GitHub's workflow_job events) -------------------------------
+
+variable "webhook_secret" {
+  description = "The secret GitHub signs webhook deliveries with; empty: one is generated and stored in Secrets Manager (read it from the webhook_secret_arn output)."
+  type        = string
+  default     = ""
+  sensitive   = true
+}
+
+variable "webhook_secret_kms_key_arn" {
+  description = "A KMS key to encrypt the webhook secret with; empty: Secrets Manager's own."
+  type        = string
+  default     = ""
+}
+
+variable "webhook_reserved_concurrency" {
+  description = "Concurrent executions reserved for (and capping) the webhook receiver."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.webhook_reserved_concurrency >= 1
+    error_message = "webhook_reserved_concurrency: at least 1."
+  }
+}
+
+variable "webhook_silence_alarm_hours" {
+  description = "Alert when no webhook delivery arrived for this many hours (0: no such alert)."
+  type        = number
+  default     = 24
+  validation {
+    condition     = var.webhook_silence_alarm_hours >= 0 && var.webhook_silence_alarm_hours <= 24
+    error_message = "webhook_silence_alarm_hours: 0 to 24 (CloudWatch evaluates at most a day of hourly periods)."
+  }
+}
+
 variable "alarm_emails" {
   description = "E-mail addresses subscribed to the module's alert topic."
   type        = list(string)

@@ -13,13 +13,14 @@ import re
 from test_module import ROOT, load, unquote
 
 SERVICES = {"autoscaling.rs": "autoscaling", "secrets.rs": "secretsmanager",
-            "ssm.rs": "ssm", "cloudwatch.rs": "cloudwatch"}
+            "ssm.rs": "ssm", "cloudwatch.rs": "cloudwatch", "dynamodb.rs": "dynamodb"}
 PORT_OF_RECEIVER = {"secrets": "SecretStore", "store": "SecretStore", "lifecycle": "Lifecycle",
-                    "asg": "Lifecycle", "commands": "Commands", "metrics": "Metrics"}
+                    "asg": "Lifecycle", "commands": "Commands", "metrics": "Metrics",
+                    "capacity": "Capacity", "ledger": "JobLedger"}
 # Actions an operation needs besides its own (AWS's rules, not the code's choice).
 IMPLIED = {"secretsmanager:CreateSecret": {"secretsmanager:TagResource"}}  # created with tags
 # What each role holds for the platform rather than for calls in the code.
-PLATFORM_SIDS = {"Logs", "VpcNetworkInterfaces", "GitHubCredentialKey"}
+PLATFORM_SIDS = {"Logs", "VpcNetworkInterfaces", "GitHubCredentialKey", "WebhookSecretKey"}
 
 COMPONENTS = {
     # role (as in iam.tf) -> the sources whose calls it must allow
@@ -29,6 +30,7 @@ COMPONENTS = {
                        "core/src/github/credential.rs"],
     "record-metric": ["control/src/record_metric.rs", "control/src/runtime.rs",
                       "core/src/github/credential.rs"],
+    "webhook": ["control/src/webhook/mod.rs"],
     "runner": sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "agent/src/*.rs"))),
 }
 
@@ -89,9 +91,14 @@ def code_actions(sources):
 
 
 def statements(document):
-    """The statements of a data.aws_iam_policy_document, by sid, with their actions."""
-    return [(unquote(s.get("sid", "")), {unquote(a) for a in s["actions"]})
-            for s in document.get("statement", [])]
+    """The statements of a data.aws_iam_policy_document, by sid, with their actions: plain
+    ones, and those of `dynamic "statement"` blocks (counted as if their condition held)."""
+    found = list(document.get("statement", []))
+    for block in document.get("dynamic", []):
+        for kind, body in block.items():
+            if unquote(kind) == "statement":
+                found.extend(body.get("content", []))
+    return [(unquote(s.get("sid", "")), {unquote(a) for a in s["actions"]}) for s in found]
 
 
 def documents():
@@ -108,7 +115,8 @@ def granted(role):
     docs = documents()
     names = {"runner": ["agent"], "registration": ["lambda_common", "registration"],
              "deregistration": ["lambda_common", "deregistration"],
-             "record-metric": ["lambda_common", "record_metric"]}[role]
+             "record-metric": ["lambda_common", "record_metric"],
+             "webhook": ["lambda_common", "webhook"]}[role]
     actions = set()
     for name in names:
         for sid, acts in statements(docs[name]):
@@ -126,6 +134,8 @@ def test_the_code_is_read():
     assert by_method[("Commands", "run")] == {"ssm:SendCommand"}
     assert by_method[("Metrics", "publish")] == {"cloudwatch:PutMetricData"}
     assert "autoscaling:SetInstanceProtection" in code_actions(COMPONENTS["runner"])
+    assert by_method[("Capacity", "add_one")] == {"autoscaling:ExecutePolicy"}
+    assert by_method[("JobLedger", "record")] == {"dynamodb:UpdateItem"}
 
 
 def test_every_role_grants_exactly_what_its_code_calls():

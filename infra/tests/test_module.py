@@ -101,7 +101,9 @@ def test_hook_metric_and_secret_names_are_the_codes():
         "offline": naming["METRIC_OFFLINE_RUNNERS"],
         "all_busy": naming["METRIC_ALL_RUNNERS_BUSY"],
         "api_calls": naming["METRIC_GITHUB_API_CALLS"],
+        "queue_time": naming["METRIC_JOB_QUEUE_TIME"],
     }
+    assert unquote(main["job_policy"]) == naming["POLICY_JOB_QUEUED"]
     assert unquote(main["secret_prefix"]) == naming["SECRET_PREFIX"]
     assert unquote(main["tag_instance_arn"]) == naming["TAG_INSTANCE_ARN"]
     # The alarms' dimension is the one record_metric publishes.
@@ -116,7 +118,8 @@ def lambda_environment():
     """Each function's environment variable names, as lambdas.tf sets them."""
     local = locals_of("lambdas.tf")
     common = set(local["common_env"] and re.findall(r"WARMFLEET_\w+", str(local["common_env"])))
-    return {unquote(name): common | set(re.findall(r"WARMFLEET_\w+", str(f["environment"])))
+    return {unquote(name): (common if "common_env" in str(f["environment"]) else set())
+            | set(re.findall(r"WARMFLEET_\w+", str(f["environment"])))
             for name, f in local["functions"].items()}
 
 
@@ -136,6 +139,8 @@ def test_each_lambda_gets_the_environment_its_code_reads():
         "registration": common | reads("RegistrationSettings"),
         "deregistration": common | reads("DeregistrationSettings"),
         "record-metric": common | reads("MetricSettings"),
+        # The receiver never talks to GitHub: no Common.
+        "webhook": reads("WebhookSettings"),
     }
     module = lambda_environment()
     assert set(module) == set(code)

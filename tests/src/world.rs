@@ -1,6 +1,7 @@
 //! The whole local world in this process: the GitHub fake, the AWS world (with moto) and
-//! the three Lambda binaries in it, the EventBridge rules a deployment creates, and the
-//! GitHub credential in Secrets Manager. Used by the demo and the benchmarks.
+//! the Lambda binaries in it (the webhook receiver behind its function URL too), the
+//! EventBridge rules a deployment creates, the GitHub credential in Secrets Manager and,
+//! with the webhook, the organisation's hook. Used by the demo and the benchmarks.
 
 use crate::aws;
 use crate::github::{self, state::Settings};
@@ -18,6 +19,11 @@ pub(crate) const PAT: &str = "ghp_worldworldworldworldworldworldworld";
 
 /// Where the GitHub credential secret lives.
 const CREDENTIAL_SECRET: &str = "warmfleet/github";
+/// The webhook secret, the job table, and the webhook function URL's path, as the module
+/// creates them.
+pub const WEBHOOK_SECRET: &str = "warmfleet/webhook";
+pub const JOB_TABLE: &str = "warmfleet-jobs";
+pub const WEBHOOK_FUNCTION: &str = "webhook";
 
 /// What to start.
 pub struct Spec {
@@ -25,13 +31,17 @@ pub struct Spec {
     pub lambdas: PathBuf,
     /// The groups the Lambdas look after.
     pub groups: Vec<String>,
-    /// More environment, per function (`registration`, `deregistration`, `record-metric`),
+    /// More environment, per function (`registration`, `deregistration`, `record-metric`,
+    /// `webhook`),
     /// over the GitHub settings and `WARMFLEET_GROUPS` every function gets.
     pub function_env: Vec<(&'static str, String, String)>,
     /// Route lifecycle events to the Lambdas (registration and deregistration rules).
     pub lifecycle_rules: bool,
     /// `record-metric` every minute and the sweep every 5 minutes, as the module schedules.
     pub schedules: bool,
+    /// The webhook receiver behind its function URL, its secret and job table, and the
+    /// organisation's webhook pointing at it.
+    pub webhook: bool,
     /// Run in every instance.
     pub instance_command: Option<String>,
     pub time_scale: f64,
@@ -58,6 +68,7 @@ impl Spec {
             function_env: vec![],
             lifecycle_rules: false,
             schedules: false,
+            webhook: false,
             instance_command: None,
             time_scale: 1.0,
             boot_delay: Duration::ZERO,
@@ -71,7 +82,7 @@ impl Spec {
         }
     }
 
-    /// The world file: the three functions and the rules.
+    /// The world file: the functions and the rules.
     fn world_file(&self, github: &str) -> anyhow::Result<String> {
         let common = [
             ("WARMFLEET_GITHUB_URL".to_owned(), format!("{github}/{ORG}")),
@@ -83,11 +94,22 @@ impl Spec {
             ("RUST_LOG".to_owned(), self.function_log.to_owned()),
         ];
         let mut world = String::new();
-        for (name, binary) in [
+        let mut functions = vec![
             ("registration", "warmfleet-registration"),
             ("deregistration", "warmfleet-deregistration"),
             ("record-metric", "warmfleet-record-metric"),
-        ] {
+        ];
+        if self.webhook {
+            functions.push((WEBHOOK_FUNCTION, "warmfleet-webhook"));
+        }
+        let webhook_env = [
+            (
+                "WARMFLEET_WEBHOOK_SECRET".to_owned(),
+                WEBHOOK_SECRET.to_owned(),
+            ),
+            ("WARMFLEET_JOB_TABLE".to_owned(), JOB_TABLE.to_owned()),
+        ];
+        for (name, binary) in functions {
             let path = self.lambdas.join(binary);
             if !path.exists() {
                 bail!(
@@ -96,17 +118,20 @@ impl Spec {
                 );
             }
             let mine = self.function_env.iter().filter(|(f, _, _)| *f == name);
+            let own = webhook_env.iter().filter(|_| name == WEBHOOK_FUNCTION);
             let vars: toml::Table = common
                 .iter()
+                .chain(own)
                 .map(|(k, v)| (k, v))
                 .chain(mine.map(|(_, k, v)| (k, v)))
                 .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
                 .collect();
             world.push_str(&format!(
                 "[[function]]\nname = \"{name}\"\ncommand = {}\ntimeout_seconds = {}\n\
-                 environment = {}\n",
+                 url = {}\nenvironment = {}\n",
                 toml::Value::String(path.display().to_string()),
                 self.function_timeout,
+                name == WEBHOOK_FUNCTION,
                 toml::Value::Table(vars),
             ));
         }
@@ -151,6 +176,81 @@ async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .endpoint_url(endpoint)
         .load()
         .await
+}
+
+/// What the module and an operator do for the webhook: its secret and the job table
+/// (TTL on `expires_at`), then the organisation's webhook (`workflow_job`, JSON) pointing at
+/// the receiver's function URL.
+async fn webhook(
+    github: &str,
+    aws: &str,
+    moto: &aws_config::SdkConfig,
+    http: &reqwest::Client,
+) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        TimeToLiveSpecification,
+    };
+    let secret = github::state::random_token("whsec_", 32);
+    warmfleet_core::aws::SecretsManager::new(moto)
+        .put(WEBHOOK_SECRET, &secret.clone().into(), &[])
+        .await?;
+    let dynamodb = aws_sdk_dynamodb::Client::new(moto);
+    dynamodb
+        .create_table()
+        .table_name(JOB_TABLE)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("job_id")
+                .attribute_type(ScalarAttributeType::N)
+                .build()?,
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("job_id")
+                .key_type(KeyType::Hash)
+                .build()?,
+        )
+        .send()
+        .await
+        .context("creating the job table")?;
+    dynamodb
+        .update_time_to_live()
+        .table_name(JOB_TABLE)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name("expires_at")
+                .enabled(true)
+                .build()?,
+        )
+        .send()
+        .await
+        .context("turning on the job table's TTL")?;
+    let created = http
+        .post(format!("{github}/orgs/{ORG}/hooks"))
+        .bearer_auth(PAT)
+        .json(&serde_json::json!({
+            "name": "web",
+            "active": true,
+            "events": ["workflow_job"],
+            "config": {
+                "url": format!("{aws}/_function_url/{WEBHOOK_FUNCTION}/"),
+                "content_type": "json",
+                "secret": secret,
+                "insecure_ssl": "0",
+            },
+        }))
+        .send()
+        .await?;
+    if !created.status().is_success() {
+        bail!(
+            "creating the organisation's webhook: {} {}",
+            created.status(),
+            created.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 impl World {
@@ -231,6 +331,9 @@ impl World {
                 &[],
             )
             .await?;
+        if spec.webhook {
+            webhook(&github, &aws, &secrets_sdk, &http).await?;
+        }
         Ok(World {
             github,
             sdk: sdk_config(&aws).await,

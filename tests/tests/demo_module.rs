@@ -10,13 +10,25 @@ use std::path::Path;
 #[test]
 fn the_modules_inputs_make_a_fleet_that_runs_its_jobs_and_leaves_nothing() {
     let vars = Path::new(env!("CARGO_MANIFEST_DIR")).join("fleets/module.tfvars.json");
+    // Two bursts of 6, the first once the warm pool has hibernated (a new instance boots
+    // for 40 s, then passes its hooks and hibernates), so that queued jobs resume warm
+    // instances: the webhook scales out the moment a job is queued.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let jobs = dir.path().join("jobs.csv");
+    let mut csv = String::from("queued_at,duration,labels\n");
+    for at in [120, 600] {
+        for i in 0..6 {
+            csv.push_str(&format!("{},{},linux\n", at + i, 60 + 10 * i));
+        }
+    }
+    std::fs::write(&jobs, csv).expect("the workload");
     let run = DemoRun::run(&[
         "--seed".as_ref(),
         "3".as_ref(),
         "--time-scale".as_ref(),
         "20".as_ref(),
-        "--jobs".as_ref(),
-        "12".as_ref(),
+        "--workload".as_ref(),
+        jobs.as_os_str(),
         "--module-vars".as_ref(),
         vars.as_os_str(),
     ]);

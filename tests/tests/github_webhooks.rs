@@ -37,13 +37,33 @@ async fn a_jobs_life_is_sent_as_three_signed_workflow_job_events() {
     )
     .await;
 
+    // A new hook is pinged first, signed like any delivery.
+    let (headers, body) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(headers["x-github-event"], "ping");
+    assert_eq!(
+        headers["x-hub-signature-256"].to_str().unwrap(),
+        signature("s3cret", &body)
+    );
+    let ping: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(ping["hook"]["events"], json!(["workflow_job"]));
+    assert_eq!(ping["hook"]["config"]["secret"], "********");
+
     let mut actions = Vec::new();
+    let mut deliveries = std::collections::BTreeSet::new();
     for _ in 0..3 {
         let (headers, body) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .unwrap()
             .unwrap();
         assert_eq!(headers["x-github-event"], "workflow_job");
+        assert_eq!(
+            headers["x-github-hook-id"],
+            ping["hook_id"].to_string().as_str()
+        );
+        assert!(deliveries.insert(headers["x-github-delivery"].to_str().unwrap().to_owned()));
         assert_eq!(
             headers["x-hub-signature-256"].to_str().unwrap(),
             signature("s3cret", &body)

@@ -51,6 +51,10 @@ pub struct FunctionSpec {
     /// Most environments (processes) at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Whether the function has a function URL (auth type NONE), served at
+    /// `/_function_url/<name>/` on the world's address.
+    #[serde(default)]
+    pub url: bool,
 }
 
 fn default_timeout() -> f64 {
@@ -204,6 +208,11 @@ impl Lambda {
 
     pub fn exists(&self, name: &str) -> bool {
         lock(&self.functions).contains_key(name)
+    }
+
+    /// Whether a function exists and has a function URL.
+    pub fn has_url(&self, name: &str) -> bool {
+        lock(&self.functions).get(name).is_some_and(|f| f.spec.url)
     }
 
     pub fn specs(&self) -> Vec<FunctionSpec> {

@@ -11,6 +11,7 @@
 pub mod autoscaling;
 pub mod cloudwatch;
 pub mod events;
+pub mod function_url;
 pub mod imds;
 pub mod instances;
 pub mod json;
@@ -27,7 +28,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use events::{Dispatch, Events};
 use instances::{Driver, InstanceInfo};
@@ -136,6 +137,7 @@ struct World {
 pub struct Endpoints {
     /// Auto Scaling, EventBridge, SSM and CloudWatch.
     pub autoscaling: String,
+    /// moto: Secrets Manager and DynamoDB.
     pub secretsmanager: Option<String>,
 }
 
@@ -150,7 +152,9 @@ impl Endpoints {
             ));
         }
         if let Some(url) = &self.secretsmanager {
+            // moto serves DynamoDB too, on the same address.
             env.push(("AWS_ENDPOINT_URL_SECRETS_MANAGER".to_owned(), url.clone()));
+            env.push(("AWS_ENDPOINT_URL_DYNAMODB".to_owned(), url.clone()));
         }
         env
     }
@@ -523,6 +527,9 @@ pub async fn serve(
             "/2015-03-31/functions/{name}/invocations",
             post(lambda_invoke),
         )
+        .route("/_function_url/{name}", any(function_url_request))
+        .route("/_function_url/{name}/", any(function_url_request))
+        .route("/_function_url/{name}/{*path}", any(function_url_request))
         .route("/_testbed/aws/effects", get(effects))
         .route("/_testbed/aws/instances", get(instance_list))
         .route("/_testbed/aws/endpoints", get(endpoint_list))
@@ -538,10 +545,13 @@ pub async fn serve(
             get(event_faults).put(set_event_faults),
         )
         .with_state(world);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("serving the AWS world");
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+    .await
+    .context("serving the AWS world");
     // Instances end with the world: no process is left behind.
     shutdown.cancel();
     if let Some(task) = driver_task {
@@ -635,6 +645,74 @@ async fn lambda_invoke(
             ),
         ),
     }
+}
+
+/// A request to a function URL: the function invoked with the event AWS builds, its answer
+/// sent back as AWS reads it (see `function_url`).
+async fn function_url_request(
+    State(world): State<Arc<World>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    uri: axum::http::Uri,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    use axum::http::StatusCode;
+    let rest = uri
+        .path()
+        .strip_prefix("/_function_url/")
+        .unwrap_or_default();
+    let (name, path) = match rest.split_once('/') {
+        Some((name, path)) => (name, format!("/{path}")),
+        None => (rest, "/".to_owned()),
+    };
+    if !world.lambda.has_url(name) {
+        return (StatusCode::FORBIDDEN, Json(json!({"Message": "Forbidden"}))).into_response();
+    }
+    if body.len() > function_url::MAX_REQUEST_BYTES {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Json(json!({"Message": "Request must be smaller than 6291456 bytes for the InvokeFunction operation"})),
+        )
+            .into_response();
+    }
+    let request_id = json::uuid(&mut rand::thread_rng());
+    let event = function_url::event(&function_url::Incoming {
+        function: name,
+        method: method.as_str(),
+        path: &path,
+        query: uri.query().unwrap_or_default(),
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        body: &body,
+        source_ip: &peer.ip().to_string(),
+        request_id: &request_id,
+        now_ms: (world.stamps.epoch(world.clock.now()) * 1000.0) as i64,
+    });
+    let answer = match world.lambda.invoke(name, event).await {
+        Ok(done) if done.outcome == "success" => Ok(done.response.unwrap_or(Value::Null)),
+        Ok(done) => Err(done.error.unwrap_or(Value::Null)),
+        Err(_) => {
+            return (StatusCode::FORBIDDEN, Json(json!({"Message": "Forbidden"}))).into_response()
+        }
+    };
+    let out = function_url::response(answer);
+    let mut response = (
+        StatusCode::from_u16(out.status).unwrap_or(StatusCode::BAD_GATEWAY),
+        out.body,
+    )
+        .into_response();
+    for (k, v) in out.headers {
+        if let (Ok(k), Ok(v)) = (
+            axum::http::HeaderName::try_from(k),
+            axum::http::HeaderValue::try_from(v),
+        ) {
+            response.headers_mut().insert(k, v);
+        }
+    }
+    response
 }
 
 async fn function_list(State(world): State<Arc<World>>) -> Json<Vec<FunctionSpec>> {

@@ -1,6 +1,6 @@
 //! `warmfleet-testbed demo`, the README's main job: the whole fleet on the local world. The
-//! GitHub fake and the AWS world start with the three Lambdas (EventBridge rules and
-//! schedules), an Auto Scaling group with its warm pool, lifecycle hooks, alarms and step
+//! GitHub fake and the AWS world start with the Lambdas (EventBridge rules and schedules,
+//! the webhook receiver behind its function URL), an Auto Scaling group with its warm pool, lifecycle hooks, alarms and step
 //! scaling policies, and instances that run the real `warmfleet-agent` with the fake runner.
 //! A workload queues jobs; a live view shows the fleet; at the end the fleet winds down and
 //! a report says what happened. `--chaos` breaks things meanwhile (`chaos.rs`).
@@ -200,7 +200,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
             "WARMFLEET_DRAIN_COMMAND".into(),
             setup(String::new()).drain_command(),
         ),
+        (
+            "webhook",
+            "WARMFLEET_RUNNER_LABELS".into(),
+            fleet.runner_labels.join(","),
+        ),
     ];
+    spec.webhook = fleet.webhook;
     spec.lifecycle_rules = true;
     spec.schedules = true;
     spec.instance_command = Some(format!("sh {}", script.display()));
@@ -448,6 +454,21 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
     };
     let out = policy("scale-out", out_steps).await?;
     let inn = policy("scale-in", vec![step_of(Some(0.0), None, -1)]).await?;
+    if f.webhook {
+        // The webhook receiver's: +1 per queued job, no warm-up, so that every execution
+        // adds its instance.
+        demo.asg
+            .put_scaling_policy()
+            .auto_scaling_group_name(&f.group)
+            .policy_name(naming::POLICY_JOB_QUEUED)
+            .policy_type("StepScaling")
+            .adjustment_type("ChangeInCapacity")
+            .estimated_instance_warmup(0)
+            .step_adjustments(step_of(Some(0.0), None, 1))
+            .send()
+            .await
+            .context("creating the job policy")?;
+    }
     let alarm = |name: String,
                  metric: &str,
                  stat: Statistic,
@@ -677,6 +698,7 @@ async fn collect(demo: &Demo, jobs: &[JobRec]) -> anyhow::Result<report::Report>
     let scaling = report::ScalingCounts {
         scale_outs: caused("triggered policy scale-out"),
         scale_ins: caused("triggered policy scale-in"),
+        webhook_scale_outs: caused(&format!("policy {}", naming::POLICY_JOB_QUEUED)),
     };
     let requests: Vec<serde_json::Value> = demo.world.github_control("requests").await?;
     let left = leftovers(demo).await?;

@@ -61,8 +61,11 @@ pub struct InstanceSeconds {
 
 #[derive(Debug, Default, Serialize)]
 pub struct ScalingCounts {
+    /// By the idle-runner alarm's policy.
     pub scale_outs: usize,
     pub scale_ins: usize,
+    /// One instance each, by the webhook receiver for a queued job.
+    pub webhook_scale_outs: usize,
 }
 
 #[derive(Debug, Default, Serialize)]

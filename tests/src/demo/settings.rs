@@ -73,6 +73,9 @@ pub struct Fleet {
     /// World time an instance takes to hibernate.
     #[serde(with = "humantime_serde")]
     pub hibernate_delay: Duration,
+    /// GitHub's `workflow_job` webhooks reach the receiver, which adds one instance per
+    /// queued job at once; off, only the idle-runner alarms scale out.
+    pub webhook: bool,
     pub warm_pool: WarmPool,
     pub workload: Workload,
 }
@@ -125,6 +128,7 @@ impl Default for Fleet {
             boot_delay: Duration::from_secs(40),
             resume_delay: Duration::from_secs(5),
             hibernate_delay: Duration::from_secs(10),
+            webhook: true,
             warm_pool: WarmPool::default(),
             workload: Workload::default(),
         }

@@ -58,6 +58,7 @@ pub(crate) struct Shared {
     repos: Vec<String>,
     enterprises: Vec<String>,
     poll_wait: Duration,
+    hooks: webhooks::Hooks,
 }
 
 impl Shared {
@@ -160,18 +161,20 @@ pub async fn serve(
         repos: config.repos.clone(),
         enterprises: config.enterprises.clone(),
         poll_wait: config.poll_wait,
+        hooks: webhooks::Hooks::default(),
     });
+    if let Some(hook) = &config.webhook {
+        shared
+            .hooks
+            .add("", &hook.url, &hook.secret, vec!["workflow_job".to_owned()]);
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     on_ready(addr);
 
-    tokio::spawn(housekeeping(
-        shared.clone(),
-        config.webhook.clone(),
-        shutdown.clone(),
-    ));
+    tokio::spawn(housekeeping(shared.clone(), shutdown.clone()));
     let app = router(shared);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -188,10 +191,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .nest("/_testbed", control::routes(shared))
 }
 
-/// What GitHub does on its own, once a second: fail jobs whose runner went silent, delete
+/// What GitHub does on its own, twice a second: fail jobs whose runner went silent, delete
 /// long-offline runners, and send webhooks.
-async fn housekeeping(shared: Arc<Shared>, webhook: Option<Webhook>, shutdown: CancellationToken) {
-    let client = reqwest::Client::new();
+async fn housekeeping(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -206,10 +208,8 @@ async fn housekeeping(shared: Arc<Shared>, webhook: Option<Webhook>, shutdown: C
             }
             std::mem::take(&mut world.events)
         };
-        if let Some(hook) = &webhook {
-            for event in events {
-                hook.send(&client, &event).await;
-            }
+        for event in &events {
+            shared.hooks.job_event(event);
         }
     }
 }

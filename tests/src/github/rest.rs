@@ -55,6 +55,8 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
             );
     }
     router = router
+        .route("/orgs/{org}/hooks", post(create_hook))
+        .route("/repos/{owner}/{repo}/hooks", post(create_hook))
         .route("/orgs/{org}/actions/runner-groups", get(runner_groups))
         .route(
             "/enterprises/{enterprise}/actions/runner-groups",
@@ -532,4 +534,69 @@ async fn rate_limit(
     let core = json!({ "limit": limit, "remaining": remaining, "reset": reset.timestamp(), "used": limit - remaining, "resource": "core" });
     let search = json!({ "limit": 30, "remaining": 30, "reset": reset.timestamp(), "used": 0, "resource": "search" });
     Json(json!({ "resources": { "core": core, "search": search }, "rate": core }))
+}
+
+#[derive(Deserialize)]
+struct HookConfig {
+    url: Option<String>,
+    content_type: Option<String>,
+    secret: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct NewHook {
+    name: Option<String>,
+    config: Option<HookConfig>,
+    events: Option<Vec<String>>,
+    active: Option<bool>,
+}
+
+/// GitHub's 422 for a hook it will not create.
+fn hook_invalid(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+}
+
+/// `POST /orgs/{org}/hooks`, `POST /repos/{owner}/{repo}/hooks`: a webhook (`name` "web",
+/// `config.url`, `config.content_type` json, `config.secret`, `events`), pinged at once.
+/// Only JSON hooks are modelled.
+async fn create_hook(
+    State(shared): State<Arc<Shared>>,
+    Extension(caller): Extension<Caller>,
+    Path(params): Params,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let scope = authorize(&shared, &caller, &params)?;
+    let hook: NewHook = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("Problems parsing JSON: {e}"),
+        )
+    })?;
+    if hook.name.as_deref().unwrap_or("web") != "web" {
+        return Err(hook_invalid("Validation Failed: name must be \"web\""));
+    }
+    let config = hook
+        .config
+        .ok_or_else(|| hook_invalid("Validation Failed: config is missing"))?;
+    let url = config
+        .url
+        .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+        .ok_or_else(|| hook_invalid("Validation Failed: config.url must be an http(s) URL"))?;
+    if config.content_type.as_deref().unwrap_or("form") != "json" {
+        return Err(hook_invalid(
+            "Validation Failed: the testbed models only content_type json",
+        ));
+    }
+    if hook.active == Some(false) {
+        return Err(hook_invalid(
+            "Validation Failed: the testbed models only active hooks",
+        ));
+    }
+    let events = hook.events.unwrap_or_else(|| vec!["push".to_owned()]);
+    let secret = config.secret.unwrap_or_default();
+    let id = shared.hooks.add(&scope, &url, &secret, events.clone());
+    Ok((
+        StatusCode::CREATED,
+        Json(super::webhooks::hook_json(id, &scope, &url, &events)),
+    ))
 }

@@ -51,12 +51,14 @@ impl Plane {
         for f in functions {
             text.push_str(&format!(
                 "[[function]]\nname = \"{}\"\ncommand = \"{}\"\ntimeout_seconds = {}\nretries = 0\n\
-                 [function.environment]\nWARMFLEET_GITHUB_URL = \"{}\"\n\
+                 url = {}\n[function.environment]\nWARMFLEET_GITHUB_URL = \"{}\"\n\
                  WARMFLEET_GITHUB_CREDENTIAL_SECRET = \"{CREDENTIAL_SECRET}\"\n\
                  WARMFLEET_DEADLINE_MARGIN = \"1s\"\nRUST_LOG = \"info\"\n",
                 f.name,
                 lambda(f.binary).display(),
                 f.timeout,
+                // As the module gives the receiver, and only it, a function URL.
+                f.binary == "warmfleet-webhook",
                 github.org_url()
             ));
             for (k, v) in f.env {

@@ -70,6 +70,9 @@ pub struct Policy {
     pub last_scale_out: Option<(Duration, i64)>,
 }
 
+/// A group's default cooldown (AWS's default; the testbed does not model setting it).
+pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(300);
+
 /// What running a policy did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -227,7 +230,7 @@ impl Asg {
                 adjustment,
                 cooldown,
             } => {
-                let cooldown = cooldown.unwrap_or(Duration::from_secs(300));
+                let cooldown = cooldown.unwrap_or(DEFAULT_COOLDOWN);
                 if let Some(last) = self.cooldowns.get(group) {
                     if honor_cooldown && now < *last + cooldown {
                         return Ok(Outcome::Unchanged("the group is in its cooldown".into()));
@@ -244,10 +247,11 @@ impl Asg {
         );
         let mut change = wanted - i64::from(desired);
         let mut last_scale_out = policy.last_scale_out;
-        if let Kind::Step {
-            warmup: Some(w), ..
-        } = policy.kind
-        {
+        if let Kind::Step { warmup, .. } = policy.kind {
+            // Without a warm-up of its own a step policy uses the group's default instance
+            // warm-up, else its default cooldown (300 s; the testbed models neither
+            // setting, so their defaults hold).
+            let w = warmup.unwrap_or(DEFAULT_COOLDOWN);
             match last_scale_out {
                 Some((at, warming)) if change > 0 && now < at + w => {
                     change = (change - warming).max(0);
@@ -323,7 +327,7 @@ mod tests {
     #[test]
     fn the_matching_step_sets_the_change() {
         let mut asg = world(1);
-        asg.put_policy(step_policy(None)).unwrap();
+        asg.put_policy(step_policy(Some(0))).unwrap();
         let t = Duration::from_secs(10);
         let out = asg
             .execute_policy("g", "out", Some((0.0, 1.0)), true, "test", t)
@@ -346,6 +350,46 @@ mod tests {
             .unwrap()
             .cause
             .contains("changing the desired capacity from 2 to 5"));
+    }
+
+    #[test]
+    fn without_a_warm_up_of_its_own_a_step_policy_warms_up_for_the_default_cooldown() {
+        let mut asg = world(1);
+        asg.put_policy(step_policy(None)).unwrap();
+        let at = |s| Duration::from_secs(s);
+        asg.execute_policy("g", "out", Some((0.0, 1.0)), true, "t", at(0))
+            .unwrap();
+        assert!(matches!(
+            asg.execute_policy("g", "out", Some((0.0, 1.0)), true, "t", at(299))
+                .unwrap(),
+            Outcome::Unchanged(_)
+        ));
+        assert_eq!(
+            asg.execute_policy("g", "out", Some((0.0, 1.0)), true, "t", at(300))
+                .unwrap(),
+            Outcome::Changed { from: 2, to: 3 }
+        );
+    }
+
+    #[test]
+    fn with_no_warm_up_every_execution_adds_its_step() {
+        let mut asg = world(1);
+        asg.put_policy(step_policy(Some(0))).unwrap();
+        for to in 2..=10 {
+            assert_eq!(
+                asg.execute_policy("g", "out", Some((0.0, 1.0)), false, "t", Duration::ZERO)
+                    .unwrap(),
+                Outcome::Changed { from: to - 1, to }
+            );
+        }
+        assert!(
+            matches!(
+                asg.execute_policy("g", "out", Some((0.0, 1.0)), false, "t", Duration::ZERO)
+                    .unwrap(),
+                Outcome::Unchanged(_)
+            ),
+            "capped at the maximum"
+        );
     }
 
     #[test]
