@@ -356,29 +356,46 @@ impl Capacity for Policies {
     }
 }
 
-/// The job ledger's rules over a map of job id to the stages recorded.
+/// A stage of a job as the ledger holds it: the stage, the delivery, whether done.
+pub type Recorded = (JobStage, String, bool);
+
+/// The job ledger's rules over a map of job id to its stages.
 #[derive(Default)]
 pub struct Ledger {
-    pub jobs: Mutex<BTreeMap<u64, Vec<JobStage>>>,
+    pub jobs: Mutex<BTreeMap<u64, Vec<Recorded>>>,
 }
 
 #[async_trait]
 impl JobLedger for Ledger {
-    async fn record(&self, job_id: u64, stage: JobStage) -> Result<bool, PortError> {
+    async fn record(
+        &self,
+        job_id: u64,
+        stage: JobStage,
+        delivery: &str,
+    ) -> Result<bool, PortError> {
         let mut jobs = self.jobs.lock().unwrap();
         let seen = jobs.entry(job_id).or_default();
-        let first = match stage {
-            JobStage::Queued => seen.is_empty(),
-            JobStage::Started => !seen.contains(&JobStage::Started),
+        let mine = seen.iter().find(|(s, _, _)| *s == stage);
+        let acts = match mine {
+            Some((_, by, done)) => by == delivery && !done,
+            None => stage == JobStage::Started || seen.is_empty(),
         };
-        if first {
-            seen.push(stage);
+        if acts && mine.is_none() {
+            seen.push((stage, delivery.to_owned(), false));
         }
-        Ok(first)
+        Ok(acts)
+    }
+    async fn done(&self, job_id: u64, stage: JobStage) -> Result<(), PortError> {
+        if let Some(seen) = self.jobs.lock().unwrap().get_mut(&job_id) {
+            for s in seen.iter_mut().filter(|s| s.0 == stage) {
+                s.2 = true;
+            }
+        }
+        Ok(())
     }
     async fn forget(&self, job_id: u64, stage: JobStage) -> Result<(), PortError> {
         if let Some(seen) = self.jobs.lock().unwrap().get_mut(&job_id) {
-            seen.retain(|s| *s != stage);
+            seen.retain(|s| s.0 != stage);
         }
         Ok(())
     }

@@ -160,11 +160,19 @@ impl JobStage {
 /// out of order, and several function instances run at once.
 #[async_trait]
 pub trait JobLedger: Send + Sync {
-    /// Records that a job reached `stage`; `true` only the first time, and, for `Queued`,
-    /// only while the job has not been seen started (a late `queued` adds nothing).
-    async fn record(&self, job_id: u64, stage: JobStage) -> Result<bool, PortError>;
+    /// Records that `delivery` (GitHub's `X-GitHub-Delivery`) says a job reached `stage`.
+    /// `true` when it is the first to, or when it is the same delivery again (GitHub's
+    /// "Redeliver" keeps the GUID, and an SDK retry repeats the write) and its action was
+    /// never marked [`done`](JobLedger::done). For `Queued`, only while the job has not been
+    /// seen started: a late `queued` adds nothing.
+    async fn record(&self, job_id: u64, stage: JobStage, delivery: &str)
+        -> Result<bool, PortError>;
 
-    /// Undoes a record whose action then failed, so that a redelivery acts again.
+    /// Marks the action of a stage carried out: from now on every delivery of it is a
+    /// repeat.
+    async fn done(&self, job_id: u64, stage: JobStage) -> Result<(), PortError>;
+
+    /// Undoes a record whose action then failed, so that any later delivery acts again.
     async fn forget(&self, job_id: u64, stage: JobStage) -> Result<(), PortError>;
 }
 

@@ -138,7 +138,7 @@ impl<S: SecretStore, C: Capacity, L: JobLedger, M: Metrics> Webhook<S, C, L, M> 
                 );
             }
         };
-        match self.act(&news, until).await {
+        match self.act(&news, delivery, until).await {
             Ok(done) => {
                 info!(delivery, ?done, "delivery handled");
                 answer(200, json!({"ok": done}))
@@ -187,8 +187,14 @@ impl<S: SecretStore, C: Capacity, L: JobLedger, M: Metrics> Webhook<S, C, L, M> 
     }
 
     /// Carries out what the news calls for, once per job: a repeated `queued`, or one that
-    /// arrives after the job started, adds nothing.
-    async fn act(&self, news: &JobNews, until: Instant) -> Result<String, PortError> {
+    /// arrives after the job started, adds nothing; the same delivery again before its
+    /// action was carried out (a retry, GitHub's "Redeliver") acts.
+    async fn act(
+        &self,
+        news: &JobNews,
+        delivery: &str,
+        until: Instant,
+    ) -> Result<String, PortError> {
         let Some(action) = decision::decide(news, &self.groups) else {
             return Ok("nothing to do".into());
         };
@@ -197,18 +203,21 @@ impl<S: SecretStore, C: Capacity, L: JobLedger, M: Metrics> Webhook<S, C, L, M> 
             JobNews::Started { job_id, .. } => (*job_id, JobStage::Started),
             JobNews::Completed { .. } | JobNews::Other { .. } => return Ok("nothing to do".into()),
         };
-        let first = patience::until(until, || self.ledger.record(job_id, stage)).await?;
+        let first = patience::until(until, || self.ledger.record(job_id, stage, delivery)).await?;
         if !first {
             return Ok(format!("job {job_id} was {} already", stage.as_str()));
         }
-        let done = self.carry_out(action, until).await;
-        if done.is_err() {
-            // So that a redelivery of this event (GitHub's "Redeliver") acts again.
-            if let Err(e) = self.ledger.forget(job_id, stage).await {
-                warn!(job_id, error = %e, "could not undo the job's record");
-            }
+        let outcome = self.carry_out(action, until).await;
+        let marked = match &outcome {
+            Ok(_) => self.ledger.done(job_id, stage).await,
+            // So that a later delivery of this news acts again.
+            Err(_) => self.ledger.forget(job_id, stage).await,
+        };
+        if let Err(e) = marked {
+            // Done but not marked: only this same delivery, redelivered, could act again.
+            warn!(job_id, error = %e, "could not update the job's record");
         }
-        done
+        outcome
     }
 
     async fn carry_out(&self, action: Action, until: Instant) -> Result<String, PortError> {

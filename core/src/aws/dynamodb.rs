@@ -1,7 +1,8 @@
-//! `JobLedger` on a DynamoDB table: one item per job (partition key `job_id`, a number), its
-//! stages as attributes set by conditional updates, so that of two deliveries of the same
-//! news, in whichever function instance, exactly one acts. Items expire (the table's TTL
-//! attribute `expires_at`) a week after their last write.
+//! `JobLedger` on a DynamoDB table: one item per job (partition key `job_id`, a number), each
+//! stage as attributes set by conditional updates (when, by which delivery, whether its
+//! action was done), so that of two deliveries of the same news, in whichever function
+//! instance, one acts, and a delivery repeated before its action was done acts again. Items
+//! expire (the table's TTL attribute `expires_at`) a week after they were recorded.
 
 use super::sdk_error;
 use crate::ports::{JobLedger, JobStage, PortError};
@@ -28,19 +29,62 @@ impl JobTable {
     }
 }
 
-fn attribute(stage: JobStage) -> &'static str {
-    match stage {
-        JobStage::Queued => "queued_at",
-        JobStage::Started => "started_at",
+/// The attributes of a stage: when it was recorded, by which delivery, and whether its
+/// action was carried out.
+impl JobTable {
+    /// An update of a job's item that exists (an update would create a missing one: one
+    /// that is not there has nothing to mark or forget), with `:yes` bound to `yes`.
+    async fn update_existing(
+        &self,
+        job_id: u64,
+        expression: String,
+        yes: Option<AttributeValue>,
+    ) -> Result<(), PortError> {
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("job_id", AttributeValue::N(job_id.to_string()))
+            .update_expression(expression)
+            .condition_expression("attribute_exists(job_id)")
+            .set_expression_attribute_values(yes.map(|v| [(":yes".to_owned(), v)].into()))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error(
+                SERVICE,
+                "UpdateItem",
+                format!("{}/{job_id}", self.table),
+                &e,
+            )),
+        }
     }
 }
 
-/// The condition under which recording `stage` is the first time: a `queued` that comes
-/// after the job was seen started is not.
-fn first_time(stage: JobStage) -> &'static str {
+fn attributes(stage: JobStage) -> (&'static str, &'static str, &'static str) {
     match stage {
-        JobStage::Queued => "attribute_not_exists(queued_at) AND attribute_not_exists(started_at)",
-        JobStage::Started => "attribute_not_exists(started_at)",
+        JobStage::Queued => ("queued_at", "queued_by", "queued_done"),
+        JobStage::Started => ("started_at", "started_by", "started_done"),
+    }
+}
+
+/// The condition under which recording `stage` for delivery `:delivery` acts: the first
+/// time (a `queued` after the job was seen started is not), or the same delivery again
+/// before its action was done.
+fn acts(stage: JobStage) -> &'static str {
+    match stage {
+        JobStage::Queued => {
+            "(attribute_not_exists(queued_at) AND attribute_not_exists(started_at)) \
+             OR (queued_by = :delivery AND attribute_not_exists(queued_done))"
+        }
+        JobStage::Started => {
+            "attribute_not_exists(started_at) \
+             OR (started_by = :delivery AND attribute_not_exists(started_done))"
+        }
     }
 }
 
@@ -53,7 +97,13 @@ fn epoch_seconds(at: SystemTime) -> String {
 
 #[async_trait]
 impl JobLedger for JobTable {
-    async fn record(&self, job_id: u64, stage: JobStage) -> Result<bool, PortError> {
+    async fn record(
+        &self,
+        job_id: u64,
+        stage: JobStage,
+        delivery: &str,
+    ) -> Result<bool, PortError> {
+        let (at, by, _) = attributes(stage);
         let now = SystemTime::now();
         let sent = self
             .client
@@ -61,11 +111,11 @@ impl JobLedger for JobTable {
             .table_name(&self.table)
             .key("job_id", AttributeValue::N(job_id.to_string()))
             .update_expression(format!(
-                "SET {} = :now, expires_at = :expires",
-                attribute(stage)
+                "SET {at} = :now, {by} = :delivery, expires_at = :expires"
             ))
-            .condition_expression(first_time(stage))
+            .condition_expression(acts(stage))
             .expression_attribute_values(":now", AttributeValue::N(epoch_seconds(now)))
+            .expression_attribute_values(":delivery", AttributeValue::S(delivery.to_owned()))
             .expression_attribute_values(":expires", AttributeValue::N(epoch_seconds(now + KEEP)))
             .send()
             .await;
@@ -83,28 +133,19 @@ impl JobLedger for JobTable {
         }
     }
 
+    async fn done(&self, job_id: u64, stage: JobStage) -> Result<(), PortError> {
+        let (_, _, done) = attributes(stage);
+        self.update_existing(
+            job_id,
+            format!("SET {done} = :yes"),
+            Some(AttributeValue::Bool(true)),
+        )
+        .await
+    }
+
     async fn forget(&self, job_id: u64, stage: JobStage) -> Result<(), PortError> {
-        let sent = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("job_id", AttributeValue::N(job_id.to_string()))
-            .update_expression(format!("REMOVE {}", attribute(stage)))
-            // An update creates a missing item: one that is not there has nothing to forget.
-            .condition_expression("attribute_exists(job_id)")
-            .send()
-            .await;
-        match sent {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error(
-                SERVICE,
-                "UpdateItem",
-                format!("{}/{job_id}", self.table),
-                &e,
-            )),
-        }
+        let (at, by, _) = attributes(stage);
+        self.update_existing(job_id, format!("REMOVE {at}, {by}"), None)
+            .await
     }
 }

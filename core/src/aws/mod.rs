@@ -68,6 +68,11 @@ where
                     | "InternalFailure"
                     | "ServiceUnavailable"
                     | "ResourceContention"
+                    // Auto Scaling's ExecutePolicy while another activity runs.
+                    | "ScalingActivityInProgress"
+                    // DynamoDB's own throttling and server errors.
+                    | "ProvisionedThroughputExceededException"
+                    | "InternalServerError"
             )
         ),
         _ => false,
