@@ -19,25 +19,19 @@ impl CloudWatch {
     }
 }
 
-#[async_trait]
-impl Metrics for CloudWatch {
-    async fn publish(&self, group: &str, values: &[(&str, f64)]) -> Result<(), PortError> {
-        let dimension = Dimension::builder()
+/// A datum of `metric` for one group: the dimension every warmfleet metric has.
+fn datum(group: &str, metric: &str) -> aws_sdk_cloudwatch::types::builders::MetricDatumBuilder {
+    MetricDatum::builder().metric_name(metric).dimensions(
+        Dimension::builder()
             .name(METRIC_DIMENSION_ASG)
             .value(group)
-            .build();
-        // No timestamp: CloudWatch stamps the data when it arrives.
-        let data = values
-            .iter()
-            .map(|(name, value)| {
-                MetricDatum::builder()
-                    .metric_name(*name)
-                    .dimensions(dimension.clone())
-                    .value(*value)
-                    .unit(StandardUnit::Count)
-                    .build()
-            })
-            .collect();
+            .build(),
+    )
+}
+
+impl CloudWatch {
+    /// One PutMetricData; no timestamp: CloudWatch stamps the data when it arrives.
+    async fn put(&self, group: &str, data: Vec<MetricDatum>) -> Result<(), PortError> {
         self.client
             .put_metric_data()
             .namespace(METRIC_NAMESPACE)
@@ -47,6 +41,22 @@ impl Metrics for CloudWatch {
             .map(|_| ())
             .map_err(|e| sdk_error("CloudWatch", "PutMetricData", group.to_owned(), &e))
     }
+}
+
+#[async_trait]
+impl Metrics for CloudWatch {
+    async fn publish(&self, group: &str, values: &[(&str, f64)]) -> Result<(), PortError> {
+        let data = values
+            .iter()
+            .map(|(name, value)| {
+                datum(group, name)
+                    .value(*value)
+                    .unit(StandardUnit::Count)
+                    .build()
+            })
+            .collect();
+        self.put(group, data).await
+    }
 
     async fn publish_seconds(
         &self,
@@ -54,37 +64,16 @@ impl Metrics for CloudWatch {
         metric: &str,
         seconds: &[f64],
     ) -> Result<(), PortError> {
-        // One datum with every value (up to 150 a datum), as CloudWatch takes them.
+        // Every value in one datum (up to 150 a datum), as CloudWatch takes them.
         let data = seconds
             .chunks(150)
             .map(|values| {
-                MetricDatum::builder()
-                    .metric_name(metric)
-                    .dimensions(
-                        Dimension::builder()
-                            .name(METRIC_DIMENSION_ASG)
-                            .value(group)
-                            .build(),
-                    )
+                datum(group, metric)
                     .set_values(Some(values.to_vec()))
                     .unit(StandardUnit::Seconds)
                     .build()
             })
             .collect();
-        self.client
-            .put_metric_data()
-            .namespace(METRIC_NAMESPACE)
-            .set_metric_data(Some(data))
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                sdk_error(
-                    "CloudWatch",
-                    "PutMetricData",
-                    format!("{group}/{metric}"),
-                    &e,
-                )
-            })
+        self.put(group, data).await
     }
 }

@@ -572,8 +572,12 @@ async fn create_hook(
             format!("Problems parsing JSON: {e}"),
         )
     })?;
-    if hook.name.as_deref().unwrap_or("web") != "web" {
-        return Err(hook_invalid("Validation Failed: name must be \"web\""));
+    // An organisation's hook must name itself "web"; a repository's may leave it out.
+    let default_name = (!scope.starts_with("orgs/")).then_some("web");
+    if hook.name.as_deref().or(default_name) != Some("web") {
+        return Err(hook_invalid(
+            "Validation Failed: name must be passed as \"web\"",
+        ));
     }
     let config = hook
         .config
