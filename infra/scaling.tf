@@ -18,6 +18,15 @@ locals {
       upper  = null
       change = 1
   }]
+  # Mirrored for scale-in: a breach of [0, 1.5) removes 1, [1.5, 2.5) removes 2, and so on,
+  # the last step open-ended (IdleRunners - target is a whole number above 0).
+  scale_in_steps = [
+    for k in range(1, var.scale_in_max_step + 1) : {
+      lower  = k == 1 ? 0 : k - 0.5
+      upper  = k == var.scale_in_max_step ? null : k + 0.5
+      change = -k
+    }
+  ]
 }
 
 resource "aws_autoscaling_policy" "scale_out" {
@@ -41,9 +50,13 @@ resource "aws_autoscaling_policy" "scale_in" {
   autoscaling_group_name = aws_autoscaling_group.runners.name
   policy_type            = "StepScaling"
   adjustment_type        = "ChangeInCapacity"
-  step_adjustment {
-    metric_interval_lower_bound = 0
-    scaling_adjustment          = -var.scale_in_step
+  dynamic "step_adjustment" {
+    for_each = local.scale_in_steps
+    content {
+      metric_interval_lower_bound = step_adjustment.value.lower
+      metric_interval_upper_bound = step_adjustment.value.upper
+      scaling_adjustment          = step_adjustment.value.change
+    }
   }
 }
 

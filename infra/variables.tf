@@ -205,10 +205,14 @@ variable "instance_warmup_seconds" {
   default     = 120
 }
 
-variable "scale_in_step" {
-  description = "Instances removed each time the idle-runners-high alarm fires."
+variable "scale_in_max_step" {
+  description = "The most instances one scale-in removes: one per idle runner above the target, up to this many."
   type        = number
   default     = 1
+  validation {
+    condition     = var.scale_in_max_step >= 1 && var.scale_in_max_step <= 10
+    error_message = "scale_in_max_step: 1 to 10."
+  }
 }
 
 variable "scale_out_evaluation_periods" {

@@ -1,10 +1,12 @@
-//! `warmfleet-testbed bench-control`: a benchmark (not a test) of the three Lambda binaries,
+//! `warmfleet-testbed bench-control`: a benchmark (not a test) of the four Lambda binaries,
 //! run by the AWS world through the Lambda Runtime API against the GitHub fake, written to a
 //! JSON file: each function's cold init time, handler durations, peak memory (VmHWM) and
-//! binary size, and GitHub requests per invocation at several runner counts.
+//! binary size, and GitHub requests per invocation at several runner counts; the webhook
+//! receiver's, once, through its function URL (bench_webhook.rs).
 //! `make bench` builds the binaries with the dist profile and runs it.
 
-use crate::world::{Spec, World, ORG, PAT};
+use crate::bench_webhook;
+use crate::world::{Spec, World, ORG, PAT, WEBHOOK_FUNCTION};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -47,7 +49,7 @@ struct FunctionRun {
     outcome: Vec<String>,
 }
 
-fn peak_rss_kib(pid: u64) -> Option<u64> {
+pub(crate) fn peak_rss_kib(pid: u64) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
@@ -178,6 +180,7 @@ fn launch(n: usize) -> Value {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
     let mut runs = vec![];
+    let mut webhook = None;
     for &n in &args.runners {
         eprintln!("==> {n} runners");
         // The sweep looks after an empty group: it measures its listing, and leaves the
@@ -188,6 +191,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             "WARMFLEET_GROUPS".into(),
             "bench-empty".into(),
         ));
+        // The webhook receiver's figures do not depend on the runners: measured once.
+        let with_webhook = webhook.is_none();
+        if with_webhook {
+            spec.webhook = true;
+            spec.function_env.push((
+                WEBHOOK_FUNCTION,
+                "WARMFLEET_GROUPS".into(),
+                bench_webhook::GROUP.into(),
+            ));
+        }
         let world = World::start(&spec).await?;
         for group in ["bench", "bench-empty"] {
             let created = world
@@ -207,6 +220,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
             }
         }
         let result = async {
+            if with_webhook {
+                eprintln!("==> the webhook receiver");
+                world.webhook_group().await?;
+                webhook = Some(world.bench_webhook().await?);
+            }
             world.runners(n).await?;
             let mut functions = vec![
                 world
@@ -242,6 +260,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         "warmfleet-registration",
         "warmfleet-deregistration",
         "warmfleet-record-metric",
+        "warmfleet-webhook",
     ]
     .iter()
     .map(|b| {
@@ -255,6 +274,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "binaries": sizes,
         "runs": runs,
+        "webhook": webhook,
     });
     write_report(&args.out, &report)?;
     Ok(0)

@@ -12,6 +12,7 @@ pub mod agent_setup;
 pub mod aws;
 pub mod bench;
 pub mod bench_agent;
+pub mod bench_webhook;
 pub mod demo;
 pub mod github;
 pub mod runner;

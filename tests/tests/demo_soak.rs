@@ -1,7 +1,8 @@
 //! The soak test: the README's main job, `warmfleet-testbed demo --chaos`, with 200 jobs
 //! arriving over a workday (so the group scales out, then back in) while agents are killed, Lambda
 //! processes crash, lifecycle events are duplicated and delayed, GitHub answers 5xx and
-//! rate-limit bursts, and instances are scaled in and terminated mid-job. It must end with
+//! rate-limit bursts, its webhook deliveries are dropped, delayed, redelivered and forged,
+//! and instances are scaled in and terminated mid-job. It must end with
 //! every job succeeded, none killed, and nothing left behind: no runner, no secret, no
 //! lifecycle hook waiting.
 
@@ -59,6 +60,15 @@ fn two_hundred_jobs_under_chaos_all_succeed_and_nothing_is_left_behind() {
     ] {
         assert!(n(&format!("/chaos/{kind}")) > 0, "no {kind}: {context}");
     }
+    // Webhook chaos happened, and no forgery got past the signature check.
+    for kind in ["dropped", "delayed", "duplicated", "forged"] {
+        assert!(
+            n(&format!("/webhook/{kind}")) > 0,
+            "no {kind} delivery: {context}"
+        );
+    }
+    assert_eq!(n("/webhook/forged_accepted"), 0, "{context}");
+    assert!(n("/webhook/rejected") >= n("/webhook/forged"), "{context}");
     assert!(run.status.success(), "exit {:?}: {context}", run.status);
 }
 

@@ -4,7 +4,9 @@
 //! retry runs it again); GitHub answers a burst of 5xx, or of rate-limit refusals; the
 //! group is scaled in by one while jobs run; an instance whose runner is busy is terminated.
 //! From the start, lifecycle events are delivered twice (one in five) and late (up to 30
-//! world seconds), as EventBridge may.
+//! world seconds), as EventBridge may; and GitHub's webhook deliveries are dropped, held
+//! back 30-90 world seconds (so later ones overtake them), redelivered, and accompanied by
+//! forgeries signed with another secret (one in ten each).
 
 use super::Demo;
 use crate::world::ORG;
@@ -43,9 +45,26 @@ impl Chaos {
                 .await?
                 .error_for_status()?;
             self.next = Some(Instant::now() + self.interval(demo));
-            return Ok(Some(
-                "chaos: lifecycle events duplicated (1 in 5) and delayed (up to 30 s)".into(),
-            ));
+            let mut said =
+                "chaos: lifecycle events duplicated (1 in 5) and delayed (up to 30 s)".to_owned();
+            if demo.fleet.webhook {
+                let ms = |world: f64| demo.real(world).as_millis() as u64;
+                demo.world
+                    .http
+                    .put(format!("{}/_testbed/webhooks/faults", demo.world.github))
+                    .json(&json!({
+                        "drop": 0.1, "delay": 0.1, "delay_ms": [ms(30.0), ms(90.0)],
+                        "duplicate": 0.1, "forge": 0.1,
+                    }))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                said.push_str(
+                    "; webhook deliveries dropped, delayed (30-90 s, overtaken), redelivered \
+                     and forged (1 in 10 each)",
+                );
+            }
+            return Ok(Some(said));
         };
         if Instant::now() < next {
             return Ok(None);

@@ -13,6 +13,7 @@ pub mod settings;
 pub mod workload;
 
 use crate::agent_setup::{lifecycle_hooks, AgentSetup, HOOK_HEARTBEAT_SECONDS};
+use crate::github::webhooks::DeliveryRec;
 use crate::github::{
     control::NewJob,
     state::{JobRec, Outcome},
@@ -122,14 +123,19 @@ fn plan(args: &DemoArgs, fleet: &mut Fleet, seed: u64) -> anyhow::Result<Vec<Pla
             Err(_) => bail!("--workload {w}: neither steady, bursts, workday nor a CSV file"),
         }
     }
-    match &fleet.workload.csv {
-        Some(csv) => workload::from_csv(csv, args.jobs),
-        None => Ok(workload::generate(
+    let mut jobs = match &fleet.workload.csv {
+        Some(csv) => workload::from_csv(csv, args.jobs)?,
+        None => workload::generate(
             &fleet.workload,
             args.jobs.unwrap_or(fleet.workload.jobs),
             seed,
-        )),
+        ),
+    };
+    let start = fleet.workload.start.as_secs_f64();
+    for job in &mut jobs {
+        job.at += start;
     }
+    Ok(jobs)
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
@@ -453,7 +459,17 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
             .send()
     };
     let out = policy("scale-out", out_steps).await?;
-    let inn = policy("scale-in", vec![step_of(Some(0.0), None, -1)]).await?;
+    // Scale in as the module does: one runner per surplus idle one, up to
+    // scale_in_max_step at once (the breach IdleRunners - target is 1, 2, ...).
+    let max_in = f.scale_in_max_step as i32;
+    let in_steps = (1..=max_in)
+        .map(|k| {
+            let lower = if k == 1 { 0.0 } else { f64::from(k) - 0.5 };
+            let upper = (k < max_in).then(|| f64::from(k) + 0.5);
+            step_of(Some(lower), upper, -k)
+        })
+        .collect();
+    let inn = policy("scale-in", in_steps).await?;
     if f.webhook {
         // The webhook receiver's: +1 per queued job, no warm-up, so that every execution
         // adds its instance.
@@ -526,7 +542,7 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
         Statistic::Minimum,
         ComparisonOperator::GreaterThanThreshold,
         target,
-        f.scale_in_evaluation_periods,
+        f.scale_in_periods(),
         inn.policy_arn,
     )
     .await?;
@@ -701,10 +717,18 @@ async fn collect(demo: &Demo, jobs: &[JobRec]) -> anyhow::Result<report::Report>
         webhook_scale_outs: caused(&format!("policy {}", naming::POLICY_JOB_QUEUED)),
     };
     let requests: Vec<serde_json::Value> = demo.world.github_control("requests").await?;
+    let webhook = if demo.fleet.webhook {
+        let deliveries: Vec<DeliveryRec> = demo.world.github_control("webhooks/deliveries").await?;
+        Some(report::webhooks(&deliveries))
+    } else {
+        None
+    };
     let left = leftovers(demo).await?;
     Ok(report::Report {
         jobs: job_counts,
         job_wait_seconds: waits,
+        job_wait_split: wait_split(demo, jobs),
+        webhook,
         instances,
         instance_seconds,
         scaling,
@@ -718,6 +742,25 @@ async fn collect(demo: &Demo, jobs: &[JobRec]) -> anyhow::Result<report::Report>
         },
         chaos: None,
     })
+}
+
+/// The job waits split by what held them back (see `report::wait_split`).
+fn wait_split(demo: &Demo, jobs: &[JobRec]) -> report::WaitSplit {
+    let Some(t0) = jobs.iter().map(|j| j.queued_at).min() else {
+        return report::WaitSplit::default();
+    };
+    let world = |t: chrono::DateTime<chrono::Utc>| {
+        (t - t0).num_milliseconds() as f64 / 1000.0 * demo.time_scale
+    };
+    let spans: Vec<report::Span> = jobs
+        .iter()
+        .map(|j| report::Span {
+            queued: world(j.queued_at),
+            started: j.started_at.map(world),
+            finished: j.finished_at.map(world),
+        })
+        .collect();
+    report::wait_split(&spans, demo.fleet.max_size)
 }
 
 mod view {

@@ -45,6 +45,7 @@ const SHAPING: &[&str] = &[
     "scale_out_max_step",
     "scale_out_evaluation_periods",
     "scale_in_evaluation_periods",
+    "scale_in_max_step",
     "instance_warmup_seconds",
     "warm_pool",
     "warm_pool_min_size",
@@ -113,7 +114,8 @@ fn shape(given: &Map<String, Value>, mut fleet: Fleet) -> anyhow::Result<(Fleet,
     fleet.runner_labels = strings("runner_labels")?;
     fleet.scale_out_max_step = count("scale_out_max_step")?;
     fleet.scale_out_evaluation_periods = count("scale_out_evaluation_periods")?;
-    fleet.scale_in_evaluation_periods = count("scale_in_evaluation_periods")?;
+    fleet.scale_in_evaluation_periods = Some(count("scale_in_evaluation_periods")?);
+    fleet.scale_in_max_step = count("scale_in_max_step")?;
     fleet.instance_warmup = Duration::from_secs(u64::from(count("instance_warmup_seconds")?));
     // As the module: hibernation needs on-demand capacity of one instance type.
     let mixed = flag("spot")? || strings("instance_types")?.len() > 1;
@@ -162,9 +164,10 @@ mod tests {
         assert_eq!(
             (
                 f.scale_out_evaluation_periods,
-                f.scale_in_evaluation_periods
+                f.scale_in_evaluation_periods,
+                f.scale_in_max_step
             ),
-            (1, 10)
+            (1, Some(10), 1)
         );
         assert_eq!(f.instance_warmup, Duration::from_secs(120));
         assert!(f.warm_pool.enabled && f.warm_pool.reuse_on_scale_in);

@@ -2,6 +2,7 @@
 //! from the worlds' records (the GitHub fake's jobs, the Auto Scaling effects log).
 
 use crate::github::state::{JobRec, Outcome};
+use crate::github::webhooks::DeliveryRec;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -11,10 +12,15 @@ pub struct Report {
     pub jobs: JobCounts,
     /// World seconds from queued to started, over the jobs that started.
     pub job_wait_seconds: Percentiles,
+    /// The same waits, summed, by what the group could do meanwhile.
+    pub job_wait_split: WaitSplit,
     pub instances: InstanceCounts,
     pub instance_seconds: InstanceSeconds,
     /// Capacity changes the alarms' step policies made.
     pub scaling: ScalingCounts,
+    /// GitHub's `workflow_job` deliveries to the receiver (none without the webhook).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookCounts>,
     pub github: GithubCounts,
     pub aws: AwsCounts,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -38,6 +44,39 @@ pub struct Percentiles {
     pub p50: f64,
     pub p95: f64,
     pub max: f64,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct WaitSplit {
+    /// World seconds jobs waited while the group could still grow: waiting for scaling.
+    pub scaling: f64,
+    /// World seconds jobs waited while the desired capacity was the max size: waiting
+    /// because the group was full.
+    pub at_max: f64,
+    /// Jobs that waited at the max size at all.
+    pub jobs_waiting_at_max: usize,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize)]
+pub struct WebhookCounts {
+    /// `workflow_job` deliveries the receiver answered (redeliveries and forgeries too).
+    pub received: usize,
+    /// Answered with 2xx.
+    pub accepted: usize,
+    /// Answered with 4xx: a bad signature, a body it cannot read.
+    pub rejected: usize,
+    /// Answered with 5xx, or not at all: GitHub shows these as failed.
+    pub failed: usize,
+    /// Chaos: never sent.
+    pub dropped: usize,
+    /// Chaos: held back, so that later ones overtook them.
+    pub delayed: usize,
+    /// Chaos: sent again with the same GUID.
+    pub duplicated: usize,
+    /// Chaos: signed with another secret.
+    pub forged: usize,
+    /// Forgeries the receiver accepted (must be 0).
+    pub forged_accepted: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -89,6 +128,7 @@ impl Report {
             && self.github.orphan_runners_at_end == 0
             && self.aws.leaked_secrets_at_end == 0
             && self.aws.pending_hooks_at_end == 0
+            && self.webhook.as_ref().map_or(0, |w| w.forged_accepted) == 0
     }
 }
 
@@ -145,6 +185,91 @@ pub fn jobs(
         max: tenths(waits.last().copied().unwrap_or(0.0)),
     };
     (counts, p)
+}
+
+/// A job on the world's clock (seconds): queued, started, finished.
+#[derive(Debug, Clone, Copy)]
+pub struct Span {
+    pub queued: f64,
+    pub started: Option<f64>,
+    pub finished: Option<f64>,
+}
+
+/// Splits the waits by what held each job back. At a moment of a job's wait, it waits
+/// because of the max size when the jobs running then plus those waiting that were queued
+/// no later than it (itself included) outnumber `max`: even a full group has no runner for
+/// it. Otherwise it waits for scaling: an instance to come, a runner to register. Sampled
+/// every tenth of a world second.
+pub fn wait_split(jobs: &[Span], max: u32) -> WaitSplit {
+    const STEP: f64 = 0.1;
+    let running = |t: f64| {
+        jobs.iter()
+            .filter(|k| k.started.is_some_and(|s| s <= t) && k.finished.is_none_or(|f| t < f))
+            .count()
+    };
+    let mut split = WaitSplit::default();
+    for (i, j) in jobs.iter().enumerate() {
+        let Some(started) = j.started else { continue };
+        let mut at_max = 0.0;
+        let mut t = j.queued;
+        while t < started {
+            let ahead = jobs
+                .iter()
+                .enumerate()
+                .filter(|(n, k)| {
+                    (k.queued < j.queued || (k.queued == j.queued && *n <= i))
+                        && k.queued <= t
+                        && k.started.is_none_or(|s| t < s)
+                })
+                .count();
+            let dt = STEP.min(started - t);
+            if running(t) + ahead > max as usize {
+                at_max += dt;
+            }
+            t += dt;
+        }
+        split.at_max += at_max;
+        split.scaling += started - j.queued - at_max;
+        if at_max > 0.0 {
+            split.jobs_waiting_at_max += 1;
+        }
+    }
+    split.at_max = tenths(split.at_max);
+    split.scaling = tenths(split.scaling);
+    split
+}
+
+/// Counts the `workflow_job` deliveries of the GitHub fake's record.
+pub fn webhooks(deliveries: &[DeliveryRec]) -> WebhookCounts {
+    let mut c = WebhookCounts::default();
+    for d in deliveries.iter().filter(|d| d.event == "workflow_job") {
+        let fault = d.fault.as_deref();
+        match fault {
+            Some("dropped") => c.dropped += 1,
+            Some("delayed") => c.delayed += 1,
+            Some("duplicate") => c.duplicated += 1,
+            Some("forged") => c.forged += 1,
+            _ => {}
+        }
+        match d.status {
+            Some(s) => {
+                c.received += 1;
+                match s {
+                    200..=299 => {
+                        c.accepted += 1;
+                        if fault == Some("forged") {
+                            c.forged_accepted += 1;
+                        }
+                    }
+                    400..=499 => c.rejected += 1,
+                    _ => c.failed += 1,
+                }
+            }
+            None if fault != Some("dropped") => c.failed += 1,
+            None => {}
+        }
+    }
+    c
 }
 
 /// Whether a runner carrying `runner_labels` (lowercase) can take a job asking for `labels`.
@@ -305,6 +430,69 @@ mod tests {
             (4, 1, 1, 2, 1)
         );
         assert_eq!((w.p50, w.max), (30.0, 30.0));
+    }
+
+    #[test]
+    fn a_wait_is_at_max_only_while_a_full_group_could_not_run_the_job() {
+        let job = |queued: f64, started: f64, finished: f64| Span {
+            queued,
+            started: Some(started),
+            finished: Some(finished),
+        };
+        // Max 2. Jobs 1 and 2 wait for instances (0-10); job 3 has no room until job 1
+        // ends at 30, then waits 5 more for a runner; job 4 never started.
+        let jobs = [
+            job(0.0, 10.0, 30.0),
+            job(0.0, 10.0, 50.0),
+            job(5.0, 35.0, 60.0),
+            Span {
+                queued: 40.0,
+                started: None,
+                finished: None,
+            },
+        ];
+        let split = wait_split(&jobs, 2);
+        assert_eq!(split.jobs_waiting_at_max, 1);
+        assert_eq!(split.at_max, 25.0, "job 3 from 5 to 30");
+        assert_eq!(split.scaling, 10.0 + 10.0 + 5.0);
+        assert_eq!(wait_split(&jobs, 3).at_max, 0.0, "three fit");
+    }
+
+    #[test]
+    fn deliveries_are_counted_by_answer_and_by_chaos() {
+        let d = |fault: Option<&str>, status: Option<u16>| DeliveryRec {
+            hook_id: 1,
+            guid: "g".into(),
+            event: "workflow_job".into(),
+            fault: fault.map(str::to_owned),
+            status,
+        };
+        let mut ping = d(None, Some(200));
+        ping.event = "ping".into();
+        let c = webhooks(&[
+            ping,
+            d(None, Some(200)),
+            d(Some("duplicate"), Some(200)),
+            d(Some("delayed"), Some(503)),
+            d(Some("dropped"), None),
+            d(Some("forged"), Some(401)),
+            d(Some("forged"), Some(202)),
+            d(None, None),
+        ]);
+        assert_eq!(
+            c,
+            WebhookCounts {
+                received: 5,
+                accepted: 3,
+                rejected: 1,
+                failed: 2,
+                dropped: 1,
+                delayed: 1,
+                duplicated: 1,
+                forged: 2,
+                forged_accepted: 1,
+            }
+        );
     }
 
     #[test]

@@ -59,8 +59,13 @@ pub struct Fleet {
     pub scale_out_max_step: u32,
     /// Minutes `IdleRunners` must stay below the target before a scale-out.
     pub scale_out_evaluation_periods: u32,
-    /// Minutes `IdleRunners` must stay above the target before one runner goes.
-    pub scale_in_evaluation_periods: u32,
+    /// Minutes `IdleRunners` must stay above the target before a scale-in; default 1 with
+    /// the webhook (a queued job brings an instance back from the pool in seconds, so a
+    /// surplus is not worth keeping), 3 without.
+    pub scale_in_evaluation_periods: Option<u32>,
+    /// The most instances one scale-in removes: one per idle runner above the target, up
+    /// to this many.
+    pub scale_in_max_step: u32,
     /// How long a new instance counts as warming up for the scale-out policy.
     #[serde(with = "humantime_serde")]
     pub instance_warmup: Duration,
@@ -103,6 +108,10 @@ pub struct Workload {
     /// World time over which `jobs` jobs arrive.
     #[serde(with = "humantime_serde")]
     pub length: Duration,
+    /// World time from the fleet's creation to the workload's start (a fleet in use has
+    /// had time to fill its warm pool); default 0.
+    #[serde(with = "humantime_serde")]
+    pub start: Duration,
     /// Mean job length (each is 0.5-1.5 times this).
     #[serde(with = "humantime_serde")]
     pub job_duration: Duration,
@@ -123,7 +132,8 @@ impl Default for Fleet {
             runner_labels: vec!["linux".into()],
             scale_out_max_step: 3,
             scale_out_evaluation_periods: 1,
-            scale_in_evaluation_periods: 3,
+            scale_in_evaluation_periods: None,
+            scale_in_max_step: 1,
             instance_warmup: Duration::from_secs(60),
             boot_delay: Duration::from_secs(40),
             resume_delay: Duration::from_secs(5),
@@ -153,6 +163,7 @@ impl Default for Workload {
             pattern: Pattern::Bursts,
             jobs: 40,
             length: Duration::from_secs(20 * 60),
+            start: Duration::ZERO,
             job_duration: Duration::from_secs(120),
             labels: vec!["linux".into()],
             csv: None,
@@ -194,13 +205,13 @@ impl Fleet {
                 self.max_size
             );
         }
-        if self.scale_in_evaluation_periods == 0 || self.scale_out_evaluation_periods == 0 {
+        if self.scale_in_evaluation_periods == Some(0) || self.scale_out_evaluation_periods == 0 {
             bail!(
                 "scale_in_evaluation_periods and scale_out_evaluation_periods must be at least 1"
             );
         }
-        if self.scale_out_max_step == 0 {
-            bail!("scale_out_max_step must be at least 1");
+        if self.scale_out_max_step == 0 || self.scale_in_max_step == 0 {
+            bail!("scale_out_max_step and scale_in_max_step must be at least 1");
         }
         if self.group.is_empty() || self.group.contains('/') {
             bail!(
@@ -212,6 +223,12 @@ impl Fleet {
             bail!("workload.job_duration and workload.length must be more than 0");
         }
         Ok(())
+    }
+
+    /// Minutes above the idle target before a scale-in (see the field).
+    pub fn scale_in_periods(&self) -> u32 {
+        self.scale_in_evaluation_periods
+            .unwrap_or(if self.webhook { 1 } else { 3 })
     }
 
     /// Warm instances kept at least.

@@ -3,10 +3,11 @@
 
 use super::gate::{Fault, LoggedRequest};
 use super::state::{JobRec, RunnerRec};
+use super::webhooks::{DeliveryFaults, DeliveryRec};
 use super::{now, ApiError, Shared};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         .route("/jobs/{id}", get(job))
         .route("/requests", get(requests).delete(clear_requests))
         .route("/faults", post(add_fault))
+        .route("/webhooks/faults", put(set_webhook_faults))
+        .route("/webhooks/deliveries", get(webhook_deliveries))
         .route("/runners", get(runners))
         .route("/runners/{id}/update", post(request_update))
         .with_state(shared)
@@ -127,6 +130,22 @@ async fn add_fault(
     }
     shared.gate.add_fault(fault);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Chaos for the `workflow_job` deliveries from now on (probabilities; all 0 turns it off).
+async fn set_webhook_faults(
+    State(shared): State<Arc<Shared>>,
+    Json(faults): Json<DeliveryFaults>,
+) -> Result<StatusCode, ApiError> {
+    shared
+        .hooks
+        .set_faults(faults)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn webhook_deliveries(State(shared): State<Arc<Shared>>) -> Json<Vec<DeliveryRec>> {
+    Json(shared.hooks.deliveries())
 }
 
 async fn runners(State(shared): State<Arc<Shared>>) -> Json<Vec<RunnerView>> {

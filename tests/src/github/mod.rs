@@ -191,10 +191,13 @@ fn router(shared: Arc<Shared>) -> Router {
         .nest("/_testbed", control::routes(shared))
 }
 
-/// What GitHub does on its own, twice a second: fail jobs whose runner went silent, delete
-/// long-offline runners, and send webhooks.
+/// What GitHub does on its own: twice a second, fail jobs whose runner went silent and
+/// delete long-offline runners; every 20 ms, send the webhooks of the job events since
+/// (GitHub sends them within about a second; at a time scale of 20, 500 ms would be 10 world
+/// seconds).
 async fn housekeeping(shared: Arc<Shared>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut last_sweep = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -202,9 +205,12 @@ async fn housekeeping(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
         let events = {
             let mut world = shared.world();
-            let gone = world.tick(now());
-            if !gone.is_empty() {
-                tracing::info!(?gone, "deleted runners offline for too long");
+            if last_sweep.elapsed() >= Duration::from_millis(500) {
+                last_sweep = tokio::time::Instant::now();
+                let gone = world.tick(now());
+                if !gone.is_empty() {
+                    tracing::info!(?gone, "deleted runners offline for too long");
+                }
             }
             std::mem::take(&mut world.events)
         };

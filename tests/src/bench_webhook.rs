@@ -1,0 +1,214 @@
+//! The webhook receiver's part of `bench-control`: signed `workflow_job` deliveries through
+//! its function URL, as GitHub sends them, and what each cost: cold init, handler time,
+//! peak memory, and the capacity they added — duplicates and forgeries must add none, which
+//! bounds the over-provisioning they can cause.
+
+use crate::github::state::{JobEvent, JobRec, Outcome};
+use crate::github::webhooks::{signature, workflow_job_payload};
+use crate::world::{World, WEBHOOK_FUNCTION, WEBHOOK_SECRET};
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use warmfleet_core::naming;
+
+/// The group the deliveries scale: its runners carry `warmfleet` and its name.
+pub const GROUP: &str = "bench-webhook";
+/// New jobs queued, one delivery each.
+const NEW_JOBS: u64 = 20;
+/// Deliveries of an already queued job: GitHub's Redeliver (same GUID) and duplicates.
+const REPEATS: u64 = 10;
+const FORGED: u64 = 5;
+
+#[derive(Debug, Serialize)]
+pub struct Kind {
+    what: &'static str,
+    deliveries: u64,
+    /// The receiver's HTTP answers, by status.
+    statuses: BTreeMap<u16, u64>,
+    duration_ms_p50: f64,
+    duration_ms_max: f64,
+    /// The group's desired capacity these deliveries added.
+    capacity_added: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WebhookBench {
+    init_ms: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    kinds: Vec<Kind>,
+}
+
+fn job(id: u64, action: &'static str) -> JobEvent {
+    let now = chrono::Utc::now();
+    JobEvent {
+        action,
+        job: JobRec {
+            id,
+            name: format!("bench-{id}"),
+            scope: "repos/acme/app".into(),
+            labels: vec!["warmfleet".into(), GROUP.into()],
+            duration_secs: 1.0,
+            fail: false,
+            queued_at: now,
+            started_at: (action != "queued").then_some(now),
+            finished_at: None,
+            runner_id: None,
+            runner_name: None,
+            outcome: Outcome::Queued,
+            message: None,
+            renewed_at: None,
+        },
+    }
+}
+
+impl World {
+    /// The job policy the module gives the group, and a group big enough that no delivery
+    /// meets its max size.
+    pub async fn webhook_group(&self) -> anyhow::Result<()> {
+        for params in [
+            vec![
+                ("Action", "CreateAutoScalingGroup"),
+                ("AutoScalingGroupName", GROUP),
+                ("MinSize", "0"),
+                ("MaxSize", "1000"),
+            ],
+            vec![
+                ("Action", "PutScalingPolicy"),
+                ("AutoScalingGroupName", GROUP),
+                ("PolicyName", naming::POLICY_JOB_QUEUED),
+                ("PolicyType", "StepScaling"),
+                ("AdjustmentType", "ChangeInCapacity"),
+                ("EstimatedInstanceWarmup", "0"),
+                ("StepAdjustments.member.1.MetricIntervalLowerBound", "0"),
+                ("StepAdjustments.member.1.ScalingAdjustment", "1"),
+            ],
+        ] {
+            let mut form = params;
+            form.push(("Version", "2011-01-01"));
+            let resp = self.http.post(&self.aws).form(&form).send().await?;
+            if !resp.status().is_success() {
+                bail!("{}: {}", form[0].1, resp.text().await?);
+            }
+        }
+        Ok(())
+    }
+
+    async fn desired(&self) -> anyhow::Result<i64> {
+        let asg = aws_sdk_autoscaling::Client::new(&self.sdk);
+        let out = asg
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(GROUP)
+            .send()
+            .await?;
+        out.auto_scaling_groups()
+            .first()
+            .and_then(|g| g.desired_capacity())
+            .map(i64::from)
+            .context("the webhook's group is gone")
+    }
+
+    /// Posts one delivery to the receiver's function URL; its HTTP status.
+    async fn deliver(&self, secret: &str, guid: &str, body: &str) -> anyhow::Result<u16> {
+        let resp = self
+            .http
+            .post(format!("{}/_function_url/{WEBHOOK_FUNCTION}/", self.aws))
+            .header("content-type", "application/json")
+            .header("x-github-event", "workflow_job")
+            .header("x-github-delivery", guid)
+            .header("x-hub-signature-256", signature(secret, body.as_bytes()))
+            .body(body.to_owned())
+            .send()
+            .await?;
+        Ok(resp.status().as_u16())
+    }
+
+    async fn webhook_calls(&self) -> anyhow::Result<Vec<Value>> {
+        let calls: Vec<Value> = self.aws_control("invocations").await?;
+        Ok(calls
+            .into_iter()
+            .filter(|c| c["function"] == WEBHOOK_FUNCTION)
+            .collect())
+    }
+
+    /// Sends each kind of delivery and reads what the invocations cost.
+    pub async fn bench_webhook(&self) -> anyhow::Result<WebhookBench> {
+        let secrets = aws_sdk_secretsmanager::Client::new(&self.secrets_sdk);
+        let secret = secrets
+            .get_secret_value()
+            .secret_id(WEBHOOK_SECRET)
+            .send()
+            .await?
+            .secret_string()
+            .context("the webhook secret has no string")?
+            .to_owned();
+        let mut kinds = vec![];
+        // The hook's ping came first.
+        let mut seen = self.webhook_calls().await?.len();
+        let plans: [(&'static str, u64); 4] = [
+            ("queued, a new job each", NEW_JOBS),
+            ("queued again: redelivered and duplicated", REPEATS),
+            ("in_progress (publishes the queue time)", NEW_JOBS),
+            ("forged (another secret)", FORGED),
+        ];
+        for (what, n) in plans {
+            let before = self.desired().await?;
+            let mut statuses = BTreeMap::new();
+            for i in 0..n {
+                let (event, key, guid) = match what {
+                    w if w.starts_with("queued, a new") => {
+                        (job(i + 1, "queued"), secret.as_str(), format!("new-{i}"))
+                    }
+                    // Half GitHub's Redeliver (the first delivery's GUID), half fresh GUIDs.
+                    w if w.starts_with("queued again") => {
+                        let guid = if i % 2 == 0 {
+                            "new-0".into()
+                        } else {
+                            format!("dup-{i}")
+                        };
+                        (job(1, "queued"), secret.as_str(), guid)
+                    }
+                    w if w.starts_with("in_progress") => (
+                        job(i + 1, "in_progress"),
+                        secret.as_str(),
+                        format!("run-{i}"),
+                    ),
+                    _ => (
+                        job(1_000 + i, "queued"),
+                        "not-the-secret",
+                        format!("forged-{i}"),
+                    ),
+                };
+                let body = workflow_job_payload(&event).to_string();
+                *statuses
+                    .entry(self.deliver(key, &guid, &body).await?)
+                    .or_default() += 1;
+            }
+            let mine = self.webhook_calls().await?;
+            let mut durations: Vec<f64> = mine[seen..]
+                .iter()
+                .filter_map(|c| c["duration_ms"].as_f64())
+                .collect();
+            seen = mine.len();
+            durations.sort_by(f64::total_cmp);
+            kinds.push(Kind {
+                what,
+                deliveries: n,
+                statuses,
+                duration_ms_p50: durations.get(durations.len() / 2).copied().unwrap_or(0.0),
+                duration_ms_max: durations.last().copied().unwrap_or(0.0),
+                capacity_added: self.desired().await? - before,
+            });
+        }
+        let mine = self.webhook_calls().await?;
+        Ok(WebhookBench {
+            init_ms: mine.iter().find_map(|c| c["init_ms"].as_f64()),
+            peak_rss_kib: mine
+                .iter()
+                .filter_map(|c| c["pid"].as_u64())
+                .filter_map(crate::bench::peak_rss_kib)
+                .max(),
+            kinds,
+        })
+    }
+}
