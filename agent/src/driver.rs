@@ -517,8 +517,14 @@ impl Driver {
                 let until = tokio::time::Instant::now() + self.settings.timeouts.credential;
                 while self.complete(&hook, result).await? == Completion::NotPending
                     && tokio::time::Instant::now() < until
-                    && self.hooks_not_yet_fired().await
                 {
+                    if !self.hooks_not_yet_fired().await {
+                        // They fired, perhaps just after the attempt above found nothing
+                        // to complete: once more, or the hook would wait out its timeout
+                        // and the launch be abandoned.
+                        self.complete(&hook, result).await?;
+                        break;
+                    }
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
                 if result == HookResult::Continue && self.record.state == State::Idle {
