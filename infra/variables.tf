@@ -222,7 +222,7 @@ variable "scale_out_evaluation_periods" {
 }
 
 variable "scale_in_evaluation_periods" {
-  description = "Minutes above the target before scaling in."
+  description = "Minutes above the target before scaling in (with the webhook added at GitHub, 1 is what docs/usage/choosing-settings.md measures)."
   type        = number
   default     = 10
 }

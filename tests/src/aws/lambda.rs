@@ -512,6 +512,10 @@ impl Lambda {
             .create(true)
             .open(self.log_path(&spec.name))
             .context("opening the function's log")?;
+        // Before the spawn: a quick process asks for its first event (and so is ready)
+        // before this task runs again, and a reset after would forget it.
+        env.shared.reset();
+        env.started = Instant::now();
         let child = tokio::process::Command::new(&spec.command)
             .args(&spec.args)
             .env_clear()
@@ -540,8 +544,6 @@ impl Lambda {
             .spawn()
             .with_context(|| format!("starting {}", spec.command.display()))?;
         env.child = Some(child);
-        env.started = Instant::now();
-        env.shared.reset();
         Ok(())
     }
 }
