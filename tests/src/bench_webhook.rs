@@ -3,7 +3,7 @@
 //! peak memory, and the capacity they added — duplicates and forgeries must add none, which
 //! bounds the over-provisioning they can cause.
 
-use crate::github::state::{JobEvent, JobRec, Outcome};
+use crate::github::state::{JobEvent, JobRec};
 use crate::github::webhooks::{signature, workflow_job_payload};
 use crate::world::{World, WEBHOOK_FUNCTION, WEBHOOK_SECRET};
 use anyhow::{bail, Context};
@@ -41,25 +41,14 @@ pub struct WebhookBench {
 
 fn job(id: u64, action: &'static str) -> JobEvent {
     let now = chrono::Utc::now();
-    JobEvent {
-        action,
-        job: JobRec {
-            id,
-            name: format!("bench-{id}"),
-            scope: "repos/acme/app".into(),
-            labels: vec!["warmfleet".into(), GROUP.into()],
-            duration_secs: 1.0,
-            fail: false,
-            queued_at: now,
-            started_at: (action != "queued").then_some(now),
-            finished_at: None,
-            runner_id: None,
-            runner_name: None,
-            outcome: Outcome::Queued,
-            message: None,
-            renewed_at: None,
-        },
-    }
+    let mut job = JobRec::queued(
+        id,
+        "repos/acme/app",
+        vec!["warmfleet".into(), GROUP.into()],
+        now,
+    );
+    job.started_at = (action != "queued").then_some(now);
+    JobEvent { action, job }
 }
 
 impl World {

@@ -141,6 +141,28 @@ pub struct JobRec {
     pub renewed_at: Option<DateTime<Utc>>,
 }
 
+impl JobRec {
+    /// A job just queued: `job-<id>`, one second long, its steps succeeding.
+    pub fn queued(id: u64, scope: &str, labels: Vec<String>, now: DateTime<Utc>) -> JobRec {
+        JobRec {
+            id,
+            name: format!("job-{id}"),
+            scope: scope.to_owned(),
+            labels,
+            duration_secs: 1.0,
+            fail: false,
+            queued_at: now,
+            started_at: None,
+            finished_at: None,
+            runner_id: None,
+            runner_name: None,
+            outcome: Outcome::Queued,
+            message: None,
+            renewed_at: None,
+        }
+    }
+}
+
 /// Why the fake refuses a runner-protocol or REST request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -612,22 +634,10 @@ impl World {
         now: DateTime<Utc>,
     ) -> JobRec {
         let id = self.id();
-        let job = JobRec {
-            id,
-            name: name.unwrap_or_else(|| format!("job-{id}")),
-            scope: scope.to_owned(),
-            labels,
-            duration_secs,
-            fail,
-            queued_at: now,
-            started_at: None,
-            finished_at: None,
-            runner_id: None,
-            runner_name: None,
-            outcome: Outcome::Queued,
-            message: None,
-            renewed_at: None,
-        };
+        let mut job = JobRec::queued(id, scope, labels, now);
+        job.name = name.unwrap_or(job.name);
+        job.duration_secs = duration_secs;
+        job.fail = fail;
         self.jobs.insert(id, job.clone());
         self.events.push(JobEvent {
             action: "queued",
