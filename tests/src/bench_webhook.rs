@@ -39,6 +39,42 @@ pub struct WebhookBench {
     kinds: Vec<Kind>,
 }
 
+/// The kinds of delivery measured.
+#[derive(Clone, Copy)]
+enum Plan {
+    /// `queued`, a new job each.
+    New,
+    /// `queued` for the first job again: half GitHub's Redeliver (its first GUID), half
+    /// duplicates with new GUIDs.
+    Again,
+    /// `in_progress`: the queue time is published.
+    Started,
+    /// `queued` for jobs that do not exist, signed with another secret.
+    Forged,
+}
+
+impl Plan {
+    fn describe(self) -> (&'static str, u64) {
+        match self {
+            Plan::New => ("queued, a new job each", NEW_JOBS),
+            Plan::Again => ("queued again: redelivered and duplicated", REPEATS),
+            Plan::Started => ("in_progress (publishes the queue time)", NEW_JOBS),
+            Plan::Forged => ("forged (another secret)", FORGED),
+        }
+    }
+
+    /// The `i`th delivery's event and GUID.
+    fn delivery(self, i: u64) -> (JobEvent, String) {
+        match self {
+            Plan::New => (job(i + 1, "queued"), format!("new-{i}")),
+            Plan::Again if i % 2 == 0 => (job(1, "queued"), "new-0".into()),
+            Plan::Again => (job(1, "queued"), format!("dup-{i}")),
+            Plan::Started => (job(i + 1, "in_progress"), format!("run-{i}")),
+            Plan::Forged => (job(1_000 + i, "queued"), format!("forged-{i}")),
+        }
+    }
+}
+
 fn job(id: u64, action: &'static str) -> JobEvent {
     let now = chrono::Utc::now();
     let mut job = JobRec::queued(
@@ -134,39 +170,15 @@ impl World {
         let mut kinds = vec![];
         // The hook's ping came first.
         let mut seen = self.webhook_calls().await?.len();
-        let plans: [(&'static str, u64); 4] = [
-            ("queued, a new job each", NEW_JOBS),
-            ("queued again: redelivered and duplicated", REPEATS),
-            ("in_progress (publishes the queue time)", NEW_JOBS),
-            ("forged (another secret)", FORGED),
-        ];
-        for (what, n) in plans {
+        for plan in [Plan::New, Plan::Again, Plan::Started, Plan::Forged] {
+            let (what, n) = plan.describe();
             let before = self.desired().await?;
             let mut statuses = BTreeMap::new();
             for i in 0..n {
-                let (event, key, guid) = match what {
-                    w if w.starts_with("queued, a new") => {
-                        (job(i + 1, "queued"), secret.as_str(), format!("new-{i}"))
-                    }
-                    // Half GitHub's Redeliver (the first delivery's GUID), half fresh GUIDs.
-                    w if w.starts_with("queued again") => {
-                        let guid = if i % 2 == 0 {
-                            "new-0".into()
-                        } else {
-                            format!("dup-{i}")
-                        };
-                        (job(1, "queued"), secret.as_str(), guid)
-                    }
-                    w if w.starts_with("in_progress") => (
-                        job(i + 1, "in_progress"),
-                        secret.as_str(),
-                        format!("run-{i}"),
-                    ),
-                    _ => (
-                        job(1_000 + i, "queued"),
-                        "not-the-secret",
-                        format!("forged-{i}"),
-                    ),
+                let (event, guid) = plan.delivery(i);
+                let key = match plan {
+                    Plan::Forged => "not-the-secret",
+                    _ => secret.as_str(),
                 };
                 let body = workflow_job_payload(&event).to_string();
                 *statuses

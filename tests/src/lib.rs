@@ -18,6 +18,12 @@ pub mod github;
 pub mod runner;
 pub mod world;
 
+/// A mutex's guard, poisoned or not: a panicked holder leaves state that is still the best
+/// the fakes have.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Resolves on SIGTERM or SIGINT (never, if the handlers cannot be installed).
 pub async fn interrupted() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -9,6 +9,7 @@
 //! retried up to `retries` times, 1 and then 2 minutes (world time) later, as AWS does.
 
 use super::Clock;
+use crate::lock;
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -172,10 +173,6 @@ pub struct Lambda {
 struct Function {
     spec: Arc<FunctionSpec>,
     queue: mpsc::UnboundedSender<Job>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Lambda {

@@ -21,6 +21,7 @@ pub mod query;
 pub mod ssm;
 pub mod world;
 
+use crate::lock;
 use anyhow::Context;
 use autoscaling::api::{self, Timestamps};
 use autoscaling::model::{Asg, Effect, Place, PoolState};
@@ -42,7 +43,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -205,10 +206,6 @@ impl imds::MetadataSource for Metadata {
         }
         tags
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl World {

@@ -2,7 +2,7 @@
 //! from the worlds' records (the GitHub fake's jobs, the Auto Scaling effects log).
 
 use crate::github::state::{JobRec, Outcome};
-use crate::github::webhooks::DeliveryRec;
+use crate::github::webhooks::{DeliveryRec, Fault};
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -48,10 +48,11 @@ pub struct Percentiles {
 
 #[derive(Debug, Default, PartialEq, Serialize)]
 pub struct WaitSplit {
-    /// World seconds jobs waited while the group could still grow: waiting for scaling.
+    /// World seconds jobs waited that a group at its max size could have cut: waiting for
+    /// an instance or a runner (see `wait_split`).
     pub scaling: f64,
-    /// World seconds jobs waited while the desired capacity was the max size: waiting
-    /// because the group was full.
+    /// World seconds jobs waited because even a group at its max size had no runner for
+    /// them.
     pub at_max: f64,
     /// Jobs that waited at the max size at all.
     pub jobs_waiting_at_max: usize,
@@ -243,13 +244,12 @@ pub fn wait_split(jobs: &[Span], max: u32) -> WaitSplit {
 pub fn webhooks(deliveries: &[DeliveryRec]) -> WebhookCounts {
     let mut c = WebhookCounts::default();
     for d in deliveries.iter().filter(|d| d.event == "workflow_job") {
-        let fault = d.fault.as_deref();
-        match fault {
-            Some("dropped") => c.dropped += 1,
-            Some("delayed") => c.delayed += 1,
-            Some("duplicate") => c.duplicated += 1,
-            Some("forged") => c.forged += 1,
-            _ => {}
+        match d.fault {
+            Some(Fault::Dropped) => c.dropped += 1,
+            Some(Fault::Delayed) => c.delayed += 1,
+            Some(Fault::Duplicate) => c.duplicated += 1,
+            Some(Fault::Forged) => c.forged += 1,
+            None => {}
         }
         match d.status {
             Some(s) => {
@@ -257,7 +257,7 @@ pub fn webhooks(deliveries: &[DeliveryRec]) -> WebhookCounts {
                 match s {
                     200..=299 => {
                         c.accepted += 1;
-                        if fault == Some("forged") {
+                        if d.fault == Some(Fault::Forged) {
                             c.forged_accepted += 1;
                         }
                     }
@@ -265,7 +265,7 @@ pub fn webhooks(deliveries: &[DeliveryRec]) -> WebhookCounts {
                     _ => c.failed += 1,
                 }
             }
-            None if fault != Some("dropped") => c.failed += 1,
+            None if d.fault != Some(Fault::Dropped) => c.failed += 1,
             None => {}
         }
     }
@@ -460,11 +460,11 @@ mod tests {
 
     #[test]
     fn deliveries_are_counted_by_answer_and_by_chaos() {
-        let d = |fault: Option<&str>, status: Option<u16>| DeliveryRec {
+        let d = |fault: Option<Fault>, status: Option<u16>| DeliveryRec {
             hook_id: 1,
             guid: "g".into(),
             event: "workflow_job".into(),
-            fault: fault.map(str::to_owned),
+            fault,
             status,
         };
         let mut ping = d(None, Some(200));
@@ -472,11 +472,11 @@ mod tests {
         let c = webhooks(&[
             ping,
             d(None, Some(200)),
-            d(Some("duplicate"), Some(200)),
-            d(Some("delayed"), Some(503)),
-            d(Some("dropped"), None),
-            d(Some("forged"), Some(401)),
-            d(Some("forged"), Some(202)),
+            d(Some(Fault::Duplicate), Some(200)),
+            d(Some(Fault::Delayed), Some(503)),
+            d(Some(Fault::Dropped), None),
+            d(Some(Fault::Forged), Some(401)),
+            d(Some(Fault::Forged), Some(202)),
             d(None, None),
         ]);
         assert_eq!(

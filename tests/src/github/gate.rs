@@ -3,6 +3,7 @@
 
 use super::auth::{AuthError, Caller};
 use super::{now, ApiError, Shared};
+use crate::lock;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -10,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// A fault to inject into the next `count` REST requests whose path starts with `path`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -58,10 +59,6 @@ pub struct Gate {
     faults: Mutex<Vec<Fault>>,
     log: Mutex<Vec<LoggedRequest>>,
     windows: Mutex<HashMap<String, Window>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Gate {

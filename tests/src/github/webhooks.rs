@@ -11,6 +11,7 @@
 //! (`GET /_testbed/webhooks/deliveries`).
 
 use super::state::{JobEvent, Outcome};
+use crate::lock;
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -99,14 +100,27 @@ impl DeliveryFaults {
     }
 }
 
+/// The chaos that shaped a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    /// Never sent.
+    Dropped,
+    /// Held back, so that later ones overtook it.
+    Delayed,
+    /// Sent again with the same GUID.
+    Duplicate,
+    /// Signed with another secret.
+    Forged,
+}
+
 /// One attempt to deliver, as the demo's report counts them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeliveryRec {
     pub hook_id: u64,
     pub guid: String,
     pub event: String,
-    /// The chaos that shaped it: `dropped` (never sent), `delayed`, `duplicate`, `forged`.
-    pub fault: Option<String>,
+    pub fault: Option<Fault>,
     /// The receiver's HTTP status; none when it never answered (or was never asked).
     pub status: Option<u16>,
 }
@@ -137,7 +151,7 @@ struct Target {
 
 impl Target {
     /// Posts one delivery and records the answer.
-    async fn post(&self, event: &str, guid: &str, body: String, fault: Option<&str>) {
+    async fn post(&self, event: &str, guid: &str, body: String, fault: Option<Fault>) {
         let mut request = self
             .client
             .post(&self.url)
@@ -148,7 +162,7 @@ impl Target {
             .header("x-github-hook-id", self.id.to_string());
         // A forgery is signed with a secret that is not the hook's.
         let secret = match fault {
-            Some("forged") => "not-the-hooks-secret",
+            Some(Fault::Forged) => "not-the-hooks-secret",
             _ => &self.secret,
         };
         // A hook without a secret gets unsigned deliveries, as on GitHub.
@@ -158,7 +172,7 @@ impl Target {
         let status = match request.body(body).send().await {
             Ok(r) => {
                 // A forgery is meant to be refused.
-                if !r.status().is_success() && fault != Some("forged") {
+                if !r.status().is_success() && fault != Some(Fault::Forged) {
                     tracing::warn!(url = %self.url, delivery = %guid, status = %r.status(), ?fault, "webhook delivery refused");
                 }
                 Some(r.status().as_u16())
@@ -171,19 +185,15 @@ impl Target {
         self.record(event, guid, fault, status);
     }
 
-    fn record(&self, event: &str, guid: &str, fault: Option<&str>, status: Option<u16>) {
+    fn record(&self, event: &str, guid: &str, fault: Option<Fault>, status: Option<u16>) {
         lock(&self.chaos.log).push(DeliveryRec {
             hook_id: self.id,
             guid: guid.to_owned(),
             event: event.to_owned(),
-            fault: fault.map(str::to_owned),
+            fault,
             status,
         });
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A forgery of a `workflow_job` delivery: the same shape, `queued`, for a job id no job has.
@@ -220,20 +230,22 @@ async fn sender(target: Target, mut queue: mpsc::UnboundedReceiver<Delivery>) {
             if forge {
                 let forged = crate::aws::json::uuid(&mut rand::thread_rng());
                 target
-                    .post(d.event, &forged, forgery(&d.body), Some("forged"))
+                    .post(d.event, &forged, forgery(&d.body), Some(Fault::Forged))
                     .await;
             }
             if drop {
-                target.record(d.event, &guid, Some("dropped"), None);
+                target.record(d.event, &guid, Some(Fault::Dropped), None);
                 return;
             }
             if let Some(ms) = delay {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
             }
-            let fault = delay.map(|_| "delayed");
+            let fault = delay.map(|_| Fault::Delayed);
             target.post(d.event, &guid, d.body.clone(), fault).await;
             if duplicate {
-                target.post(d.event, &guid, d.body, Some("duplicate")).await;
+                target
+                    .post(d.event, &guid, d.body, Some(Fault::Duplicate))
+                    .await;
             }
         };
         // The ping first, before any event.
