@@ -125,6 +125,9 @@ impl Driver {
     pub fn new(settings: Settings) -> Result<Driver, String> {
         std::fs::create_dir_all(&settings.state_dir)
             .map_err(|e| format!("{}: {e}", settings.state_dir.display()))?;
+        // Traversable by the runner user (its job hooks reach the socket in it) under the
+        // agent's umask 077; the files in it have modes of their own.
+        set_mode(&settings.state_dir, 0o755)?;
         let record = record::load(&settings.state_dir)?.unwrap_or_default();
         let run_as = RunAs::lookup(&settings.runner_user)?;
         let socket = control::socket(&settings.state_dir);
@@ -174,9 +177,26 @@ impl Driver {
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket)
             .map_err(|e| format!("cannot listen on {}: {e}", socket.display()))?;
-        // Anyone may connect; each request is checked against who sent it.
-        set_mode(&socket, 0o666)?;
-        tokio::spawn(serve(listener, self.tx.clone(), self.runner.run_as.clone()));
+        let peers = control::Peers {
+            agent: nix::unistd::geteuid().as_raw(),
+            runner: self.runner.run_as.as_ref().map(|r| r.uid),
+        };
+        // Root's and the runner group's; a root agent's only when it runs jobs as itself.
+        match &self.runner.run_as {
+            Some(r) => {
+                nix::unistd::chown(&socket, None, Some(nix::unistd::Gid::from_raw(r.gid)))
+                    .map_err(|e| format!("{}: {e}", socket.display()))?;
+                set_mode(&socket, 0o660)?;
+            }
+            None => set_mode(&socket, 0o600)?,
+        }
+        let tx = self.tx.clone();
+        tokio::spawn(control::serve(
+            listener,
+            peers,
+            control::READ_TIMEOUT,
+            move |request, reply| tx.send(Msg::Request(request, reply)).is_ok(),
+        ));
         let signal = |kind| tokio::signal::unix::signal(kind).map_err(|e| e.to_string());
         let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut sigusr2 = signal(tokio::signal::unix::SignalKind::user_defined2())?;
@@ -944,48 +964,5 @@ async fn remove(runner: &Runner, token: Option<SecretString>) {
         warn!(
             "no remove token in the secret: the registration is left to the deregistration sweep"
         );
-    }
-}
-
-/// Accepts connections on the control socket and passes each request to the driver.
-async fn serve(listener: UnixListener, tx: mpsc::UnboundedSender<Msg>, runner: Option<RunAs>) {
-    let me = nix::unistd::geteuid().as_raw();
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let tx = tx.clone();
-        let runner_uid = runner.as_ref().map(|r| r.uid);
-        tokio::spawn(async move {
-            let request = match control::read_request(&mut stream).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = control::write_reply(&mut stream, &Reply::err(e)).await;
-                    return;
-                }
-            };
-            let uid = stream.peer_cred().map(|c| c.uid()).ok();
-            let allowed = match uid {
-                Some(0) => true,
-                Some(u) if u == me => true,
-                Some(u) => request.for_runner() && Some(u) == runner_uid,
-                None => false,
-            };
-            if !allowed {
-                let _ = control::write_reply(
-                    &mut stream,
-                    &Reply::err(format!("uid {uid:?} may not ask for {request:?}")),
-                )
-                .await;
-                return;
-            }
-            let (reply_tx, reply_rx) = oneshot::channel();
-            if tx.send(Msg::Request(request, reply_tx)).is_err() {
-                return;
-            }
-            if let Ok(reply) = reply_rx.await {
-                let _ = control::write_reply(&mut stream, &reply).await;
-            }
-        });
     }
 }

@@ -62,6 +62,9 @@ fn settings(cli: &Cli) -> anyhow::Result<Settings> {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Run => {
+            // Whatever the runner and its jobs write (its key, `.runner`, `_diag`, the
+            // workspace) is theirs alone; the agent's own files too.
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             let settings = settings(&cli)?;
             let driver = Driver::new(settings).map_err(anyhow::Error::msg)?;
             Ok(match driver.run().await.map_err(anyhow::Error::msg)? {

@@ -11,6 +11,8 @@ use common::control::{lambda, Function, Plane};
 use common::{eventually, TESTBED};
 use secrecy::ExposeSecret;
 use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -73,6 +75,7 @@ async fn fleet_with(mode: &str, extra_config: &str, registration: bool, o: Optio
         name: "deregistration",
         binary: "warmfleet-deregistration",
         timeout: 30.0,
+        retries: 0,
         env: &[],
     }];
     let dereg_env = [
@@ -86,6 +89,7 @@ async fn fleet_with(mode: &str, extra_config: &str, registration: bool, o: Optio
             name: "registration",
             binary: "warmfleet-registration",
             timeout: 30.0,
+            retries: 0,
             env: &reg_env,
         });
     }
@@ -339,6 +343,18 @@ async fn a_cold_launch_registers_protects_its_job_and_drains_without_killing_it(
         .unwrap();
     let argv = std::fs::read(format!("/proc/{listener}/cmdline")).unwrap();
     assert!(!String::from_utf8_lossy(&argv).contains(&token));
+    // The runner's processes run under umask 077: what config.sh wrote is private, and so
+    // is whatever the listener and its jobs write.
+    let runner_dir = f.root(&instance).await.join("opt/actions-runner");
+    for file in [".runner", ".credentials"] {
+        let mode = std::fs::metadata(runner_dir.join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{file}: {mode:o}");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{listener}/status")).unwrap();
+    assert!(status.lines().any(|l| l == "Umask:\t0077"), "{status}");
     let runners = f.runners(&instance).await;
     assert_eq!(runners.len(), 1, "{runners:#?}");
     assert_eq!(f.agent_state(&instance).await["state"]["name"], "idle");
@@ -930,11 +946,28 @@ async fn the_runner_runs_unprivileged_and_may_only_report_its_jobs() {
             command.arg("5s");
         }
         let out = std::os::unix::process::CommandExt::uid(&mut command, nobody.uid.as_raw())
+            .gid(nobody.gid.as_raw())
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(text.contains("may not ask for"), "{args:?}: {text}");
     }
+    // Any other user does not even get in (the socket is root's and the runner group's).
+    let daemon = nix::unistd::User::from_name("daemon").unwrap().unwrap();
+    let socket = root.join("var/lib/warmfleet/agent.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o660, "{mode:o}");
+    let out = std::process::Command::new(lambda("warmfleet-agent"))
+        .current_dir(&root)
+        .args(CONFIG_FLAGS.split(' '))
+        .args(["hook", "job-started"])
+        .uid(daemon.uid.as_raw())
+        .gid(daemon.gid.as_raw())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("Permission denied"), "{text}");
+    assert!(!f.protected(&instance).await);
     assert_eq!(f.state_of(&instance).await, "idle");
 }

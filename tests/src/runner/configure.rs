@@ -146,7 +146,9 @@ pub async fn configure(root: &Path, args: ConfigureArgs) -> anyhow::Result<i32> 
     println!("√ Connected to GitHub\n");
     println!("# Runner Registration\n");
     println!("√ Runner successfully added");
-    files::write_private(
+    // The fake keeps its secret in `.credentials`, where the real runner keeps its key in
+    // `.credentials_rsaparams`: written the way that file is.
+    files::write_key(
         &root.join(files::CREDENTIALS),
         &CredentialsFile {
             scheme: "OAuth".into(),
@@ -155,7 +157,7 @@ pub async fn configure(root: &Path, args: ConfigureArgs) -> anyhow::Result<i32> 
             },
         },
     )?;
-    files::write_private(
+    files::write(
         &root.join(files::RUNNER),
         &RunnerFile {
             agent_id: registered.runner_id,

@@ -36,18 +36,28 @@ pub struct CredentialData {
 pub const RUNNER: &str = ".runner";
 pub const CREDENTIALS: &str = ".credentials";
 
-/// Writes `value` as JSON readable by its owner only, replacing any older file.
-pub fn write_private<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+/// Writes `value` as JSON, replacing any older file, as the real runner's `SaveObject`
+/// does: with the process's umask deciding the mode (0644 under the usual 022).
+pub fn write<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     let _ = std::fs::remove_file(path);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(0o666)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     file.write_all(text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes a key as the real runner writes `.credentials_rsaparams`: `write`, then
+/// `chmod 600` (readable by others in between, under a permissive umask).
+pub fn write_key<T: Serialize>(path: &Path, value: &T) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    write(path, value)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 600 {}", path.display()))
 }
 
 pub fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<T> {
