@@ -644,6 +644,13 @@ impl Asg {
         self.group(group)?;
         for id in ids {
             self.member(group, id)?;
+            // AWS: "This operation cannot be called on instances in a warm pool."
+            if self.instances[id].state.is_warmed() {
+                return Err(invalid(format!(
+                    "The instance {id} is in the warm pool of Auto Scaling group {group}: \
+                     SetInstanceProtection cannot be called on instances in a warm pool."
+                )));
+            }
         }
         for id in ids {
             if let Some(i) = self.instances.get_mut(id) {
@@ -1722,6 +1729,38 @@ mod tests {
         asg.set_desired("g", 0, 1002 * S).unwrap();
         asg.tick(1002 * S);
         assert_eq!(asg.instances[&ids[0]].state, State::InService);
+    }
+
+    #[test]
+    fn protection_is_refused_for_warm_pool_instances() {
+        let mut asg = Asg::default();
+        asg.create_group(group("g", 0, 2, 0), Duration::ZERO)
+            .unwrap();
+        asg.put_warm_pool(
+            "g",
+            WarmPool {
+                min_size: 1,
+                max_prepared: Some(1),
+                state: PoolState::Hibernated,
+                reuse_on_scale_in: false,
+            },
+        )
+        .unwrap();
+        asg.tick(Duration::ZERO);
+        let warm = only(&asg);
+        assert!(asg.instances[&warm].state.is_warmed());
+        let e = asg
+            .set_protection("g", std::slice::from_ref(&warm), true)
+            .unwrap_err();
+        assert!(format!("{e}").contains("warm pool"), "{e}");
+        assert!(!asg.instances[&warm].protected);
+        // Once it is in the group, it can be protected.
+        asg.set_desired("g", 1, S).unwrap();
+        asg.tick(S);
+        assert!(!asg.instances[&warm].state.is_warmed());
+        asg.set_protection("g", std::slice::from_ref(&warm), true)
+            .unwrap();
+        assert!(asg.instances[&warm].protected);
     }
 
     #[test]
