@@ -16,9 +16,9 @@
 //!
 //! The sweep reconciles each group in both directions, every item on its own (one failure
 //! never stops the rest): runners whose instance is gone are deleted (busy ones wait for the
-//! next sweep); secrets of gone instances are deleted; instances in Terminating:Wait have
-//! their drain heartbeated while it runs, completed when it has finished, and re-sent when
-//! it was lost; instances in service past the registration grace whose runner never came
+//! next sweep); secrets of gone instances are deleted; instances the terminate hook holds
+//! (leaving the group or the pool, or scaled in back into the pool) have their drain
+//! heartbeated while it runs, completed when it has finished, and re-sent when it was lost; instances in service past the registration grace whose runner never came
 //! online are marked unhealthy, so the group replaces them.
 
 use crate::config::DeregistrationSettings;
@@ -480,12 +480,24 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                         }
                     }
                 }
+                Some(state) if at_rest_in_pool(state) => {
+                    // Nothing is registered for an instance asleep in the pool. A runner
+                    // still named for it was left by its drain (a JIT runner, which the
+                    // agent cannot remove: GitHub would refuse its next configuration).
+                    let left: Vec<&Runner> = all
+                        .iter()
+                        .filter(|r| {
+                            r.name == instance && r.status == RunnerStatus::Offline && !r.busy
+                        })
+                        .collect();
+                    self.delete_leftovers(&left, until, summary).await;
+                }
                 Some(_) => {}
             }
         }
     }
 
-    /// Deletes the unlabelled runners of a gone instance; whether none is left.
+    /// Deletes runners left by drains; whether none is left.
     async fn delete_leftovers(
         &self,
         runners: &[&Runner],
@@ -496,7 +508,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         for r in runners {
             match self.github.delete_runner(r.id, until).await {
                 Ok(()) | Err(GithubError::NotFound { .. }) => {
-                    info!(runner = r.id, name = %r.name, "drained runner of a gone instance deleted");
+                    info!(runner = r.id, name = %r.name, "drained runner deleted");
                     summary.runners_deleted += 1;
                 }
                 Err(GithubError::RunnerBusy { .. }) => {
@@ -538,7 +550,8 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         Ok(past_grace && absent)
     }
 
-    /// Instances in Terminating:Wait or Warmed:Terminating:Wait: the drain heartbeated while
+    /// Instances the deregistration hook holds (Terminating:Wait, Warmed:Terminating:Wait,
+    /// and Warmed:Pending:Wait on the way back into the pool): the drain heartbeated while
     /// it runs, completed once finished, re-sent when lost; with no drain, settled as an
     /// event would (a warm instance with no runner online is completed).
     async fn sweep_terminating(
@@ -551,18 +564,26 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
     ) {
         for (instance, state) in instances {
             let result: Result<(), Error> = async {
-                // Leaving the warm pool: usually nothing to drain, but one trimmed on its
-                // way back into the pool may still be running a job.
+                if !matches!(
+                    *state,
+                    "Terminating:Wait" | "Warmed:Terminating:Wait" | "Warmed:Pending:Wait"
+                ) {
+                    return Ok(());
+                }
+                let secret = self.read_secret(group, instance, until).await?;
                 let from_pool = match *state {
                     "Terminating:Wait" => false,
+                    // Leaving the warm pool: usually nothing to drain, but one trimmed on
+                    // its way back into the pool may still be running a job.
                     "Warmed:Terminating:Wait" => true,
+                    // On its way into the pool: held by this hook when scaled in with
+                    // reuse (it has served: its secret is that of its time in service); a
+                    // new instance (no secret) is held by the launch hooks, not ours.
+                    _ if secret.is_some() => false,
                     _ => return Ok(()),
                 };
                 // The drain sent for this time in service, if any.
-                let drain = self
-                    .read_secret(group, instance, until)
-                    .await?
-                    .and_then(|s| s.drain_command);
+                let drain = secret.and_then(|s| s.drain_command);
                 let state = match &drain {
                     Some(command) => Some(
                         patience::until(until, || self.commands.state(command, instance)).await?,
@@ -605,6 +626,15 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
             }
         }
     }
+}
+
+/// Whether a warm pool instance has finished its way in (hibernated, stopped or running in
+/// the pool, no hook holding it).
+fn at_rest_in_pool(state: &str) -> bool {
+    matches!(
+        state,
+        "Warmed:Hibernated" | "Warmed:Stopped" | "Warmed:Running"
+    )
 }
 
 #[cfg(test)]
@@ -1044,6 +1074,63 @@ mod tests {
         assert_eq!((s.drains_completed, s.drains_heartbeated), (1, 0), "{s:?}");
         assert_eq!(completed(&h), [I]);
         assert!(h.lifecycle.heartbeats.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_sweep_drains_an_instance_scaled_in_back_into_the_pool_whose_event_was_lost() {
+        // Scale-in with reuse: the hook holds the instance in Warmed:Pending:Wait with its
+        // runner listening. Without the sweep it would hibernate under it at the timeout.
+        let h = handler();
+        at(&h, I, "Warmed:Pending:Wait");
+        registered(&h, I, Duration::ZERO);
+        h.github.runners.lock().unwrap().push(runner(7, I, false));
+        h.commands.reachable.lock().unwrap().push(I.into());
+        // A new instance entering the pool, held by the launch hooks: not ours.
+        at(&h, "i-new", "Warmed:Pending:Wait");
+        let s = h.sweep(soon()).await.unwrap();
+        assert_eq!(s.drains_sent, 1, "{s:?}");
+        let secret = h.read_secret("runners", I, soon()).await.unwrap().unwrap();
+        assert!(secret.drain_command.is_some() && secret.remove_token.is_some());
+        assert!(completed(&h).is_empty());
+        assert!(h
+            .read_secret("runners", "i-new", soon())
+            .await
+            .unwrap()
+            .is_none());
+        // The next sweep heartbeats the drain while it runs, then completes it.
+        let s = h.sweep(soon()).await.unwrap();
+        assert_eq!(s.drains_heartbeated, 1, "{s:?}");
+        assert_eq!(*h.lifecycle.heartbeats.lock().unwrap(), [I]);
+        drain_ended(&h, secret.drain_command.unwrap());
+        let s = h.sweep(soon()).await.unwrap();
+        assert_eq!(s.drains_completed, 1, "{s:?}");
+        assert_eq!(completed(&h), [I]);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_deletes_a_runner_left_registered_for_an_instance_asleep_in_the_pool() {
+        // An ephemeral (JIT) runner drained back into the pool: the agent stopped it but
+        // cannot remove it, and GitHub would refuse the instance's next JIT configuration.
+        let h = handler();
+        at(&h, I, "Warmed:Hibernated");
+        registered(&h, I, Duration::ZERO);
+        let mut left = runner(7, I, false);
+        left.labels.clear();
+        left.status = RunnerStatus::Offline;
+        h.github.runners.lock().unwrap().push(left);
+        // Another, still reported online (GitHub's status lags): the next sweep's.
+        at(&h, "i-other", "Warmed:Hibernated");
+        registered(&h, "i-other", Duration::ZERO);
+        h.github
+            .runners
+            .lock()
+            .unwrap()
+            .push(runner(8, "i-other", false));
+        let s = h.sweep(soon()).await.unwrap();
+        assert_eq!(s.runners_deleted, 1, "{s:?}");
+        assert_eq!(*h.github.deleted.lock().unwrap(), [7]);
+        // The secrets stay while the instances are in the pool.
+        assert_eq!(s.secrets_deleted, 0);
     }
 
     #[tokio::test]

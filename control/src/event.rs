@@ -29,6 +29,16 @@ pub enum Transition {
     Terminating,
 }
 
+impl Transition {
+    /// As a lifecycle hook and its events name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transition::Launching => "autoscaling:EC2_INSTANCE_LAUNCHING",
+            Transition::Terminating => "autoscaling:EC2_INSTANCE_TERMINATING",
+        }
+    }
+}
+
 /// One lifecycle action, as the handlers need it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LifecycleEvent {
@@ -75,6 +85,28 @@ impl Event {
         };
         let event: AutoScalingEvent = serde_json::from_value(payload)
             .map_err(|e| EventError(format!("{detail_type}: {e}")))?;
+        // The detail says the transition again: acting on a launch event that says it is
+        // something else (a test notification, a termination, nothing) would mint a
+        // credential and complete a hook for an instance that is not launching.
+        let expected = transition.as_str();
+        match event.detail.get("LifecycleTransition") {
+            Some(Value::String(t)) if t == expected => {}
+            Some(Value::String(t)) => {
+                return Err(EventError(format!(
+                    "{detail_type} with detail.LifecycleTransition {t:?}, not {expected:?}"
+                )))
+            }
+            Some(other) => {
+                return Err(EventError(format!(
+                    "{detail_type} with detail.LifecycleTransition {other}, not the string {expected:?}"
+                )))
+            }
+            None => {
+                return Err(EventError(format!(
+                    "{detail_type} without detail.LifecycleTransition"
+                )))
+            }
+        }
         let field = |k: &str| {
             event
                 .detail
@@ -134,6 +166,7 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn parse(text: &str) -> Result<Event, EventError> {
         Event::parse(serde_json::from_str(text).unwrap())
@@ -184,6 +217,40 @@ mod tests {
             e.to_string(),
             "not an event warmfleet handles: EC2 Instance-launch Lifecycle Action without detail.LifecycleActionToken"
         );
+        // The transition the detail states must be the detail type's.
+        let launch: Value =
+            serde_json::from_str(include_str!("../tests/fixtures/launch-cold.json")).unwrap();
+        for (value, says) in [
+            (
+                json!("autoscaling:EC2_INSTANCE_TERMINATING"),
+                "detail.LifecycleTransition \"autoscaling:EC2_INSTANCE_TERMINATING\", not \"autoscaling:EC2_INSTANCE_LAUNCHING\"",
+            ),
+            (
+                json!("autoscaling:TEST_NOTIFICATION"),
+                "detail.LifecycleTransition \"autoscaling:TEST_NOTIFICATION\"",
+            ),
+            (json!(7), "detail.LifecycleTransition 7, not the string"),
+            (Value::Null, "detail.LifecycleTransition null"),
+        ] {
+            let mut e = launch.clone();
+            e["detail"]["LifecycleTransition"] = value;
+            let err = Event::parse(e).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
+        let mut e = launch.clone();
+        e["detail"]
+            .as_object_mut()
+            .unwrap()
+            .remove("LifecycleTransition");
+        assert!(Event::parse(e)
+            .unwrap_err()
+            .to_string()
+            .ends_with("without detail.LifecycleTransition"));
+        let mut e: Value =
+            serde_json::from_str(include_str!("../tests/fixtures/terminate-scale-in.json"))
+                .unwrap();
+        e["detail"]["LifecycleTransition"] = json!("autoscaling:EC2_INSTANCE_LAUNCHING");
+        assert!(Event::parse(e).is_err());
         assert!(parse("{\"hello\": 1}")
             .unwrap_err()
             .to_string()

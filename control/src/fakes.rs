@@ -161,13 +161,15 @@ impl Lifecycle for Asg {
     }
 }
 
-/// GitHub: runners in memory; `fail` makes every token call fail as a 5xx would.
+/// GitHub: runners in memory; `fail` makes every token call fail as a 5xx would, `wait` as
+/// a rate limit lifting only after the caller's deadline would.
 #[derive(Default)]
 pub struct Github {
     pub runners: Mutex<Vec<Runner>>,
     pub tokens: Mutex<u32>,
     pub deleted: Mutex<Vec<u64>>,
     pub fail: Mutex<bool>,
+    pub wait: Mutex<Option<std::time::Duration>>,
     /// Runners whose deletion fails as a 5xx would.
     pub undeletable: Mutex<Vec<u64>>,
     /// Runners whose custom labels were removed.
@@ -189,6 +191,13 @@ impl RunnerRegistry for Github {
     async fn registration_token(&self, _: Instant) -> Result<RunnerToken, GithubError> {
         if *self.fail.lock().unwrap() {
             return Err(server_error());
+        }
+        if let Some(wait) = *self.wait.lock().unwrap() {
+            return Err(GithubError::RateLimited {
+                method: http::Method::POST,
+                path: "/orgs/acme/actions/runners/registration-token".into(),
+                wait,
+            });
         }
         let mut n = self.tokens.lock().unwrap();
         *n += 1;
@@ -237,6 +246,15 @@ impl RunnerRegistry for Github {
             .filter(|r| label.is_none_or(|l| r.has_label(l)))
             .cloned()
             .collect())
+    }
+    async fn runner_named(&self, name: &str, _: Instant) -> Result<Option<Runner>, GithubError> {
+        Ok(self
+            .runners
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.name == name)
+            .cloned())
     }
     async fn delete_runner(&self, id: u64, _: Instant) -> Result<(), GithubError> {
         if self.undeletable.lock().unwrap().contains(&id) {

@@ -7,8 +7,10 @@
 //! - The same lifecycle action again (EventBridge delivers at least once): the secret
 //!   already holds a credential for it, so nothing is minted; the hook is completed (a hook
 //!   no longer waiting is not an error).
-//! - GitHub or AWS failing past the deadline: the hook is completed with ABANDON, and the
-//!   reason is logged; the instance is replaced.
+//! - GitHub asking to wait past the deadline (rate limits): the hook is heartbeated and the
+//!   invocation fails retryably, so Lambda's retries of the event come back later.
+//! - GitHub or AWS failing otherwise past the deadline: the hook is completed with ABANDON,
+//!   and the reason is logged; the instance is replaced.
 
 use crate::config::{Mode, RegistrationSettings};
 use crate::event::{Event, LifecycleEvent, Place, Transition};
@@ -88,6 +90,20 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
                 self.complete(&e, HookResult::Continue, deadline).await?;
                 info!(instance = %e.instance_id, group = %e.group, kind, origin = ?e.origin, "registered");
                 Ok(Outcome::Registered)
+            }
+            // GitHub asks to wait past this invocation (a secondary rate limit's
+            // retry-after, a primary limit spent): the launch is kept alive (a heartbeat
+            // gives the hook its whole timeout again) and the invocation fails retryably,
+            // so that Lambda's retries of the event, one and then two minutes later, ask
+            // again. Should GitHub still refuse then, the hook times out and its default
+            // (ABANDON in the module) replaces the instance.
+            Err(err @ Error::Github(GithubError::RateLimited { .. })) => {
+                patience::until(deadline, || {
+                    self.lifecycle.heartbeat(&e.group, &e.hook, &e.instance_id)
+                })
+                .await?;
+                warn!(instance = %e.instance_id, group = %e.group, reason = %err, "GitHub asks to wait: the launch is kept waiting for a retry of this event");
+                Err(err)
             }
             Err(err) => {
                 let reason = err.to_string();
@@ -198,8 +214,8 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
                 if self.registered(e, id, until).await? {
                     return Ok(None);
                 }
-                let stale = self.github.runners(Some(&e.instance_id), until).await?;
-                for r in stale.iter().filter(|r| r.name == request.name) {
+                // By name: a runner drained back into the pool has lost its labels.
+                if let Some(r) = self.github.runner_named(&request.name, until).await? {
                     warn!(runner = r.id, name = %r.name, "deleting a stale runner of the same name");
                     self.github.delete_runner(r.id, until).await?;
                 }
@@ -338,6 +354,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn github_asking_to_wait_keeps_the_launch_alive_for_a_retry() {
+        let h = handler(Mode::Persistent);
+        *h.github.wait.lock().unwrap() = Some(Duration::from_secs(90));
+        let err = h.handle(event("cold"), soon()).await.unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        assert!(completions(&h).is_empty(), "not abandoned");
+        assert_eq!(
+            *h.lifecycle.heartbeats.lock().unwrap(),
+            ["i-1234567890abcdef0"]
+        );
+        // The retry, once the limit has lifted.
+        *h.github.wait.lock().unwrap() = None;
+        assert_eq!(
+            h.handle(event("cold"), soon()).await.unwrap(),
+            Outcome::Registered
+        );
+        assert_eq!(completions(&h), [HookResult::Continue]);
+    }
+
+    #[tokio::test]
     async fn aws_failing_until_the_deadline_abandons_the_launch() {
         let h = handler(Mode::Persistent);
         *h.secrets.unreadable.lock().unwrap() = true;
@@ -354,13 +390,14 @@ mod tests {
     #[tokio::test]
     async fn ephemeral_mode_stores_a_jit_config_replacing_a_stale_runner() {
         let h = handler(Mode::Ephemeral);
-        // A runner of the instance's name left by an earlier attempt.
+        // A runner of the instance's name left by its last time in service: drained back
+        // into the pool, it has lost its labels (only its name ties it to the instance).
         h.github
             .jit_config(
                 &JitRequest {
                     name: "i-1234567890abcdef0".into(),
                     runner_group_id: 1,
-                    labels: vec!["i-1234567890abcdef0".into()],
+                    labels: vec![],
                     work_folder: "_work".into(),
                 },
                 soon(),

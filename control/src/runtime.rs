@@ -1,12 +1,12 @@
-//! What the three `main`s share: logging, the AWS configuration, the GitHub client, and
+//! What the `main`s share: logging, the AWS configuration, the GitHub client, and
 //! turning a Lambda deadline into a tokio one.
 
 use crate::config::Common;
 use anyhow::Context;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
-use warmfleet_core::github::{GithubClient, GithubCredential, GithubTarget, RetryPolicy};
-use warmfleet_core::ports::SecretStore;
+use warmfleet_core::aws::SecretsManager;
+use warmfleet_core::github::{GithubError, GithubTarget, Reloading, RetryPolicy};
 
 /// JSON logs to stdout (CloudWatch Logs), level from `RUST_LOG` (default info).
 pub fn init_logging() {
@@ -57,16 +57,28 @@ pub fn deadline(epoch_ms: u64) -> Instant {
     Instant::now() + left
 }
 
-/// The GitHub client, with the credential read from its secret once, at init.
-pub async fn github(common: &Common, secrets: &dyn SecretStore) -> anyhow::Result<GithubClient> {
+/// The GitHub client, with the credential read from its secret at init and again whenever
+/// GitHub refuses it (a rotation reaches warm functions too).
+pub async fn github(
+    common: &Common,
+    secrets: SecretsManager,
+) -> anyhow::Result<Reloading<SecretsManager>> {
     let target = GithubTarget::parse(&common.github_url, common.github_api_url.as_deref())
         .context("WARMFLEET_GITHUB_URL")?;
-    let credential = GithubCredential::load(secrets, &common.github_secret)
-        .await
-        .context("WARMFLEET_GITHUB_CREDENTIAL_SECRET")?;
     // Init has 10 seconds on Lambda.
     let until = Instant::now() + Duration::from_secs(8);
-    GithubClient::connect(target, &credential, RetryPolicy::default(), until)
-        .await
-        .context("connecting to GitHub")
+    Reloading::connect(
+        secrets,
+        &common.github_secret,
+        target,
+        RetryPolicy::default(),
+        until,
+    )
+    .await
+    .map_err(|e| match e {
+        e @ GithubError::Credential { .. } => {
+            anyhow::Error::new(e).context("WARMFLEET_GITHUB_CREDENTIAL_SECRET")
+        }
+        e => anyhow::Error::new(e).context("connecting to GitHub"),
+    })
 }

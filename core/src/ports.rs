@@ -247,6 +247,13 @@ pub trait RunnerRegistry: Send + Sync {
         label: Option<&str>,
         deadline: Instant,
     ) -> Result<Vec<Runner>, GithubError>;
+    /// The runner called exactly `name` (GitHub's `name` filter: one page, whatever its
+    /// labels; a drained runner has none left).
+    async fn runner_named(
+        &self,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<Option<Runner>, GithubError>;
     async fn delete_runner(&self, runner_id: u64, deadline: Instant) -> Result<(), GithubError>;
     /// Removes a runner's custom labels (allowed while it runs a job): no further job can
     /// be routed to it. The first step of a drain.

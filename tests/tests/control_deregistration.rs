@@ -38,6 +38,7 @@ async fn start() -> Plane {
             name: "deregistration",
             binary: "warmfleet-deregistration",
             timeout: 30.0,
+            retries: 0,
             env: &[
                 ("WARMFLEET_GROUPS", "runners"),
                 ("WARMFLEET_DRAIN_COMMAND", DRAIN),
@@ -47,6 +48,7 @@ async fn start() -> Plane {
             name: "registration",
             binary: "warmfleet-registration",
             timeout: 30.0,
+            retries: 0,
             env: &[],
         },
     ];

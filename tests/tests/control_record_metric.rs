@@ -16,6 +16,7 @@ const RECORD: Function = Function {
     name: "record-metric",
     binary: "warmfleet-record-metric",
     timeout: 30.0,
+    retries: 0,
     env: &[("WARMFLEET_GROUPS", "runners")],
 };
 

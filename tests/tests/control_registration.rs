@@ -23,6 +23,7 @@ const REGISTRATION: Function = Function {
     name: "registration",
     binary: "warmfleet-registration",
     timeout: 20.0,
+    retries: 0,
     env: &[],
 };
 
@@ -181,6 +182,7 @@ async fn github_failing_past_the_deadline_abandons_the_launch() {
         None,
         &[Function {
             timeout: 5.0,
+            retries: 0,
             ..REGISTRATION
         }],
         RULES,
@@ -282,4 +284,140 @@ async fn ephemeral_mode_stores_a_jit_configuration_for_a_runner_named_after_the_
     for want in ["warmfleet", "runners", instance.as_str(), "linux", "x64"] {
         assert!(labels.contains(&want), "{want} missing from {labels:?}");
     }
+}
+
+#[tokio::test]
+async fn a_launch_event_stating_another_transition_is_refused_and_the_hook_left_alone() {
+    // No rule: the test delivers the event itself.
+    let plane = Plane::start("1", None, &[REGISTRATION], "", &[]).await;
+    plane.aws.create("runners", 0, 1, 1, vec![hook()]).await;
+    let action = plane
+        .aws
+        .until_effect(|e| e["LifecycleAction"]["hook"] == "registration")
+        .await["LifecycleAction"]
+        .clone();
+    let instance = action["instance"].as_str().unwrap().to_owned();
+    for transition in [
+        json!("autoscaling:EC2_INSTANCE_TERMINATING"),
+        json!("autoscaling:TEST_NOTIFICATION"),
+        json!(1),
+        serde_json::Value::Null,
+    ] {
+        let event = json!({
+            "version": "0", "id": "7e1b9c2a-0000-4000-8000-000000000002",
+            "detail-type": "EC2 Instance-launch Lifecycle Action", "source": "aws.autoscaling",
+            "account": "123456789012", "time": "2026-11-28T12:00:00Z", "region": "us-east-1",
+            "resources": ["arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:0:autoScalingGroupName/runners"],
+            "detail": {
+                "LifecycleActionToken": action["token"], "AutoScalingGroupName": "runners",
+                "LifecycleHookName": "registration", "EC2InstanceId": instance,
+                "LifecycleTransition": transition,
+                "Origin": action["origin"], "Destination": action["destination"],
+            },
+        });
+        let err = plane.invoke("registration", &event).await.unwrap_err();
+        assert!(
+            err["errorMessage"]
+                .as_str()
+                .unwrap()
+                .contains("detail.LifecycleTransition"),
+            "{err}"
+        );
+    }
+    // Nothing minted, nothing stored, the hook still pending.
+    assert_eq!(plane.github.count("POST", "/registration-token").await, 0);
+    assert!(plane.instance_secret("runners", &instance).await.is_none());
+    assert_eq!(
+        plane.aws.instances("runners").await,
+        [(instance, "Pending:Wait".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn a_rotated_github_token_is_read_again_by_a_warm_function() {
+    let plane = start().await;
+    plane.aws.create("runners", 0, 2, 1, vec![hook()]).await;
+    let first = plane.aws.sole_in_service("runners").await;
+    // The token is rotated: GitHub revokes the old one, the secret holds the new one. The
+    // function, warm, still has the old one.
+    const ROTATED: &str = "ghp_rotatedrotatedrotatedrotatedrotated0";
+    plane.github.set_pats(&[ROTATED]).await;
+    plane
+        .secrets
+        .put_secret_value()
+        .secret_id(common::control::CREDENTIAL_SECRET)
+        .secret_string(format!("{{\"token\": \"{ROTATED}\"}}"))
+        .send()
+        .await
+        .unwrap();
+    plane.aws.set_desired("runners", 2).await;
+    let both = plane
+        .aws
+        .until("runners", false, "two in service", |i| {
+            i.len() == 2 && i.iter().all(|(_, s)| s == "InService")
+        })
+        .await;
+    let second = both.iter().find(|(id, _)| *id != first).unwrap().0.clone();
+    let calls = plane.until_ended("registration", 2).await;
+    assert!(
+        calls.iter().all(|c| c["outcome"] == "success"),
+        "{calls:#?}"
+    );
+    assert_eq!(calls[0]["pid"], calls[1]["pid"], "the same warm process");
+    // The old token refused once, then the new one.
+    let log = plane.github.requests().await;
+    let minted: Vec<u64> = log
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap().ends_with("/registration-token"))
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(minted, [201, 401, 201], "{log:#?}");
+    let t = token(&plane, &second).await;
+    plane
+        .github
+        .register_with(&t, &second, &["warmfleet", "runners", &second], false)
+        .await;
+}
+
+#[tokio::test]
+async fn a_rate_limit_past_the_deadline_keeps_the_launch_for_the_events_retry() {
+    // World time 20 times real: Lambda's retry comes 60 world seconds (3 s) later; the
+    // function has 100 world seconds (5 s), GitHub asks to wait 10 s.
+    let plane = Plane::start(
+        "20",
+        None,
+        &[Function {
+            timeout: 100.0,
+            retries: 2,
+            ..REGISTRATION
+        }],
+        RULES,
+        &[],
+    )
+    .await;
+    plane
+        .github
+        .fault(
+            json!({"path": "/orgs/acme/actions/runners/registration-token", "status": 403,
+                      "retry_after": 10, "count": 1}),
+        )
+        .await;
+    plane.aws.create("runners", 0, 1, 1, vec![hook()]).await;
+    let instance = plane.aws.sole_in_service("runners").await;
+    let calls = plane.until_ended("registration", 2).await;
+    assert_eq!(calls[0]["outcome"], "error", "{calls:#?}");
+    assert_eq!(calls[0]["error"]["errorType"], "warmfleet.Retryable");
+    assert_eq!(calls[1]["outcome"], "success", "{calls:#?}");
+    assert_eq!(calls[1]["attempt"], 1);
+    assert_eq!(
+        calls[0]["source"], calls[1]["source"],
+        "the same event, retried"
+    );
+    // The first instance launched, kept: never abandoned, never replaced.
+    let first = plane
+        .aws
+        .until_effect(|e| e["LifecycleAction"]["hook"] == "registration")
+        .await;
+    assert_eq!(first["LifecycleAction"]["instance"], instance.as_str());
+    token(&plane, &instance).await;
 }

@@ -25,6 +25,7 @@ const WEBHOOK: Function = Function {
     name: "webhook",
     binary: "warmfleet-webhook",
     timeout: 10.0,
+    retries: 0,
     env: &[
         // "small" comes first but does not exist: jobs only "runners" serves go there.
         ("WARMFLEET_GROUPS", "small,runners"),

@@ -110,12 +110,14 @@ async fn world(rules: &str, drain: &str) -> Plane {
             name: "registration",
             binary: "warmfleet-registration",
             timeout: 30.0,
+            retries: 0,
             env: &[("WARMFLEET_RUNNER_MODE", "persistent")],
         },
         Function {
             name: "deregistration",
             binary: "warmfleet-deregistration",
             timeout: 60.0,
+            retries: 0,
             env: &dereg_env,
         },
     ];
@@ -182,23 +184,14 @@ fn instance_environment(instance_root: &Path) -> String {
 /// registration hook (no EventBridge rule delivers it in this world: the test decides when
 /// the credential comes).
 async fn deliver_registration(plane: &Plane, instance: &str) {
-    let until = Instant::now() + Duration::from_secs(60);
-    let action = loop {
-        let effects = plane.aws.effects().await;
-        let action = effects
-            .iter()
-            .map(|e| &e["effect"]["LifecycleAction"])
-            .find(|a| a["instance"] == instance && a["hook"] == "registration")
-            .cloned();
-        if let Some(a) = action {
-            break a;
-        }
-        assert!(
-            Instant::now() < until,
-            "the registration hook never fired: {effects:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let action = plane
+        .aws
+        .until_effect(|e| {
+            e["LifecycleAction"]["instance"] == instance
+                && e["LifecycleAction"]["hook"] == "registration"
+        })
+        .await["LifecycleAction"]
+        .clone();
     let event = serde_json::json!({
         "version": "0", "id": "7e1b9c2a-0000-4000-8000-000000000001",
         "detail-type": "EC2 Instance-launch Lifecycle Action", "source": "aws.autoscaling",
@@ -211,20 +204,9 @@ async fn deliver_registration(plane: &Plane, instance: &str) {
             "Origin": action["origin"], "Destination": action["destination"],
         },
     });
-    let resp = reqwest::Client::new()
-        .post(format!(
-            "{}/2015-03-31/functions/registration/invocations",
-            plane.aws.url
-        ))
-        .json(&event)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        !resp.headers().contains_key("x-amz-function-error"),
-        "registration failed: {}",
-        resp.text().await.unwrap()
-    );
+    if let Err(e) = plane.invoke("registration", &event).await {
+        panic!("registration failed: {e}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,9 +9,9 @@ use warmfleet_control::event::Event;
 use warmfleet_control::runtime;
 use warmfleet_control::Error as HandlerError;
 use warmfleet_core::aws::{AutoScaling, SecretsManager, Ssm};
-use warmfleet_core::github::GithubClient;
+use warmfleet_core::github::Reloading;
 
-type Handler = Deregistration<SecretsManager, AutoScaling, Ssm, GithubClient>;
+type Handler = Deregistration<SecretsManager, AutoScaling, Ssm, Reloading<SecretsManager>>;
 
 async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let deadline = runtime::deadline(event.context.deadline);
@@ -35,7 +35,7 @@ async fn main() -> Result<(), Error> {
         let settings = DeregistrationSettings::from_env(&ProcessEnv).context("configuration")?;
         let aws = warmfleet_core::aws::load_config().await;
         let secrets = SecretsManager::new(&aws);
-        let github = runtime::github(&settings.common, &secrets).await?;
+        let github = runtime::github(&settings.common, secrets.clone()).await?;
         anyhow::Ok(Deregistration {
             secrets,
             lifecycle: AutoScaling::new(&aws),

@@ -8,9 +8,9 @@ use warmfleet_control::record_metric::RecordMetric;
 use warmfleet_control::runtime;
 use warmfleet_control::Error as HandlerError;
 use warmfleet_core::aws::{AutoScaling, CloudWatch, SecretsManager};
-use warmfleet_core::github::GithubClient;
+use warmfleet_core::github::Reloading;
 
-type Handler = RecordMetric<AutoScaling, GithubClient, CloudWatch>;
+type Handler = RecordMetric<AutoScaling, Reloading<SecretsManager>, CloudWatch>;
 
 async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let counts = handler
@@ -26,7 +26,7 @@ async fn main() -> Result<(), Error> {
     let handler = runtime::init(async {
         let settings = MetricSettings::from_env(&ProcessEnv).context("configuration")?;
         let aws = warmfleet_core::aws::load_config().await;
-        let github = runtime::github(&settings.common, &SecretsManager::new(&aws)).await?;
+        let github = runtime::github(&settings.common, SecretsManager::new(&aws)).await?;
         anyhow::Ok(RecordMetric {
             lifecycle: AutoScaling::new(&aws),
             github,

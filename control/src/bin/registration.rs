@@ -9,9 +9,9 @@ use warmfleet_control::registration::Registration;
 use warmfleet_control::runtime;
 use warmfleet_control::Error as HandlerError;
 use warmfleet_core::aws::{AutoScaling, SecretsManager};
-use warmfleet_core::github::GithubClient;
+use warmfleet_core::github::Reloading;
 
-type Handler = Registration<SecretsManager, AutoScaling, GithubClient>;
+type Handler = Registration<SecretsManager, AutoScaling, Reloading<SecretsManager>>;
 
 async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let deadline = runtime::deadline(event.context.deadline);
@@ -28,7 +28,7 @@ async fn main() -> Result<(), Error> {
         let settings = RegistrationSettings::from_env(&ProcessEnv).context("configuration")?;
         let aws = warmfleet_core::aws::load_config().await;
         let secrets = SecretsManager::new(&aws);
-        let github = runtime::github(&settings.common, &secrets).await?;
+        let github = runtime::github(&settings.common, secrets.clone()).await?;
         anyhow::Ok(Registration {
             secrets,
             lifecycle: AutoScaling::new(&aws),

@@ -541,6 +541,14 @@ impl crate::ports::RunnerRegistry for GithubClient {
         self.list_runners(label, deadline).await
     }
 
+    async fn runner_named(
+        &self,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<Option<Runner>, GithubError> {
+        self.find_runner(name, deadline).await
+    }
+
     async fn delete_runner(&self, runner_id: u64, deadline: Instant) -> Result<(), GithubError> {
         GithubClient::delete_runner(self, runner_id, deadline).await
     }

@@ -5,11 +5,12 @@
 //! installation token until shortly before it expires); this module adds the scopes
 //! (organisation, repository, enterprise), typed errors, bounded retries with backoff and
 //! jitter, rate-limit waits up to a caller's deadline, conditional requests and a count of
-//! the API calls made.
+//! the API calls made; `Reloading` reads the credential again when GitHub refuses it.
 
 mod client;
 mod credential;
 mod error;
+mod reload;
 mod retry;
 mod target;
 mod types;
@@ -17,6 +18,7 @@ mod types;
 pub use client::GithubClient;
 pub use credential::GithubCredential;
 pub use error::GithubError;
+pub use reload::Reloading;
 pub use retry::RetryPolicy;
 pub use target::{GithubTarget, Scope};
 pub use types::{JitConfig, JitRequest, Runner, RunnerLabel, RunnerStatus, RunnerToken};

@@ -76,7 +76,8 @@ struct IssuedToken {
 }
 
 pub struct Credentials {
-    pats: Vec<String>,
+    /// Tokens in force (a PAT revoked and another created: `set_pats`).
+    pats: Mutex<Vec<String>>,
     apps: Vec<App>,
     pub installations: Vec<Installation>,
     tokens: Mutex<HashMap<String, IssuedToken>>,
@@ -121,12 +122,18 @@ impl Credentials {
             }
         }
         Credentials {
-            pats,
+            pats: Mutex::new(pats),
             apps,
             installations,
             tokens: Mutex::new(HashMap::new()),
             token_ttl,
         }
+    }
+
+    /// Replaces the tokens in force: those left out are revoked (401 "Bad credentials"
+    /// from then on, as GitHub answers a revoked token).
+    pub fn set_pats(&self, pats: Vec<String>) {
+        *crate::lock(&self.pats) = pats;
     }
 
     pub fn authenticate(
@@ -143,7 +150,8 @@ impl Credentials {
             return Err(AuthError::BadCredentials);
         }
         let secret = secret.trim();
-        if let Some(i) = self.pats.iter().position(|p| p == secret) {
+        let pat = crate::lock(&self.pats).iter().position(|p| p == secret);
+        if let Some(i) = pat {
             return Ok(Caller::Pat(i));
         }
         if let Some(t) = self.lock().get(secret) {
@@ -230,6 +238,6 @@ impl Credentials {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, IssuedToken>> {
-        self.tokens.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.tokens)
     }
 }

@@ -1,5 +1,6 @@
 //! Test controls under `/_testbed`, a prefix no GitHub path uses: queue jobs and read their
-//! fate, read the request log, inject faults, inspect runners, ask a listener to update.
+//! fate, read the request log, inject faults, inspect runners, ask a listener to update,
+//! rotate the personal access tokens.
 
 use super::gate::{Fault, LoggedRequest};
 use super::state::{JobRec, RunnerRec};
@@ -45,6 +46,7 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         .route("/webhooks/deliveries", get(webhook_deliveries))
         .route("/runners", get(runners))
         .route("/runners/{id}/update", post(request_update))
+        .route("/pats", put(set_pats))
         .with_state(shared)
 }
 
@@ -141,6 +143,23 @@ async fn set_webhook_faults(
         .hooks
         .set_faults(faults)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct Pats {
+    pats: Vec<String>,
+}
+
+/// The personal access tokens in force from now on (a rotation: the old one revoked).
+async fn set_pats(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<Pats>,
+) -> Result<StatusCode, ApiError> {
+    if body.pats.iter().any(|p| p.trim().is_empty()) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "a token is empty"));
+    }
+    shared.credentials.set_pats(body.pats);
     Ok(StatusCode::NO_CONTENT)
 }
 

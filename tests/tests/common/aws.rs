@@ -227,6 +227,19 @@ impl Aws {
         self.control("effects").await
     }
 
+    /// The first effect (its `effect` object) that `pred` accepts, waiting up to a minute.
+    pub async fn until_effect(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let effects = self.effects().await;
+            if let Some(e) = effects.iter().map(|e| &e["effect"]).find(|e| pred(e)) {
+                return e.clone();
+            }
+            assert!(Instant::now() < until, "no such effect: {effects:#?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// A list from the world's control API (`/_testbed/aws/<what>`).
     pub async fn control(&self, what: &str) -> Vec<Value> {
         reqwest::get(format!("{}/_testbed/aws/{what}", self.url))

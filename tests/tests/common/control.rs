@@ -32,6 +32,8 @@ pub struct Function<'a> {
     pub name: &'a str,
     pub binary: &'a str,
     pub timeout: f64,
+    /// Lambda's retries of a failed asynchronous invocation (0 to 2; AWS's default is 2).
+    pub retries: u32,
     pub env: &'a [(&'a str, &'a str)],
 }
 
@@ -50,13 +52,14 @@ impl Plane {
         let mut text = String::new();
         for f in functions {
             text.push_str(&format!(
-                "[[function]]\nname = \"{}\"\ncommand = \"{}\"\ntimeout_seconds = {}\nretries = 0\n\
+                "[[function]]\nname = \"{}\"\ncommand = \"{}\"\ntimeout_seconds = {}\nretries = {}\n\
                  url = {}\n[function.environment]\nWARMFLEET_GITHUB_URL = \"{}\"\n\
                  WARMFLEET_GITHUB_CREDENTIAL_SECRET = \"{CREDENTIAL_SECRET}\"\n\
                  WARMFLEET_DEADLINE_MARGIN = \"1s\"\nRUST_LOG = \"info\"\n",
                 f.name,
                 lambda(f.binary).display(),
                 f.timeout,
+                f.retries,
                 // As the module gives the receiver, and only it, a function URL.
                 f.binary == "warmfleet-webhook",
                 github.org_url()
@@ -147,12 +150,18 @@ impl Plane {
             "detail-type": "Scheduled Event", "source": "aws.events", "account": "123456789012",
             "time": "2026-11-28T12:00:00Z", "region": "us-east-1",
             "resources": ["arn:aws:events:us-east-1:123456789012:rule/test"], "detail": {}});
+        self.invoke(function, &event).await
+    }
+
+    /// Invokes a function with `event` (Lambda's Invoke API) and returns its answer (`Err`
+    /// with the function's error).
+    pub async fn invoke(&self, function: &str, event: &Value) -> Result<Value, Value> {
         let resp = reqwest::Client::new()
             .post(format!(
                 "{}/2015-03-31/functions/{function}/invocations",
                 self.aws.url
             ))
-            .json(&event)
+            .json(event)
             .send()
             .await
             .unwrap();

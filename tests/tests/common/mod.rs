@@ -140,6 +140,18 @@ impl Github {
         );
     }
 
+    /// Rotates the personal access tokens: only `pats` are valid from now on.
+    pub async fn set_pats(&self, pats: &[&str]) {
+        let resp = self
+            .http
+            .put(format!("{}/_testbed/pats", self.url))
+            .json(&serde_json::json!({ "pats": pats }))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+
     pub async fn enqueue(&self, labels: &[&str], duration_secs: f64) -> u64 {
         let resp = self
             .post(
