@@ -70,9 +70,10 @@ data "aws_iam_policy_document" "registration" {
     ]
     resources = [local.instance_secrets]
   }
+  # Completes the launch; heartbeats it while GitHub asks to wait (a rate limit).
   statement {
-    sid       = "CompleteRegistrationHook"
-    actions   = ["autoscaling:CompleteLifecycleAction"]
+    sid       = "RegistrationHook"
+    actions   = ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"]
     resources = [local.group_arn]
   }
 }
@@ -236,10 +237,11 @@ resource "aws_iam_instance_profile" "runner" {
 
 data "aws_iam_policy_document" "agent" {
   # Its own secret only: the registration Lambda tags each with the instance's ARN, which
-  # the instance's role credentials carry as ec2:SourceInstanceARN.
+  # the instance's role credentials carry as ec2:SourceInstanceARN. Written once per time
+  # in service, to take the credential out once the runner is registered.
   statement {
     sid       = "OwnSecret"
-    actions   = ["secretsmanager:GetSecretValue"]
+    actions   = ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue"]
     resources = [local.instance_secrets]
     condition {
       test     = "StringEquals"

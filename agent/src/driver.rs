@@ -411,8 +411,9 @@ impl Driver {
                 warn!(?action, %reason, "action failed");
                 self.record.last_error = Some(reason.clone());
                 self.save();
-                // Protection is best effort; anything else fails the state.
-                if !matches!(action, Action::Protect(_)) {
+                // Protection and clearing the used credential are best effort; anything
+                // else fails the state.
+                if !matches!(action, Action::Protect(_) | Action::ForgetCredential) {
                     let _ = self.tx.send(Msg::Event(Event::Failed(reason)));
                 }
             }
@@ -571,6 +572,11 @@ impl Driver {
             Action::Ready => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
             }
+            Action::ForgetCredential => {
+                tokio::time::timeout(call, self.forget_credential())
+                    .await
+                    .map_err(|_| "clearing the used credential timed out".to_owned())??;
+            }
             Action::MarkUnhealthy => {
                 let (identity, asg, _) = self.aws()?;
                 asg.set_unhealthy(&identity.instance_id)
@@ -623,6 +629,30 @@ impl Driver {
             self.save();
         }
         Ok(done)
+    }
+
+    /// Replaces the credential just used in the instance's secret with `Used`, unless the
+    /// secret holds another (a newer launch's) by now.
+    async fn forget_credential(&self) -> Result<(), String> {
+        let (identity, _, secrets) = self.aws()?;
+        let Some(used) = self.record.credential_used else {
+            return Ok(());
+        };
+        let id = self.secret_id(identity);
+        let Some(text) = secrets.get(&id).await.map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        let mut value = InstanceSecret::parse(&text).map_err(|e| format!("{id}: {e}"))?;
+        if value.issued_at != used || matches!(value.credential, RunnerCredential::Used { .. }) {
+            return Ok(());
+        }
+        value.credential = value.credential.used();
+        secrets
+            .update(&id, &value.to_secret())
+            .await
+            .map_err(|e| e.to_string())?;
+        info!(secret = %id, "the used credential is cleared from the instance's secret");
+        Ok(())
     }
 
     fn jit_config(&self) -> Option<SecretString> {

@@ -149,6 +149,8 @@ pub enum Action {
     Replace,
     /// Tell systemd the service is ready.
     Ready,
+    /// Take the credential just used out of the instance's secret.
+    ForgetCredential,
     /// Mark the instance unhealthy, so that the group replaces it.
     MarkUnhealthy,
 }
@@ -191,9 +193,15 @@ pub fn on(state: &State, event: Event, mode: Mode) -> Result<(State, Vec<Action>
         (S::Identifying, E::Target(Target::Terminated)) => (S::Drained, vec![]),
 
         (S::AwaitingCredential, E::Credential) => (S::Registering, vec![A::Register]),
+        // Registered: the credential has done its work and leaves the secret before any
+        // job can run and read it.
         (S::Registering, E::Listening) => (
             S::Idle,
-            vec![A::CompleteBootstrap(HookResult::Continue), A::Ready],
+            vec![
+                A::CompleteBootstrap(HookResult::Continue),
+                A::Ready,
+                A::ForgetCredential,
+            ],
         ),
         (S::Restarting, E::Listening) => (S::Idle, vec![]),
 
@@ -340,7 +348,11 @@ mod tests {
         assert_eq!(s, S::Idle);
         assert_eq!(
             actions,
-            [A::CompleteBootstrap(HookResult::Continue), A::Ready]
+            [
+                A::CompleteBootstrap(HookResult::Continue),
+                A::Ready,
+                A::ForgetCredential
+            ]
         );
     }
 

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tokio::time::Instant;
 use tracing::{info, warn};
 use warmfleet_core::github::{GithubError, Runner, RunnerStatus};
-use warmfleet_core::instance_secret::{InstanceSecret, RemoveToken, RunnerCredential};
+use warmfleet_core::instance_secret::{InstanceSecret, RemoveToken};
 use warmfleet_core::naming::{
     group_secret_prefix, instance_of_secret, instance_secret_id, DRAIN_COMMENT, FLEET_LABEL,
     HOOK_DEREGISTRATION,
@@ -266,7 +266,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         let mut secret = self.read_secret(group, instance, until).await?;
         // A JIT runner is removed with the registration's own credentials: no token needed.
         if let Some(value) = secret.as_mut() {
-            if let RunnerCredential::RegistrationToken { .. } = value.credential {
+            if value.credential.persistent() {
                 let t = self.github.remove_token(until).await?;
                 value.remove_token = Some(RemoveToken {
                     token: t.token,
@@ -543,10 +543,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         let past_grace = age
             .to_std()
             .is_ok_and(|a| a > self.settings.registration_grace);
-        let absent = match value.credential {
-            RunnerCredential::RegistrationToken { .. } => !registered,
-            RunnerCredential::JitConfig { .. } => true,
-        };
+        let absent = !value.credential.persistent() || !registered;
         Ok(past_grace && absent)
     }
 
@@ -644,6 +641,7 @@ mod tests {
     use crate::fakes;
     use chrono::Utc;
     use std::time::Duration;
+    use warmfleet_core::instance_secret::RunnerCredential;
     use warmfleet_core::ports::InstanceStatus;
 
     type Handler = Deregistration<fakes::Secrets, fakes::Asg, fakes::Ssm, fakes::Github>;

@@ -1,6 +1,6 @@
 //! What an instance's secret (`warmfleet/<asg>/<instance-id>`) holds: the credential the
-//! registration Lambda minted for this launch, and, once a drain is asked for, a remove
-//! token. Written by the Lambdas, read by the agent; JSON, so operators can inspect its
+//! registration Lambda minted for this launch (until the agent has used it and cleared it),
+//! and, once a drain is asked for, a remove token. Written by the Lambdas, read by the agent; JSON, so operators can inspect its
 //! shape (never its tokens) with the AWS CLI.
 
 use chrono::{DateTime, Utc};
@@ -23,6 +23,38 @@ pub enum RunnerCredential {
         encoded_jit_config: SecretString,
         runner_id: u64,
     },
+    /// Either of the above once the agent has used it (configured its runner, or started
+    /// its JIT listener) and taken it out of the secret: nothing valid stays there while
+    /// jobs run on the instance.
+    Used {
+        /// It was a JIT configuration (ephemeral mode), for this runner.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jit_runner_id: Option<u64>,
+    },
+}
+
+impl RunnerCredential {
+    /// Persistent mode's: a registration token, unused or used.
+    pub fn persistent(&self) -> bool {
+        matches!(
+            self,
+            RunnerCredential::RegistrationToken { .. }
+                | RunnerCredential::Used {
+                    jit_runner_id: None
+                }
+        )
+    }
+
+    /// What stays in the secret once this credential is used.
+    pub fn used(&self) -> RunnerCredential {
+        RunnerCredential::Used {
+            jit_runner_id: match self {
+                RunnerCredential::JitConfig { runner_id, .. } => Some(*runner_id),
+                RunnerCredential::Used { jit_runner_id } => *jit_runner_id,
+                RunnerCredential::RegistrationToken { .. } => None,
+            },
+        }
+    }
 }
 
 /// A remove token for `config.sh remove`, placed before a drain.
@@ -106,5 +138,32 @@ mod tests {
         let err = InstanceSecret::parse(&SecretString::from("{\"token\": \"AABBCC\"}".to_owned()))
             .unwrap_err();
         assert!(!err.contains("AABBCC") && err.contains("missing"), "{err}");
+    }
+
+    #[test]
+    fn a_used_credential_keeps_its_mode_and_nothing_secret() {
+        let token = RunnerCredential::RegistrationToken {
+            token: "AABBCC".to_owned().into(),
+            expires_at: Utc::now(),
+        };
+        let jit = RunnerCredential::JitConfig {
+            encoded_jit_config: "DDEEFF".to_owned().into(),
+            runner_id: 42,
+        };
+        assert!(token.persistent() && token.used().persistent());
+        assert!(!jit.persistent() && !jit.used().persistent());
+        for c in [token.used(), jit.used(), jit.used().used()] {
+            let text = serde_json::to_string(&c).unwrap();
+            assert!(
+                !text.contains("AABBCC") && !text.contains("DDEEFF"),
+                "{text}"
+            );
+            let back: RunnerCredential = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.persistent(), c.persistent());
+        }
+        assert_eq!(
+            serde_json::to_string(&jit.used()).unwrap(),
+            r#"{"kind":"used","jit_runner_id":42}"#
+        );
     }
 }

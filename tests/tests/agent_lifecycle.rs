@@ -333,8 +333,19 @@ async fn a_cold_launch_registers_protects_its_job_and_drains_without_killing_it(
         "{}",
         f.console(&instance).await
     );
-    let secret = f.plane.instance_secret(GROUP, &instance).await.unwrap();
-    let token = match secret.credential {
+    // The token used, then taken out of the secret: nothing valid left there for a job.
+    eventually("the credential cleared", Duration::from_secs(5), || async {
+        let secret = f.plane.instance_secret(GROUP, &instance).await.unwrap();
+        matches!(
+            secret.credential,
+            RunnerCredential::Used {
+                jit_runner_id: None
+            }
+        )
+    })
+    .await;
+    let previous = f.plane.instance_secret_at(GROUP, &instance, "AWSPREVIOUS");
+    let token = match previous.await.unwrap().credential {
         RunnerCredential::RegistrationToken { token, .. } => token.expose_secret().to_owned(),
         other => panic!("{other:?}"),
     };
@@ -447,6 +458,13 @@ async fn an_ephemeral_runner_takes_one_job_then_its_instance_is_replaced() {
     let f = fleet("ephemeral", "", true).await;
     f.plane.aws.create(GROUP, 0, 2, 1, hooks()).await;
     let first = f.plane.aws.sole_in_service(GROUP).await;
+    // Its JIT configuration, once the listener has started with it, leaves the secret.
+    let runner = f.runner_ids(&first).await;
+    eventually("the JIT configuration cleared", Duration::from_secs(5), || async {
+        let secret = f.plane.instance_secret(GROUP, &first).await.unwrap();
+        matches!(secret.credential, RunnerCredential::Used { jit_runner_id: Some(id) } if [id] == runner[..])
+    })
+    .await;
     let job = f.plane.github.enqueue(&["warmfleet"], 0.5).await;
     let done = f.succeeded(job).await;
     assert_eq!(done["runner_name"], first.as_str());

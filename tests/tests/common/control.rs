@@ -105,8 +105,26 @@ impl Plane {
 
     /// An instance's secret, parsed, if it exists.
     pub async fn instance_secret(&self, group: &str, instance: &str) -> Option<InstanceSecret> {
+        self.instance_secret_at(group, instance, "AWSCURRENT").await
+    }
+
+    /// An instance's secret at a version stage (`AWSPREVIOUS`: the value before the last
+    /// write), parsed, if it exists.
+    pub async fn instance_secret_at(
+        &self,
+        group: &str,
+        instance: &str,
+        stage: &str,
+    ) -> Option<InstanceSecret> {
         let id = warmfleet_core::naming::instance_secret_id(group, instance);
-        match self.secrets.get_secret_value().secret_id(&id).send().await {
+        let read = self
+            .secrets
+            .get_secret_value()
+            .secret_id(&id)
+            .version_stage(stage)
+            .send()
+            .await;
+        match read {
             Ok(out) => Some(
                 InstanceSecret::parse(&out.secret_string().unwrap().to_owned().into()).unwrap(),
             ),
