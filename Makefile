@@ -97,10 +97,10 @@ $(PROVIDER_SCHEMA_STAMP):
 ## What the tests run besides cargo and Python (root, Debian): cloud-init (its `cloud-init
 ## schema` checks the user data template), debootstrap and systemd-container (the package and
 ## cloud-init tests boot a Debian machine with systemd-nspawn; its root is cached under
-## /var/cache/warmfleet), cargo-deb (those tests build the package), openssl (a certificate
-## for the package's download); terraform renders the template as the module does (on these
-## machines already).
-SYSTEM_PACKAGES := cloud-init debootstrap systemd-container openssl
+## /var/cache/warmfleet; iproute2 gives each its own network namespace), cargo-deb (those
+## tests build the package), openssl (a certificate for the package's download); terraform
+## renders the template as the module does (on these machines already).
+SYSTEM_PACKAGES := cloud-init debootstrap systemd-container iproute2 openssl
 # $(call apt_install_missing,PACKAGES): installs those of the Debian packages that are
 # missing, reading the package lists first (a fresh machine may have none).
 apt_install_missing = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \

@@ -49,6 +49,7 @@ struct RunnerFragment {
     mode: Option<String>,
     job_started_hook: Option<PathBuf>,
     job_completed_hook: Option<PathBuf>,
+    block_imds: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +106,8 @@ pub struct Settings {
     /// that call `warmfleet-agent hook job-started|job-completed`.
     pub job_started_hook: PathBuf,
     pub job_completed_hook: PathBuf,
+    /// Keep the runner user (and its jobs) away from the instance metadata service.
+    pub block_imds: bool,
     pub bootstrap_hook: String,
     pub deregistration_hook: String,
     pub timeouts: Timeouts,
@@ -128,6 +131,7 @@ struct Merged {
     mode: Option<Set<String>>,
     job_started_hook: Option<Set<PathBuf>>,
     job_completed_hook: Option<Set<PathBuf>>,
+    block_imds: Option<Set<bool>>,
     bootstrap_hook: Option<Set<String>>,
     deregistration_hook: Option<Set<String>>,
     timeouts: BTreeMap<String, Set<String>>,
@@ -155,6 +159,7 @@ impl Merged {
         set(&mut self.mode, r.mode, file);
         set(&mut self.job_started_hook, r.job_started_hook, file);
         set(&mut self.job_completed_hook, r.job_completed_hook, file);
+        set(&mut self.block_imds, r.block_imds, file);
         let h = f.hooks.unwrap_or_default();
         set(&mut self.bootstrap_hook, h.bootstrap, file);
         set(&mut self.deregistration_hook, h.deregistration, file);
@@ -291,6 +296,7 @@ impl Merged {
                 || PathBuf::from("/usr/lib/warmfleet/job-completed.sh"),
                 |s| s.value,
             ),
+            block_imds: self.block_imds.is_none_or(|s| s.value),
             bootstrap_hook: text(self.bootstrap_hook, "hooks.bootstrap", Some(HOOK_BOOTSTRAP))?,
             deregistration_hook: text(
                 self.deregistration_hook,

@@ -5,6 +5,7 @@
 
 use crate::config::Settings;
 use crate::control::{self, JobHook, Reply, Request, SleepPhase};
+use crate::imds_guard;
 use crate::machine::{self, Action, Event, State};
 use crate::record::{self, Record};
 use crate::runner::{self, Line, RunAs, Runner};
@@ -173,6 +174,8 @@ impl Driver {
     /// listener stays and the next agent adopts it). An error: it could not start (not even
     /// learn who it is); systemd restarts it.
     pub async fn run(mut self) -> Result<Stop, String> {
+        // Before any listener can start (a first one, or one adopted after a restart).
+        self.guard_imds()?;
         let socket = control::socket(&self.settings.state_dir);
         let _ = std::fs::remove_file(&socket);
         let listener = UnixListener::bind(&socket)
@@ -629,6 +632,29 @@ impl Driver {
             self.save();
         }
         Ok(done)
+    }
+
+    /// Closes IMDS to the runner user (`runner.block_imds`); an error when it cannot.
+    fn guard_imds(&self) -> Result<(), String> {
+        if !self.settings.block_imds {
+            warn!("runner.block_imds = false: jobs can reach the instance metadata service");
+            return Ok(());
+        }
+        let Some(run_as) = &self.runner.run_as else {
+            warn!("the runner runs as the agent's own user: IMDS cannot be closed to it alone");
+            return Ok(());
+        };
+        let endpoint = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT").ok();
+        let targets = imds_guard::targets(endpoint.as_deref())?;
+        imds_guard::apply(&imds_guard::ruleset(run_as.uid, &targets)).map_err(|e| {
+            format!("closing IMDS to runner.user: {e} (runner.block_imds = false leaves it open)")
+        })?;
+        info!(
+            uid = run_as.uid,
+            table = imds_guard::TABLE,
+            "IMDS closed to the runner user"
+        );
+        Ok(())
     }
 
     /// Replaces the credential just used in the instance's secret with `Used`, unless the

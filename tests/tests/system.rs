@@ -168,6 +168,25 @@ fn configure(m: &Machine, plane: &Plane, instance_root: &Path) {
     .unwrap();
 }
 
+/// Gives the machine a network of its own (its firewall rules stay there), where what the
+/// instance talks to is forwarded: the world's endpoints in its environment, the GitHub
+/// fake, and the addresses in `more`.
+fn isolate(m: &mut Machine, plane: &Plane, instance_root: &Path, more: &str) {
+    let env = std::fs::read_to_string(instance_root.join("aws.env")).unwrap();
+    let urls = format!("{env}\n{}\n{more}", plane.github.org_url());
+    m.isolate(&common::netns::loopback_ports(&urls));
+}
+
+/// The instance's IMDS port (the world serves each instance its own).
+fn imds_port(instance_root: &Path) -> u16 {
+    let env = std::fs::read_to_string(instance_root.join("aws.env")).unwrap();
+    let line = env
+        .lines()
+        .find(|l| l.starts_with("AWS_EC2_METADATA_SERVICE_ENDPOINT="))
+        .expect("the instance's IMDS endpoint");
+    common::netns::loopback_ports(line)[0]
+}
+
 /// A unit drop-in with the environment the world gave the instance, and the watchdog
 /// shortened from the unit's 10 minutes to 20 s: the agent must ping within the test (a
 /// watchdog kill would show as a restart and as the unit's result).
@@ -221,6 +240,7 @@ async fn the_package_runs_the_agent_under_systemd_from_first_start_to_purge() {
     plane.aws.create(GROUP, 0, 1, 1, hooks()).await;
     let (instance, instance_root) = first_instance(&plane).await;
     configure(&m, &plane, &instance_root);
+    isolate(&mut m, &plane, &instance_root, "");
     m.boot().await;
     std::fs::write(instance_root.join("machine.leader"), m.leader().to_string()).unwrap();
 
@@ -284,6 +304,35 @@ async fn the_package_runs_the_agent_under_systemd_from_first_start_to_purge() {
         "{status}"
     );
     plane.aws.sole_in_service(GROUP).await;
+
+    // IMDS is closed to the runner user (and so to every job) and open to root, by the rule
+    // the agent loaded before it started the listener.
+    let rules = m.sh_ok("nft list table inet warmfleet_imds");
+    let uid = m.sh_ok("id -u runner").trim().to_owned();
+    assert!(
+        rules.contains(&format!("meta skuid {uid} ip daddr 169.254.169.254")),
+        "{rules}"
+    );
+    let reach = format!("exec 3<>/dev/tcp/127.0.0.1/{}", imds_port(&instance_root));
+    let as_runner = m.sh(&format!("runuser -u runner -- bash -c '{reach}'"));
+    assert!(
+        !as_runner.status.success()
+            && String::from_utf8_lossy(&as_runner.stderr).contains("Connection refused"),
+        "the runner user reached IMDS: {}",
+        String::from_utf8_lossy(&as_runner.stderr)
+    );
+    m.sh_ok(&format!("bash -c '{reach}'"));
+    let journal = m.journal(UNIT);
+    let guarded = journal
+        .iter()
+        .position(|e| e["MESSAGE"] == "IMDS closed to the runner user");
+    let listening = journal
+        .iter()
+        .position(|e| e["MESSAGE"] == "listening for jobs");
+    assert!(
+        guarded.is_some() && guarded < listening,
+        "the rule must come before the listener: {journal:#?}"
+    );
 
     // The journal: the agent's own entries, with its fields.
     let journal = m.journal(UNIT);
@@ -419,6 +468,7 @@ async fn the_sleep_hook_wakes_a_warm_agent_which_then_registers() {
         .unwrap();
     let (instance, instance_root) = first_instance(&plane).await;
     configure(&m, &plane, &instance_root);
+    isolate(&mut m, &plane, &instance_root, "");
     m.boot().await;
     m.sh_ok("systemctl enable --now --no-block warmfleet-agent.service");
 
@@ -677,8 +727,8 @@ async fn cloud_init_alone_installs_configures_and_starts_the_agent() {
         format!("instance-id: {instance}\nlocal-hostname: runner\n"),
     )
     .unwrap();
-    // The image's own cloud-init settings: the NoCloud seed, hands off the host's network
-    // (the machine shares it), and the one locale a minimal root has.
+    // The image's own cloud-init settings: the NoCloud seed, hands off the network (the
+    // test gives the machine its own), and the one locale a minimal root has.
     std::fs::write(
         m.inside("/etc/cloud/cloud.cfg.d/99-testbed.cfg"),
         "datasource_list: [NoCloud]\nnetwork: {config: disabled}\nlocale: C.UTF-8\n",
@@ -686,6 +736,7 @@ async fn cloud_init_alone_installs_configures_and_starts_the_agent() {
     .unwrap();
 
     let mut m = m;
+    isolate(&mut m, &plane, &instance_root, &variables.to_string());
     m.boot().await;
     let status = m.sh("cloud-init status --wait --long");
     assert!(

@@ -1,7 +1,9 @@
 //! A Debian machine with a real systemd, for the package and cloud-init tests: a minimal
 //! bookworm root made by debootstrap (with cloud-init added), cached between runs under
 //! `/var/cache/warmfleet` (or `$WARMFLEET_MACHINE_CACHE`: CI starts from an empty one), copied for each machine and booted with `systemd-nspawn -b`. The
-//! machine shares the host's network, so the testbed's servers on loopback are reachable.
+//! machine shares the host's network, so the testbed's servers on loopback are reachable,
+//! or, `isolate`d, has a network namespace of its own (with `CAP_NET_ADMIN` in it: its
+//! firewall rules stay there) where the given ports of the host's loopback are forwarded.
 //! Needs root, debootstrap and systemd-container (`make system-deps` installs them).
 
 use std::io::Write;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Where the base root is kept; the name changes whenever what goes into it does.
-const BASE_NAME: &str = "nspawn-bookworm-cloud-init-4";
+const BASE_NAME: &str = "nspawn-bookworm-cloud-init-5";
 
 fn base_path() -> String {
     let dir = std::env::var("WARMFLEET_MACHINE_CACHE")
@@ -23,8 +25,9 @@ fn base_path() -> String {
 /// What a machine's root holds besides debootstrap's minimal base.
 /// (man-db: `systemd-analyze verify` checks a unit's `Documentation=man:` pages with it;
 /// curl and locales: cloud-init's install script downloads with the one, its locale module
-/// needs the other, as on any Debian cloud image.)
-const INCLUDE: &str = "systemd,systemd-sysv,dbus,ca-certificates,man-db,curl,locales";
+/// needs the other, as on any Debian cloud image; nftables: the package depends on it, and
+/// an isolated machine has no mirror to fetch it from.)
+const INCLUDE: &str = "systemd,systemd-sysv,dbus,ca-certificates,man-db,curl,locales,nftables";
 
 /// The cached base root, made on first use (about a minute; serialised across processes).
 pub fn base_root() -> PathBuf {
@@ -90,6 +93,7 @@ pub struct Machine {
     pub root: PathBuf,
     boot: Option<Child>,
     leader: Option<u32>,
+    netns: Option<super::netns::Netns>,
 }
 
 impl Machine {
@@ -111,6 +115,7 @@ impl Machine {
             root,
             boot: None,
             leader: None,
+            netns: None,
         }
     }
 
@@ -160,18 +165,31 @@ impl Machine {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Gives the machine a network namespace of its own, where these ports of the host's
+    /// loopback are forwarded (call before `boot`).
+    pub fn isolate(&mut self, ports: &[u16]) {
+        assert!(self.boot.is_none(), "already booted");
+        self.netns = Some(super::netns::Netns::new(ports));
+    }
+
     /// Boots the machine and waits until systemd reports it up (running or degraded).
     pub async fn boot(&mut self) {
         assert!(self.boot.is_none(), "already booted");
         let console = std::fs::File::create(self.root.with_extension("console")).unwrap();
-        let child = Command::new("systemd-nspawn")
-            .args([
-                "--quiet",
-                "--keep-unit",
-                "--register=no",
-                "--boot",
-                "--console=passive",
-            ])
+        let mut nspawn = Command::new("systemd-nspawn");
+        nspawn.args([
+            "--quiet",
+            "--keep-unit",
+            "--register=no",
+            "--boot",
+            "--console=passive",
+        ]);
+        if let Some(ns) = &self.netns {
+            nspawn
+                .arg(format!("--network-namespace-path={}", ns.path().display()))
+                .arg("--capability=CAP_NET_ADMIN");
+        }
+        let child = nspawn
             .arg("-D")
             .arg(&self.root)
             .stdin(Stdio::null())

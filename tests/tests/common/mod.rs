@@ -6,6 +6,7 @@
 pub mod aws;
 pub mod control;
 pub mod machine;
+pub mod netns;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
