@@ -52,6 +52,15 @@ async fn token(plane: &Plane, instance: &str) -> String {
     }
 }
 
+/// The instance's token registers its runner, as the agent would.
+async fn registers(plane: &Plane, instance: &str) {
+    let t = token(plane, instance).await;
+    plane
+        .github
+        .register_with(&t, instance, &["warmfleet", "runners", instance], false)
+        .await;
+}
+
 #[tokio::test]
 async fn a_cold_launch_leaves_a_fresh_token_in_the_instance_secret_and_the_hook_completed() {
     let plane = start().await;
@@ -84,11 +93,7 @@ async fn a_cold_launch_leaves_a_fresh_token_in_the_instance_secret_and_the_hook_
         "{tags:?}"
     );
     // The token is GitHub's: a runner registers with it.
-    let t = token(&plane, instance).await;
-    plane
-        .github
-        .register_with(&t, instance, &["warmfleet", "runners", instance], false)
-        .await;
+    registers(&plane, instance).await;
     let calls = plane.until_ended("registration", 1).await;
     assert_eq!(calls[0]["outcome"], "success", "{calls:#?}");
     assert_eq!(calls[0]["response"]["outcome"], "Registered");
@@ -168,11 +173,7 @@ async fn a_duplicate_event_is_harmless() {
         "{calls:#?}"
     );
     assert_eq!(calls[0]["source"], calls[1]["source"], "one event, twice");
-    let t = token(&plane, instance).await;
-    plane
-        .github
-        .register_with(&t, instance, &["warmfleet", "runners", instance], false)
-        .await;
+    registers(&plane, instance).await;
 }
 
 #[tokio::test]
@@ -372,11 +373,7 @@ async fn a_rotated_github_token_is_read_again_by_a_warm_function() {
         .map(|r| r["status"].as_u64().unwrap())
         .collect();
     assert_eq!(minted, [201, 401, 201], "{log:#?}");
-    let t = token(&plane, &second).await;
-    plane
-        .github
-        .register_with(&t, &second, &["warmfleet", "runners", &second], false)
-        .await;
+    registers(&plane, &second).await;
 }
 
 #[tokio::test]
