@@ -644,11 +644,12 @@ impl Asg {
         self.group(group)?;
         for id in ids {
             self.member(group, id)?;
-            // AWS: "This operation cannot be called on instances in a warm pool."
-            if self.instances[id].state.is_warmed() {
+            // AWS documents that it "cannot be called on instances in a warm pool", and
+            // answers this for any instance not in service (Pending:Wait included); the
+            // testbed models no standby.
+            if self.instances[id].state != State::InService {
                 return Err(invalid(format!(
-                    "The instance {id} is in the warm pool of Auto Scaling group {group}: \
-                     SetInstanceProtection cannot be called on instances in a warm pool."
+                    "The instance {id} is not in InService or EnteringStandby or Standby."
                 )));
             }
         }
@@ -1732,7 +1733,7 @@ mod tests {
     }
 
     #[test]
-    fn protection_is_refused_for_warm_pool_instances() {
+    fn protection_is_refused_for_instances_not_in_service() {
         let mut asg = Asg::default();
         asg.create_group(group("g", 0, 2, 0), Duration::ZERO)
             .unwrap();
@@ -1752,12 +1753,14 @@ mod tests {
         let e = asg
             .set_protection("g", std::slice::from_ref(&warm), true)
             .unwrap_err();
-        assert!(format!("{e}").contains("warm pool"), "{e}");
+        assert!(format!("{e}").contains("not in InService"), "{e}");
         assert!(!asg.instances[&warm].protected);
-        // Once it is in the group, it can be protected.
+        // Once it is in service, it can be protected.
         asg.set_desired("g", 1, S).unwrap();
-        asg.tick(S);
-        assert!(!asg.instances[&warm].state.is_warmed());
+        for t in 1..10 {
+            asg.tick(t * S);
+        }
+        assert_eq!(asg.instances[&warm].state, State::InService);
         asg.set_protection("g", std::slice::from_ref(&warm), true)
             .unwrap();
         assert!(asg.instances[&warm].protected);
