@@ -141,9 +141,17 @@ async fn a_configured_runner_takes_a_job_runs_its_hooks_and_a_sigterm_mid_job_ki
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for file in [".runner", ".credentials"] {
+    // As the real runner writes them: `.runner` with the process's umask deciding its
+    // mode, the key (the fake keeps its secret in `.credentials`) chmodded 600 after.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .map(|m| u32::from_str_radix(m.trim(), 8).unwrap())
+        .unwrap();
+    for (file, mode) in [(".runner", 0o666 & !umask), (".credentials", 0o600)] {
         let meta = std::fs::metadata(dir.join(file)).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{file}");
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
         let text = std::fs::read_to_string(dir.join(file)).unwrap();
         assert!(
             !text.contains(&secret),
