@@ -78,14 +78,18 @@ pub struct Timeouts {
     pub heartbeat: Duration,
     /// For any one AWS or GitHub call, retries included.
     pub call: Duration,
+    /// Before an idle runner's listener is stopped by a drain: for a job GitHub assigned
+    /// just before the runner's labels came off to show in the listener's output.
+    pub settle: Duration,
 }
 
-const TIMEOUT_KEYS: [(&str, u64); 5] = [
+const TIMEOUT_KEYS: [(&str, u64); 6] = [
     ("credential", 300),
     ("listen", 120),
     ("drain", 24 * 3600),
     ("heartbeat", 600),
     ("call", 30),
+    ("settle", 5),
 ];
 
 /// The agent's validated settings.
@@ -309,6 +313,7 @@ impl Merged {
                 drain: timeout("drain"),
                 heartbeat: timeout("heartbeat"),
                 call: timeout("call"),
+                settle: timeout("settle"),
             },
         })
     }

@@ -575,6 +575,13 @@ impl Driver {
             Action::Ready => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
             }
+            Action::AwaitSettle => {
+                let settle = self.settings.timeouts.settle;
+                self.send_later(async move {
+                    tokio::time::sleep(settle).await;
+                    Msg::Event(Event::Settled)
+                });
+            }
             Action::ForgetCredential => {
                 tokio::time::timeout(call, self.forget_credential())
                     .await

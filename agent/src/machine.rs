@@ -24,6 +24,9 @@ pub enum State {
     Busy,
     /// Restarting the listener after it asked for it (exit codes 2, 3, 4).
     Restarting,
+    /// Draining an idle runner: a moment for a job GitHub assigned just before the labels
+    /// came off to show in the listener's output, before the listener is stopped.
+    Settling,
     /// Draining while a job runs: the runner takes no new job, the running one finishes.
     Draining,
     /// Draining: stopping the idle listener.
@@ -49,6 +52,7 @@ impl State {
             State::Idle => "listening for jobs".into(),
             State::Busy => "running a job".into(),
             State::Restarting => "restarting the listener".into(),
+            State::Settling => "draining: a moment for a job assigned just before".into(),
             State::Draining => "draining: the running job finishes, no new job".into(),
             State::Stopping => "draining: stopping the listener".into(),
             State::Removing => "draining: removing the registration".into(),
@@ -67,6 +71,7 @@ impl State {
             State::Idle => "idle",
             State::Busy => "busy",
             State::Restarting => "restarting",
+            State::Settling => "settling",
             State::Draining => "draining",
             State::Stopping => "stopping",
             State::Removing => "removing",
@@ -84,6 +89,7 @@ impl State {
                 | State::Idle
                 | State::Busy
                 | State::Restarting
+                | State::Settling
                 | State::Draining
                 | State::Stopping
                 | State::Replacing
@@ -111,6 +117,8 @@ pub enum Event {
     ListenerExited(Option<i32>),
     /// SIGTERM, or `warmfleet-agent drain`.
     Drain,
+    /// `timeouts.settle` has passed since an idle runner was asked to drain.
+    Settled,
     /// The runner's registration is gone.
     Removed,
     /// The sleep hook's `pre`: the instance is about to hibernate.
@@ -139,6 +147,8 @@ pub enum Action {
     /// calls AWS only when its record says protection is on, and records "on" before it
     /// asks for it, so a crash in between never leaves it on unknowingly.
     Protect(bool),
+    /// Send `Settled` once `timeouts.settle` has passed.
+    AwaitSettle,
     /// Stop the listener (SIGINT: it ends its session and exits 0).
     StopListener,
     /// Remove the runner's registration (`config.sh remove`).
@@ -224,10 +234,19 @@ pub fn on(state: &State, event: Event, mode: Mode) -> Result<(State, Vec<Action>
 
         // Draining: no new job from the moment it is acknowledged.
         (S::Busy, E::Drain) => (S::Draining, vec![]),
-        (S::Registering | S::Idle | S::Restarting, E::Drain) => {
-            (S::Stopping, vec![A::StopListener])
+        // An idle runner: its labels are gone (the Lambda takes them first), but a job
+        // GitHub assigned just before may not show yet; it would be cut off.
+        (S::Idle, E::Drain) => (S::Settling, vec![A::AwaitSettle]),
+        (S::Settling, E::JobRunning) => (S::Draining, vec![]),
+        (S::Settling, E::JobStarted) => (S::Draining, vec![A::Protect(true)]),
+        (S::Settling, E::Settled) => (S::Stopping, vec![A::StopListener]),
+        (S::Settling, E::ListenerExited(_)) => (S::Removing, vec![A::RemoveRunner]),
+        (S::Settling, E::JobFinished) => (S::Settling, vec![]),
+        (s, E::Settled) => (s.clone(), vec![]),
+        (S::Registering | S::Restarting, E::Drain) => (S::Stopping, vec![A::StopListener]),
+        (s @ (S::Settling | S::Draining | S::Stopping | S::Removing), E::Drain) => {
+            (s.clone(), vec![])
         }
-        (s @ (S::Draining | S::Stopping | S::Removing), E::Drain) => (s.clone(), vec![]),
         (S::Drained, E::Drain) => (S::Drained, vec![A::CompleteDeregistration]),
         (_, E::Drain) => (S::Removing, vec![A::StopListener, A::RemoveRunner]),
         (S::Stopping, E::ListenerExited(_)) => (S::Removing, vec![A::RemoveRunner]),
@@ -266,7 +285,7 @@ pub fn on(state: &State, event: Event, mode: Mode) -> Result<(State, Vec<Action>
             vec![A::StopListener, A::CompleteBootstrap(HookResult::Abandon)],
         ),
         (S::Warm | S::Identifying | S::Removing, E::Failed(reason)) => (failed(reason), vec![]),
-        (S::Idle | S::Busy | S::Restarting, E::Failed(reason)) => {
+        (S::Idle | S::Busy | S::Restarting | S::Settling, E::Failed(reason)) => {
             (failed(reason), vec![A::StopListener, A::MarkUnhealthy])
         }
 
@@ -304,6 +323,9 @@ pub fn recover(state: &State, listener_alive: bool) -> (State, Vec<Action>) {
         (S::Idle, true) => (S::Idle, vec![A::Protect(false), A::Watch, A::Ready]),
         (S::Busy, true) => (S::Busy, vec![A::Watch, A::Ready]),
         (S::Restarting, true) => (S::Idle, vec![A::Protect(false), A::Watch, A::Ready]),
+        // The drain's caller asks again (the `drain` command retries): settle anew.
+        (S::Settling, true) => (S::Idle, vec![A::Protect(false), A::Watch, A::Ready]),
+        (S::Settling, false) => (S::Removing, vec![A::RemoveRunner]),
         (S::Registering | S::Draining, true) => (state.clone(), vec![A::Watch]),
         // No listener: whatever job ran is over.
         (S::Registering | S::Idle | S::Busy | S::Restarting, false) => {
@@ -431,19 +453,56 @@ mod tests {
     }
 
     #[test]
-    fn an_idle_drain_stops_at_once_and_a_second_drain_is_answered_drained() {
+    fn an_idle_drain_settles_then_stops_and_a_second_drain_is_answered_drained() {
         let (s, actions) = run(
             S::Idle,
-            vec![E::Drain, E::Drain, E::ListenerExited(Some(0)), E::Removed],
+            vec![
+                E::Drain,
+                E::Drain,
+                E::Settled,
+                E::ListenerExited(Some(0)),
+                E::Removed,
+            ],
             Mode::Persistent,
         );
         assert_eq!(s, S::Drained);
         assert_eq!(
             actions,
-            [A::StopListener, A::RemoveRunner, A::CompleteDeregistration]
+            [
+                A::AwaitSettle,
+                A::StopListener,
+                A::RemoveRunner,
+                A::CompleteDeregistration
+            ]
         );
         let (s, actions) = on(&s, E::Drain, Mode::Persistent).unwrap();
         assert_eq!((s, actions), (S::Drained, vec![A::CompleteDeregistration]));
+    }
+
+    #[test]
+    fn a_job_that_shows_while_an_idle_drain_settles_finishes_before_the_listener_stops() {
+        for first in [E::JobRunning, E::JobStarted] {
+            let (s, actions) = run(
+                S::Idle,
+                vec![
+                    E::Drain,
+                    first.clone(),
+                    E::Settled,
+                    E::JobStarted,
+                    E::JobCompleted,
+                    E::JobFinished,
+                ],
+                Mode::Persistent,
+            );
+            assert_eq!(s, S::Stopping, "{first:?}");
+            // No StopListener before the job finished; the settle's end changes nothing.
+            assert_eq!(actions[0], A::AwaitSettle);
+            assert_eq!(actions.last(), Some(&A::StopListener));
+            assert_eq!(actions.iter().filter(|a| **a == A::StopListener).count(), 1);
+        }
+        // The listener gone while settling: on to removing.
+        let (s, a) = on(&S::Settling, E::ListenerExited(Some(0)), Mode::Persistent).unwrap();
+        assert_eq!((s, a), (S::Removing, vec![A::RemoveRunner]));
     }
 
     #[test]

@@ -209,12 +209,14 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         self.drain(group, instance, &runners, until, deadline).await
     }
 
-    /// The runners registered under an instance's name (with their labels or, drained
-    /// already, without).
+    /// The runner registered under an instance's name (with its labels or, drained already,
+    /// without), asked for by name: one request, not every page of the scope's runners.
     async fn runners_named(&self, instance: &str, until: Instant) -> Result<Vec<Runner>, Error> {
-        Ok((self.github.runners(None, until).await?)
+        Ok(self
+            .github
+            .runner_named(instance, until)
+            .await?
             .into_iter()
-            .filter(|r| r.name == instance)
             .collect())
     }
 

@@ -1006,3 +1006,43 @@ async fn the_runner_runs_unprivileged_and_may_only_report_its_jobs() {
     assert!(!f.protected(&instance).await);
     assert_eq!(f.state_of(&instance).await, "idle");
 }
+
+#[tokio::test]
+async fn an_idle_drain_lets_a_job_assigned_just_before_it_run_to_the_end() {
+    // The listener says it runs a job 1.5 s after GitHub gave it one (the real one starts
+    // its worker first): a drain arriving in between finds the agent still idle.
+    let o = Options {
+        env: "export WARMFLEET_TESTBED_JOB_START_MS=1500",
+        ..Options::default()
+    };
+    let f = fleet_with("persistent", "", true, o).await;
+    f.plane.aws.create(GROUP, 0, 1, 1, hooks()).await;
+    let instance = f.plane.aws.sole_in_service(GROUP).await;
+    f.until_state(&instance, "idle").await;
+    let job = f.plane.github.enqueue(&["warmfleet"], 1.0).await;
+    eventually(
+        "the job given to the runner",
+        Duration::from_secs(10),
+        || async { f.plane.github.job(job).await["runner_name"] == instance.as_str() },
+    )
+    .await;
+    assert_eq!(f.state_of(&instance).await, "idle");
+    // An operator's drain (what SSM runs for the deregistration Lambda, without it taking
+    // the labels first).
+    let root = f.root(&instance).await;
+    let drain = tokio::process::Command::new(lambda("warmfleet-agent"))
+        .current_dir(&root)
+        .args(CONFIG_FLAGS.split(' '))
+        .args(["drain", "--timeout", "30s"])
+        .output();
+    let done = f.succeeded(job).await;
+    assert_eq!(done["runner_name"], instance.as_str());
+    let out = drain.await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(f.state_of(&instance).await, "drained");
+}

@@ -179,11 +179,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         packaging: AgentSetup::packaging_dir(),
         github_url,
         labels: fleet.runner_labels.clone(),
-        // The agent heartbeats a drain's hook three times per heartbeat timeout (real time).
+        // The agent heartbeats a drain's hook three times per heartbeat timeout, and lets an
+        // idle drain settle for its default 5 s (world time).
         extra_config: format!(
-            "mode = \"{}\"\n[timeouts]\nheartbeat = \"{}ms\"\n",
+            "mode = \"{}\"\n[timeouts]\nheartbeat = \"{}ms\"\nsettle = \"{}ms\"\n",
             fleet.runner_mode.as_str(),
-            (f64::from(HOOK_HEARTBEAT_SECONDS) / 3.0 / args.time_scale * 1000.0) as u64
+            (f64::from(HOOK_HEARTBEAT_SECONDS) / 3.0 / args.time_scale * 1000.0) as u64,
+            (5.0 / args.time_scale * 1000.0).max(1.0) as u64
         ),
         env: String::new(),
         runner_user: None,

@@ -227,28 +227,47 @@ async fn run_job(
     sigterm: &mut tokio::signal::unix::Signal,
     sigint: &mut tokio::signal::unix::Signal,
 ) -> anyhow::Result<Option<Stop>> {
-    println!("{}: Running job: {}", stamp(), job.name);
-    let mut worker = tokio::process::Command::new(worker_path(root))
-        .env("RUNNER_NAME", &me.name)
-        .stdin(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("starting {}", worker_path(root).display()))?;
-    if let Some(mut stdin) = worker.stdin.take() {
-        stdin.write_all(&serde_json::to_vec(&job)?).await?;
-    }
-    let mut renew = tokio::time::interval(RENEW_EVERY);
-    let (result, stop) = loop {
-        tokio::select! {
-            status = worker.wait() => {
-                let ok = status.map(|s| s.success()).unwrap_or(false);
-                break (JobResult { succeeded: ok, shutdown: false, message: None }, None);
+    // The real listener takes a moment between accepting a job and saying so (it starts
+    // the worker first); `WARMFLEET_TESTBED_JOB_START_MS` gives the fake that moment. A
+    // stop within it cancels the job, as a stop mid-job does.
+    let start_delay = std::env::var("WARMFLEET_TESTBED_JOB_START_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
+    let stopped_before = match start_delay {
+        Some(d) => tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = sigterm.recv() => true,
+            _ = sigint.recv() => true,
+        },
+        None => false,
+    };
+    let (result, stop) = if stopped_before {
+        cancelled()
+    } else {
+        println!("{}: Running job: {}", stamp(), job.name);
+        let mut worker = tokio::process::Command::new(worker_path(root))
+            .env("RUNNER_NAME", &me.name)
+            .stdin(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", worker_path(root).display()))?;
+        if let Some(mut stdin) = worker.stdin.take() {
+            stdin.write_all(&serde_json::to_vec(&job)?).await?;
+        }
+        let mut renew = tokio::time::interval(RENEW_EVERY);
+        loop {
+            tokio::select! {
+                status = worker.wait() => {
+                    let ok = status.map(|s| s.success()).unwrap_or(false);
+                    break (JobResult { succeeded: ok, shutdown: false, message: None }, None);
+                }
+                _ = renew.tick() => {
+                    let _ = client.post(format!("{base}/jobs/{}/renew", job.id)).send().await;
+                }
+                _ = sigterm.recv() => break shutdown(&mut worker).await,
+                _ = sigint.recv() => break shutdown(&mut worker).await,
             }
-            _ = renew.tick() => {
-                let _ = client.post(format!("{base}/jobs/{}/renew", job.id)).send().await;
-            }
-            _ = sigterm.recv() => break shutdown(&mut worker).await,
-            _ = sigint.recv() => break shutdown(&mut worker).await,
         }
     };
     let verdict = if result.succeeded {
@@ -281,6 +300,11 @@ async fn shutdown(worker: &mut tokio::process::Child) -> (JobResult, Option<Stop
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), worker.wait()).await;
     let _ = worker.start_kill();
+    cancelled()
+}
+
+/// A job ended by a stop of the listener.
+fn cancelled() -> (JobResult, Option<Stop>) {
     (
         JobResult {
             succeeded: false,
