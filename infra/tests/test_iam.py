@@ -26,7 +26,8 @@ COMPONENTS = {
     # role (as in iam.tf) -> the sources whose calls it must allow
     "registration": ["control/src/registration.rs", "control/src/runtime.rs",
                      "core/src/github/credential.rs"],
-    "deregistration": ["control/src/deregistration.rs", "control/src/runtime.rs",
+    "deregistration": ["control/src/deregistration/mod.rs", "control/src/deregistration/sweep.rs",
+                       "control/src/runtime.rs",
                        "core/src/github/credential.rs"],
     "record-metric": ["control/src/record_metric.rs", "control/src/runtime.rs",
                       "core/src/github/credential.rs"],

@@ -1,0 +1,352 @@
+//! The deregistration Lambda: terminate lifecycle events on the `deregistration` hook, and
+//! a scheduled sweep.
+//!
+//! Terminate events:
+//! - a warm-pool instance being trimmed, or one that never got a credential: its secret is
+//!   deleted and the hook completed with CONTINUE (a runner still registered for a trimmed
+//!   instance is deleted when offline; when online, the instance was on its way back into
+//!   the pool with a job running, and is drained like one leaving service);
+//! - an instance leaving service: a remove token is added to its secret and SSM runs the
+//!   drain (`warmfleet-agent drain`) on it; the agent lets the running job finish, removes
+//!   the runner and completes the hook. When SSM cannot reach the instance, the runner is
+//!   deleted here (never while busy: then the hook waits for the sweep) and the hook
+//!   completed.
+//! - the same event again (delivered twice, or late): ignored once the hook no longer waits;
+//!   while it waits and the drain the first one started runs, left to the agent.
+//!
+//! The sweep reconciles each group in both directions, every item on its own (one failure
+//! never stops the rest): runners whose instance is gone are deleted (busy ones wait for the
+//! next sweep); secrets of gone instances are deleted; instances the terminate hook holds
+//! (leaving the group or the pool, or scaled in back into the pool) have their drain
+//! heartbeated while it runs, completed when it has finished, and re-sent when it was lost; instances in service past the registration grace whose runner never came
+//! online are marked unhealthy, so the group replaces them.
+
+mod sweep;
+
+use crate::config::DeregistrationSettings;
+use crate::event::{Event, Place, Transition};
+use crate::{patience, Error};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use tokio::time::Instant;
+use tracing::{info, warn};
+use warmfleet_core::github::{GithubError, Runner, RunnerStatus};
+use warmfleet_core::instance_secret::{InstanceSecret, RemoveToken};
+use warmfleet_core::naming::{instance_secret_id, DRAIN_COMMENT, HOOK_DEREGISTRATION};
+use warmfleet_core::ports::{
+    CommandState, Commands, HookResult, Lifecycle, RunnerRegistry, SecretStore,
+};
+
+/// What a terminate event led to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Trimmed from the warm pool, or never registered: cleaned up and completed.
+    Completed,
+    /// The drain runs on the instance; the agent completes the hook.
+    Draining {
+        command_id: String,
+    },
+    /// SSM could not reach the instance: its runner removed here, the hook completed.
+    RemovedWithoutDrain,
+    /// SSM could not reach the instance and its runner is busy: the sweep tries again.
+    Waiting {
+        reason: String,
+    },
+    Ignored {
+        reason: String,
+    },
+}
+
+/// What a sweep did, per action, and its errors per kind.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub runners_deleted: u32,
+    pub busy_runners_kept: u32,
+    pub secrets_deleted: u32,
+    pub drains_heartbeated: u32,
+    pub drains_completed: u32,
+    pub drains_sent: u32,
+    pub removed_without_drain: u32,
+    pub marked_unhealthy: u32,
+    /// Error kind (service and operation) → how many.
+    pub errors: BTreeMap<String, u32>,
+}
+
+impl Summary {
+    fn failed(&mut self, what: &str, e: &Error) {
+        warn!(what, error = %e, "sweep item failed; going on");
+        let kind = match e {
+            Error::Port(p) => format!("{} {}", p.service, p.operation),
+            Error::Github(_) => "GitHub".to_owned(),
+            other => other.to_string(),
+        };
+        *self.errors.entry(kind).or_default() += 1;
+    }
+}
+
+pub struct Deregistration<S, L, C, G> {
+    pub secrets: S,
+    pub lifecycle: L,
+    pub commands: C,
+    pub github: G,
+    pub settings: DeregistrationSettings,
+}
+
+impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistration<S, L, C, G> {
+    fn until(&self, deadline: Instant) -> Instant {
+        deadline
+            .checked_sub(self.settings.common.deadline_margin)
+            .unwrap_or_else(Instant::now)
+    }
+
+    pub async fn handle(&self, event: Event, deadline: Instant) -> Result<Outcome, Error> {
+        let e = match event {
+            Event::Lifecycle(e)
+                if e.hook == HOOK_DEREGISTRATION && e.transition == Transition::Terminating =>
+            {
+                e
+            }
+            other => {
+                let reason =
+                    format!("not a termination on the {HOOK_DEREGISTRATION} hook: {other:?}");
+                warn!(%reason, "event ignored");
+                return Ok(Outcome::Ignored { reason });
+            }
+        };
+        let until = self.until(deadline);
+        if !self.hook_waits(&e.group, &e.instance_id, until).await? {
+            // Delivered twice or late: acting now would drain an instance already back
+            // in the pool (hibernated, the command would wait for its next time in
+            // service) or one gone. The sweep follows whatever the first delivery began.
+            let reason = format!(
+                "{}: its {HOOK_DEREGISTRATION} hook no longer waits",
+                e.instance_id
+            );
+            info!(%reason, "event ignored");
+            return Ok(Outcome::Ignored { reason });
+        }
+        let from_pool = e.origin == Place::WarmPool;
+        self.settle(&e.group, &e.instance_id, from_pool, until, deadline)
+            .await
+    }
+
+    /// Whether the instance is held by a terminate hook now: leaving the group, leaving the
+    /// pool, or (scale-in with reuse) on its way back into it.
+    async fn hook_waits(&self, group: &str, instance: &str, until: Instant) -> Result<bool, Error> {
+        const WAITING: [&str; 3] = [
+            "Terminating:Wait",
+            "Warmed:Terminating:Wait",
+            "Warmed:Pending:Wait",
+        ];
+        let groups = [group.to_owned()];
+        let in_group = patience::until(until, || self.lifecycle.instances(&groups)).await?;
+        let warm = patience::until(until, || self.lifecycle.warm_pool(group)).await?;
+        Ok(in_group
+            .iter()
+            .chain(&warm)
+            .any(|i| i.instance_id == instance && WAITING.contains(&i.lifecycle_state.as_str())))
+    }
+
+    /// Ends an instance's registration: cleans up directly when there is nothing to drain,
+    /// else drains it.
+    async fn settle(
+        &self,
+        group: &str,
+        instance: &str,
+        from_pool: bool,
+        until: Instant,
+        deadline: Instant,
+    ) -> Result<Outcome, Error> {
+        let id = instance_secret_id(group, instance);
+        let Some(text) = patience::until(until, || self.secrets.get(&id)).await? else {
+            // Never given a credential: nothing can be registered.
+            self.complete(group, instance, deadline).await?;
+            info!(instance, "no credential was ever issued: completed");
+            return Ok(Outcome::Completed);
+        };
+        let runners = self.runners_named(instance, until).await?;
+        // A repeated or late event while the drain sent for this time in service still runs
+        // and its runner is still registered: the agent completes the hook when its job is
+        // done. Acting again would complete it under the agent (the drained runner is
+        // offline, so it looks like nothing to drain) and terminate the instance mid-drain.
+        // With no runner left the drain has done its part: a command still "in progress"
+        // then is one whose instance went back into the pool, hibernated, before its
+        // result was reported.
+        let drain = if runners.is_empty() {
+            None
+        } else {
+            InstanceSecret::parse(&text)
+                .ok()
+                .and_then(|s| s.drain_command)
+        };
+        if let Some(command_id) = drain {
+            let state =
+                patience::until(until, || self.commands.state(&command_id, instance)).await?;
+            if matches!(state, CommandState::Pending | CommandState::Running) {
+                info!(instance, command_id, "a drain is under way: left to it");
+                return Ok(Outcome::Draining { command_id });
+            }
+        }
+        if from_pool {
+            // A warm instance holds no registration, but one taken from the pool while it was
+            // still returning to it may: its job must finish.
+            if !runners.iter().any(|r| r.status == RunnerStatus::Online) {
+                self.delete_runners(&runners, until).await?;
+                self.forget(group, instance, until).await?;
+                self.complete(group, instance, deadline).await?;
+                info!(
+                    instance,
+                    "leaving the warm pool, nothing to drain: cleaned up"
+                );
+                return Ok(Outcome::Completed);
+            }
+            info!(
+                instance,
+                "trimmed from the pool with its runner online: draining"
+            );
+        }
+        self.drain(group, instance, &runners, until, deadline).await
+    }
+
+    /// The runner registered under an instance's name (with its labels or, drained already,
+    /// without), asked for by name: one request, not every page of the scope's runners.
+    async fn runners_named(&self, instance: &str, until: Instant) -> Result<Vec<Runner>, Error> {
+        Ok(self
+            .github
+            .runner_named(instance, until)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// Deletes runners (one already gone is fine).
+    async fn delete_runners(&self, runners: &[Runner], until: Instant) -> Result<(), Error> {
+        for r in runners {
+            match self.github.delete_runner(r.id, until).await {
+                Ok(()) | Err(GithubError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes an instance's secret.
+    async fn forget(&self, group: &str, instance: &str, until: Instant) -> Result<(), Error> {
+        let id = instance_secret_id(group, instance);
+        Ok(patience::until(until, || self.secrets.delete(&id)).await?)
+    }
+
+    async fn complete(&self, group: &str, instance: &str, deadline: Instant) -> Result<(), Error> {
+        let done = patience::until(deadline, || {
+            self.lifecycle
+                .complete(group, HOOK_DEREGISTRATION, instance, HookResult::Continue)
+        })
+        .await?;
+        info!(instance, ?done, "deregistration completed");
+        Ok(())
+    }
+
+    /// Takes the runners' labels (so they get no new job), hands the agent a remove token
+    /// and starts its drain, noting the command in the secret; without SSM, removes the
+    /// runners here.
+    async fn drain(
+        &self,
+        group: &str,
+        instance: &str,
+        runners: &[Runner],
+        until: Instant,
+        deadline: Instant,
+    ) -> Result<Outcome, Error> {
+        // No job can be routed to a runner without its labels; the running one finishes.
+        for r in runners {
+            match self.github.remove_labels(r.id, until).await {
+                Ok(()) | Err(GithubError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut secret = self.read_secret(group, instance, until).await?;
+        // A JIT runner is removed with the registration's own credentials: no token needed.
+        if let Some(value) = secret.as_mut() {
+            if value.credential.persistent() {
+                let t = self.github.remove_token(until).await?;
+                value.remove_token = Some(RemoveToken {
+                    token: t.token,
+                    expires_at: t.expires_at,
+                });
+                self.write_secret(group, instance, value, until).await?;
+            }
+        }
+        let line = format!(
+            "{} --timeout {}s",
+            self.settings.drain_command,
+            self.settings.drain_timeout.as_secs()
+        );
+        let sent = patience::until(until, || {
+            self.commands.run(
+                instance,
+                std::slice::from_ref(&line),
+                DRAIN_COMMENT,
+                self.settings.drain_timeout,
+            )
+        })
+        .await?;
+        if let Some(command_id) = sent {
+            // The sweep follows this command, not a drain of an earlier time in service (an
+            // instance reused from the warm pool).
+            if let Some(value) = secret.as_mut() {
+                value.drain_command = Some(command_id.clone());
+                self.write_secret(group, instance, value, until).await?;
+            }
+            info!(instance, command_id, "drain sent");
+            return Ok(Outcome::Draining { command_id });
+        }
+        // The agent cannot be told: remove the runner here, unless it is running a job.
+        if let Some(busy) = runners.iter().find(|r| r.busy) {
+            let reason = format!("runner {} is busy and SSM cannot reach {instance}", busy.id);
+            warn!(%reason, "deregistration waits");
+            return Ok(Outcome::Waiting { reason });
+        }
+        self.delete_runners(runners, until).await?;
+        self.forget(group, instance, until).await?;
+        self.complete(group, instance, deadline).await?;
+        info!(
+            instance,
+            "SSM unreachable: runner removed and hook completed here"
+        );
+        Ok(Outcome::RemovedWithoutDrain)
+    }
+
+    /// The instance's secret, parsed; `None` when it has none.
+    async fn read_secret(
+        &self,
+        group: &str,
+        instance: &str,
+        until: Instant,
+    ) -> Result<Option<InstanceSecret>, Error> {
+        let id = instance_secret_id(group, instance);
+        let Some(text) = patience::until(until, || self.secrets.get(&id)).await? else {
+            return Ok(None);
+        };
+        let value = InstanceSecret::parse(&text).map_err(|reason| Error::Secret { id, reason })?;
+        Ok(Some(value))
+    }
+
+    async fn write_secret(
+        &self,
+        group: &str,
+        instance: &str,
+        value: &InstanceSecret,
+        until: Instant,
+    ) -> Result<(), Error> {
+        let id = instance_secret_id(group, instance);
+        let text = value.to_secret();
+        // Only the registration Lambda creates secrets (tagged for the instance's policy).
+        if !patience::until(until, || self.secrets.update(&id, &text)).await? {
+            warn!(secret = %id, instance, "the instance's secret is gone: nothing recorded in it");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,303 @@
+//! The deregistration Lambda's scheduled sweep: each group reconciled in both directions,
+//! every item on its own (see the module above).
+
+use super::{Deregistration, Outcome, Summary};
+use crate::{patience, Error};
+use std::collections::{BTreeMap, BTreeSet};
+use tokio::time::Instant;
+use tracing::{info, warn};
+use warmfleet_core::github::{GithubError, Runner, RunnerStatus};
+use warmfleet_core::instance_secret::InstanceSecret;
+use warmfleet_core::naming::{
+    group_secret_prefix, instance_of_secret, FLEET_LABEL, HOOK_DEREGISTRATION,
+};
+use warmfleet_core::ports::{CommandState, Commands, Lifecycle, RunnerRegistry, SecretStore};
+
+impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistration<S, L, C, G> {
+    /// The scheduled sweep over every group.
+    pub async fn sweep(&self, deadline: Instant) -> Result<Summary, Error> {
+        let until = self.until(deadline);
+        let mut summary = Summary::default();
+        // Every runner (the same pages a label filter would read): a drained runner has
+        // lost its labels, and only its name still ties it to its instance.
+        let all = self.github.runners(None, until).await?;
+        let groups = &self.settings.groups;
+        let in_groups = patience::until(until, || self.lifecycle.instances(groups)).await?;
+        for group in groups {
+            let warm = match patience::until(until, || self.lifecycle.warm_pool(group)).await {
+                Ok(w) => w,
+                Err(e) => {
+                    summary.failed("warm pool", &e.into());
+                    continue;
+                }
+            };
+            let instances: BTreeMap<&str, &str> = in_groups
+                .iter()
+                .filter(|i| &i.group == group)
+                .chain(warm.iter())
+                .map(|i| (i.instance_id.as_str(), i.lifecycle_state.as_str()))
+                .collect();
+            let mine: Vec<&Runner> = all
+                .iter()
+                .filter(|r| r.has_label(FLEET_LABEL) && r.has_label(group))
+                .collect();
+            self.sweep_runners(&mine, &instances, until, &mut summary)
+                .await;
+            self.sweep_secrets(group, &instances, &mine, &all, until, &mut summary)
+                .await;
+            self.sweep_terminating(group, &instances, until, deadline, &mut summary)
+                .await;
+        }
+        info!(?summary, "sweep done");
+        Ok(summary)
+    }
+
+    /// Runners whose instance has left the group (or never was in it) are deleted.
+    async fn sweep_runners(
+        &self,
+        runners: &[&Runner],
+        instances: &BTreeMap<&str, &str>,
+        until: Instant,
+        summary: &mut Summary,
+    ) {
+        for r in runners
+            .iter()
+            .filter(|r| !instances.contains_key(r.name.as_str()))
+        {
+            if r.busy {
+                summary.busy_runners_kept += 1;
+                continue;
+            }
+            match self.github.delete_runner(r.id, until).await {
+                Ok(()) | Err(GithubError::NotFound { .. }) => {
+                    info!(runner = r.id, name = %r.name, "orphan runner deleted");
+                    summary.runners_deleted += 1;
+                }
+                Err(GithubError::RunnerBusy { .. }) => summary.busy_runners_kept += 1,
+                Err(e) => summary.failed("delete runner", &e.into()),
+            }
+        }
+    }
+
+    /// Secrets of gone instances are deleted, after any runner still named for the
+    /// instance (a drained one, without labels, that its agent could not remove; a busy one
+    /// keeps the secret for the next sweep); instances in service past the grace whose
+    /// runner never came online are marked unhealthy.
+    async fn sweep_secrets(
+        &self,
+        group: &str,
+        instances: &BTreeMap<&str, &str>,
+        runners: &[&Runner],
+        all: &[Runner],
+        until: Instant,
+        summary: &mut Summary,
+    ) {
+        let prefix = group_secret_prefix(group);
+        let ids = match patience::until(until, || self.secrets.list(&prefix)).await {
+            Ok(ids) => ids,
+            Err(e) => return summary.failed("list secrets", &e.into()),
+        };
+        let online: BTreeSet<&str> = runners
+            .iter()
+            .filter(|r| r.status == RunnerStatus::Online || r.busy)
+            .map(|r| r.name.as_str())
+            .collect();
+        let registered: BTreeSet<&str> = runners.iter().map(|r| r.name.as_str()).collect();
+        for id in ids {
+            let Some(instance) = instance_of_secret(group, &id) else {
+                continue;
+            };
+            match instances.get(instance) {
+                None => {
+                    // Those still labelled for the group are sweep_runners' to delete.
+                    let left: Vec<&Runner> = all
+                        .iter()
+                        .filter(|r| r.name == instance && !r.has_label(group))
+                        .collect();
+                    if !self.delete_leftovers(&left, until, summary).await {
+                        continue;
+                    }
+                    match patience::until(until, || self.secrets.delete(&id)).await {
+                        Ok(()) => summary.secrets_deleted += 1,
+                        Err(e) => summary.failed("delete secret", &e.into()),
+                    }
+                }
+                Some(&"InService") if !online.contains(instance) => {
+                    let stale = match self
+                        .never_came_online(&id, registered.contains(instance), until)
+                        .await
+                    {
+                        Ok(stale) => stale,
+                        Err(e) => {
+                            summary.failed("read secret", &e);
+                            continue;
+                        }
+                    };
+                    if stale {
+                        match patience::until(until, || self.lifecycle.set_unhealthy(instance))
+                            .await
+                        {
+                            Ok(()) => {
+                                warn!(
+                                    instance,
+                                    "runner never came online: instance marked unhealthy"
+                                );
+                                summary.marked_unhealthy += 1;
+                            }
+                            Err(e) => summary.failed("set unhealthy", &e.into()),
+                        }
+                    }
+                }
+                Some(state) if at_rest_in_pool(state) => {
+                    // Nothing is registered for an instance asleep in the pool. A runner
+                    // still named for it was left by its drain (a JIT runner, which the
+                    // agent cannot remove: GitHub would refuse its next configuration).
+                    let left: Vec<&Runner> = all
+                        .iter()
+                        .filter(|r| {
+                            r.name == instance && r.status == RunnerStatus::Offline && !r.busy
+                        })
+                        .collect();
+                    self.delete_leftovers(&left, until, summary).await;
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Deletes runners left by drains; whether none is left.
+    async fn delete_leftovers(
+        &self,
+        runners: &[&Runner],
+        until: Instant,
+        summary: &mut Summary,
+    ) -> bool {
+        let mut cleared = true;
+        for r in runners {
+            match self.github.delete_runner(r.id, until).await {
+                Ok(()) | Err(GithubError::NotFound { .. }) => {
+                    info!(runner = r.id, name = %r.name, "drained runner deleted");
+                    summary.runners_deleted += 1;
+                }
+                Err(GithubError::RunnerBusy { .. }) => {
+                    summary.busy_runners_kept += 1;
+                    cleared = false;
+                }
+                Err(e) => {
+                    summary.failed("delete runner", &e.into());
+                    cleared = false;
+                }
+            }
+        }
+        cleared
+    }
+
+    /// Whether an instance's credential is older than the grace and its runner never came
+    /// online: a persistent runner that GitHub does not know, or a JIT runner still offline
+    /// (a JIT runner exists from the moment it is minted, and is gone after its job).
+    async fn never_came_online(
+        &self,
+        id: &str,
+        registered: bool,
+        until: Instant,
+    ) -> Result<bool, Error> {
+        let Some(text) = patience::until(until, || self.secrets.get(id)).await? else {
+            return Ok(false);
+        };
+        let Ok(value) = InstanceSecret::parse(&text) else {
+            return Ok(false);
+        };
+        let age = chrono::Utc::now() - value.issued_at;
+        let past_grace = age
+            .to_std()
+            .is_ok_and(|a| a > self.settings.registration_grace);
+        let absent = !value.credential.persistent() || !registered;
+        Ok(past_grace && absent)
+    }
+
+    /// Instances the deregistration hook holds (Terminating:Wait, Warmed:Terminating:Wait,
+    /// and Warmed:Pending:Wait on the way back into the pool): the drain heartbeated while
+    /// it runs, completed once finished, re-sent when lost; with no drain, settled as an
+    /// event would (a warm instance with no runner online is completed).
+    async fn sweep_terminating(
+        &self,
+        group: &str,
+        instances: &BTreeMap<&str, &str>,
+        until: Instant,
+        deadline: Instant,
+        summary: &mut Summary,
+    ) {
+        for (instance, state) in instances {
+            let result: Result<(), Error> = async {
+                if !matches!(
+                    *state,
+                    "Terminating:Wait" | "Warmed:Terminating:Wait" | "Warmed:Pending:Wait"
+                ) {
+                    return Ok(());
+                }
+                let secret = self.read_secret(group, instance, until).await?;
+                let from_pool = match *state {
+                    "Terminating:Wait" => false,
+                    // Leaving the warm pool: usually nothing to drain, but one trimmed on
+                    // its way back into the pool may still be running a job.
+                    "Warmed:Terminating:Wait" => true,
+                    // On its way into the pool: held by this hook when scaled in with
+                    // reuse (it has served: its secret is that of its time in service); a
+                    // new instance (no secret) is held by the launch hooks, not ours.
+                    _ if secret.is_some() => false,
+                    _ => return Ok(()),
+                };
+                // The drain sent for this time in service, if any.
+                let drain = secret.and_then(|s| s.drain_command);
+                let state = match &drain {
+                    Some(command) => Some(
+                        patience::until(until, || self.commands.state(command, instance)).await?,
+                    ),
+                    None => None,
+                };
+                // The agent drained but did not complete the hook. Its secret stays for the
+                // gone-instance sweep, which first deletes any runner the agent could not
+                // remove.
+                if state == Some(CommandState::Succeeded) {
+                    self.complete(group, instance, deadline).await?;
+                    summary.drains_completed += 1;
+                    return Ok(());
+                }
+                // Otherwise as an event would: the drain still at work is left to the agent
+                // (and its hook heartbeated here), one never sent (the event was lost) or
+                // failed is sent again.
+                match self
+                    .settle(group, instance, from_pool, until, deadline)
+                    .await?
+                {
+                    Outcome::Draining { command_id } if drain.as_ref() == Some(&command_id) => {
+                        patience::until(until, || {
+                            self.lifecycle
+                                .heartbeat(group, HOOK_DEREGISTRATION, instance)
+                        })
+                        .await?;
+                        summary.drains_heartbeated += 1;
+                    }
+                    Outcome::Draining { .. } => summary.drains_sent += 1,
+                    Outcome::RemovedWithoutDrain => summary.removed_without_drain += 1,
+                    Outcome::Completed => summary.drains_completed += 1,
+                    _ => {}
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                summary.failed("terminating instance", &e);
+            }
+        }
+    }
+}
+
+/// Whether a warm pool instance has finished its way in (hibernated, stopped or running in
+/// the pool, no hook holding it).
+fn at_rest_in_pool(state: &str) -> bool {
+    matches!(
+        state,
+        "Warmed:Hibernated" | "Warmed:Stopped" | "Warmed:Running"
+    )
+}
