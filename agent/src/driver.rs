@@ -6,6 +6,7 @@
 use crate::config::Settings;
 use crate::control::{self, JobHook, Reply, Request, SleepPhase};
 use crate::imds_guard;
+use crate::listener_log::{read_new_lines, LogChanges};
 use crate::machine::{self, Action, Event, State};
 use crate::record::{self, Record};
 use crate::runner::{self, Line, RunAs, Runner};
@@ -889,51 +890,6 @@ fn set_mode(path: &std::path::Path, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Wakes when the listener's log is written to (inotify), or after a second at the latest,
-/// so the agent sees `Listening for Jobs` within milliseconds without polling.
-struct LogChanges {
-    inotify: Option<tokio::io::unix::AsyncFd<InotifyFd>>,
-}
-
-struct InotifyFd(nix::sys::inotify::Inotify);
-
-impl std::os::fd::AsRawFd for InotifyFd {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsFd;
-        self.0.as_fd().as_raw_fd()
-    }
-}
-
-impl LogChanges {
-    // `AsyncFd::new` is deprecated for types whose raw fd may not be owned; `InotifyFd`
-    // owns its descriptor for as long as the `AsyncFd` lives, and the replacement
-    // (`register`) is `unsafe`, which this workspace forbids.
-    #[allow(deprecated)]
-    fn new(log: &std::path::Path) -> LogChanges {
-        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-            .and_then(|i| i.add_watch(log, AddWatchFlags::IN_MODIFY).map(|_| i))
-            .ok()
-            .and_then(|i| tokio::io::unix::AsyncFd::new(InotifyFd(i)).ok());
-        LogChanges { inotify }
-    }
-
-    async fn next(&self) {
-        let Some(fd) = &self.inotify else {
-            return tokio::time::sleep(Duration::from_millis(200)).await;
-        };
-        tokio::select! {
-            ready = fd.readable() => {
-                if let Ok(mut guard) = ready {
-                    let _ = guard.get_inner().0.read_events();
-                    guard.clear_ready();
-                }
-            }
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
 fn watchdog_interval() -> Option<tokio::time::Interval> {
     let mut usec = 0;
     sd_notify::watchdog_enabled(false, &mut usec)
@@ -951,30 +907,6 @@ fn slept() -> Option<Duration> {
 fn last_lines(output: &str) -> String {
     let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(3)..].join(" / ")
-}
-
-/// Lines appended to `log` since `offset` (complete lines only); moves `offset` on.
-fn read_new_lines(log: &std::path::Path, offset: &AtomicU64) -> Vec<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(log) else {
-        return vec![];
-    };
-    let start = offset.load(Ordering::Relaxed);
-    if f.seek(SeekFrom::Start(start)).is_err() {
-        return vec![];
-    }
-    let mut buf = Vec::new();
-    if f.read_to_end(&mut buf).is_err() {
-        return vec![];
-    }
-    let Some(end) = buf.iter().rposition(|b| *b == b'\n') else {
-        return vec![];
-    };
-    offset.store(start + end as u64 + 1, Ordering::Relaxed);
-    String::from_utf8_lossy(&buf[..end])
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }
 
 async fn await_credential(
