@@ -452,10 +452,15 @@ impl Driver {
             Action::Identify => {
                 // A fresh IMDS session: the old token may have expired while asleep. Who the
                 // instance is was learnt at start; only where it is going has changed.
+                // Right after a resume IMDS may not answer yet: asked again with backoff
+                // (about 30 s in all) before the agent gives up.
                 self.imds = Imds::new(call);
                 let imds = self.imds.clone();
                 self.send_later(async move {
-                    match imds.target().await {
+                    let asked = backon::Retryable::retry(|| imds.target(), retry_backoff())
+                        .notify(|e, pause| warn!(error = %e, ?pause, "IMDS: asking again"))
+                        .await;
+                    match asked {
                         Ok(t) => Msg::Event(Event::Target(t)),
                         Err(e) => Msg::Event(Event::Failed(format!(
                             "IMDS cannot tell where this instance is going: {e}"
@@ -567,10 +572,11 @@ impl Driver {
             }
             Action::Replace => {
                 let (identity, asg, _) = self.aws()?;
-                tokio::time::timeout(call, asg.replace(&identity.instance_id))
-                    .await
-                    .map_err(|_| "TerminateInstanceInAutoScalingGroup timed out".to_owned())?
-                    .map_err(|e| e.to_string())?;
+                let id = &identity.instance_id;
+                insist(call, "TerminateInstanceInAutoScalingGroup", || {
+                    asg.replace(id)
+                })
+                .await?;
                 info!(instance_id = %identity.instance_id, "ephemeral runner done: instance replaced");
             }
             Action::Ready => {
@@ -590,9 +596,8 @@ impl Driver {
             }
             Action::MarkUnhealthy => {
                 let (identity, asg, _) = self.aws()?;
-                asg.set_unhealthy(&identity.instance_id)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let id = &identity.instance_id;
+                insist(call, "SetInstanceHealth", || asg.set_unhealthy(id)).await?;
                 warn!(instance_id = %identity.instance_id, "instance marked unhealthy");
             }
         }
@@ -888,6 +893,33 @@ fn set_mode(path: &std::path::Path, mode: u32) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// An Auto Scaling call whose loss would leave the instance in service with no runner
+/// (replacing it, marking it unhealthy): asked again with backoff while AWS throttles or
+/// fails (about 30 s in all), each attempt bounded by `limit`.
+async fn insist<F, Fut>(limit: Duration, what: &str, call: F) -> Result<(), String>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), warmfleet_core::ports::PortError>>,
+{
+    let attempt = || async {
+        tokio::time::timeout(limit, call())
+            .await
+            .map_err(|_| format!("{what} timed out"))?
+            .map_err(|e| format!("{what}: {e}"))
+    };
+    backon::Retryable::retry(attempt, retry_backoff())
+        .notify(|e, pause| warn!(error = %e, ?pause, "asking again"))
+        .await
+}
+
+/// Seven attempts, 0.5 s apart at first, doubling up to 8 s (about 30 s in all).
+fn retry_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(8))
+        .with_max_times(6)
 }
 
 fn watchdog_interval() -> Option<tokio::time::Interval> {

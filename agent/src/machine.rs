@@ -269,6 +269,9 @@ pub fn on(state: &State, event: Event, mode: Mode) -> Result<(State, Vec<Action>
             (S::Replacing, vec![A::Protect(false), A::Replace])
         }
         (S::Replacing, E::ListenerExited(_)) => (S::Replacing, vec![]),
+        // Auto Scaling would not replace it (throttled past the retries): marked unhealthy,
+        // the group replaces it all the same, rather than keep an instance with no runner.
+        (S::Replacing, E::Failed(reason)) => (failed(reason), vec![A::MarkUnhealthy]),
         (S::Registering, E::ListenerExited(code)) => (
             failed(listener_exit(code)),
             vec![A::CompleteBootstrap(HookResult::Abandon)],
@@ -284,7 +287,13 @@ pub fn on(state: &State, event: Event, mode: Mode) -> Result<(State, Vec<Action>
             failed(reason),
             vec![A::StopListener, A::CompleteBootstrap(HookResult::Abandon)],
         ),
-        (S::Warm | S::Identifying | S::Removing, E::Failed(reason)) => (failed(reason), vec![]),
+        // Where it is going is unknown: a launch hook that waits for this instance is
+        // abandoned (the group replaces it) rather than left to its timeout.
+        (S::Identifying, E::Failed(reason)) => (
+            failed(reason),
+            vec![A::CompleteBootstrap(HookResult::Abandon)],
+        ),
+        (S::Warm | S::Removing, E::Failed(reason)) => (failed(reason), vec![]),
         (S::Idle | S::Busy | S::Restarting | S::Settling, E::Failed(reason)) => {
             (failed(reason), vec![A::StopListener, A::MarkUnhealthy])
         }
@@ -525,6 +534,20 @@ mod tests {
     }
 
     #[test]
+    fn imds_failing_for_good_after_a_resume_abandons_the_bootstrap() {
+        let (s, actions) = run(
+            S::Warm,
+            vec![E::Resumed, E::Failed("IMDS cannot tell".into())],
+            Mode::Persistent,
+        );
+        assert!(matches!(s, S::Failed { .. }));
+        assert_eq!(
+            actions,
+            [A::Identify, A::CompleteBootstrap(HookResult::Abandon)]
+        );
+    }
+
+    #[test]
     fn failures_before_listening_abandon_the_bootstrap() {
         let (s, a) = on(
             &S::AwaitingCredential,
@@ -571,6 +594,18 @@ mod tests {
                 A::CompleteDeregistration
             ]
         );
+    }
+
+    #[test]
+    fn an_ephemeral_instance_auto_scaling_would_not_replace_is_marked_unhealthy() {
+        let (s, actions) = on(
+            &S::Replacing,
+            E::Failed("TerminateInstanceInAutoScalingGroup: Rate exceeded".into()),
+            Mode::Ephemeral,
+        )
+        .unwrap();
+        assert!(matches!(s, S::Failed { .. }));
+        assert_eq!(actions, [A::MarkUnhealthy]);
     }
 
     #[test]

@@ -267,6 +267,36 @@ impl Fleet {
         }
     }
 
+    /// A group of one with a warm pool of one: its instance once hibernated.
+    async fn hibernated(&self) -> String {
+        self.plane.aws.create(GROUP, 0, 1, 0, hooks()).await;
+        self.warm_pool(1, false).await;
+        let until = Instant::now() + Duration::from_secs(15);
+        loop {
+            let warm = self.plane.aws.warm(GROUP).await;
+            if warm.len() == 1 && warm[0].1 == "Warmed:Hibernated" {
+                return warm[0].0.clone();
+            }
+            if Instant::now() > until {
+                panic!("not hibernated: {warm:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Makes the instance's IMDS answer 500 to its next `n` requests.
+    async fn imds_fails(&self, instance: &str, n: u32) {
+        let process = self.process(instance).await;
+        let url = process["imds"].as_str().expect("the instance's IMDS");
+        let resp = reqwest::Client::new()
+            .put(format!("{url}/_testbed/faults"))
+            .json(&serde_json::json!({ "fail": n }))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
+    }
+
     /// Terminates an instance as an operator (or a health check) would.
     async fn terminate(&self, instance: &str) {
         self.plane
@@ -416,19 +446,7 @@ async fn a_cold_launch_registers_protects_its_job_and_drains_without_killing_it(
 #[tokio::test]
 async fn a_warm_instance_registers_nothing_and_resumes_with_a_fresh_credential() {
     let f = fleet("persistent", "", true).await;
-    f.plane.aws.create(GROUP, 0, 1, 0, hooks()).await;
-    f.warm_pool(1, false).await;
-    let until = Instant::now() + Duration::from_secs(15);
-    let instance = loop {
-        let warm = f.plane.aws.warm(GROUP).await;
-        if warm.len() == 1 && warm[0].1 == "Warmed:Hibernated" {
-            break warm[0].0.clone();
-        }
-        if Instant::now() > until {
-            panic!("not hibernated: {warm:?}\n{}", f.console(&warm[0].0).await);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let instance = f.hibernated().await;
     assert_eq!(f.completions(&instance, "bootstrap").await, ["CONTINUE"]);
     assert_eq!(f.agent_state(&instance).await["state"]["name"], "warm");
     assert!(
@@ -1045,4 +1063,45 @@ async fn an_idle_drain_lets_a_job_assigned_just_before_it_run_to_the_end() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(f.state_of(&instance).await, "drained");
+}
+
+#[tokio::test]
+async fn imds_not_answering_right_after_a_resume_is_asked_again() {
+    let f = fleet("persistent", "", true).await;
+    let instance = f.hibernated().await;
+    // Several attempts' worth of failures (the IMDS client retries each attempt too).
+    f.imds_fails(&instance, 12).await;
+    f.plane.aws.set_desired(GROUP, 1).await;
+    assert_eq!(f.plane.aws.sole_in_service(GROUP).await, instance);
+    assert_eq!(
+        f.completions(&instance, "bootstrap").await,
+        ["CONTINUE", "CONTINUE"],
+        "{}",
+        f.console(&instance).await
+    );
+    assert!(f.console(&instance).await.contains("IMDS: asking again"));
+}
+
+#[tokio::test]
+async fn imds_failing_for_good_after_a_resume_abandons_the_launch_at_once() {
+    let f = fleet("persistent", "", true).await;
+    let instance = f.hibernated().await;
+    f.imds_fails(&instance, 1_000_000).await;
+    f.plane.aws.set_desired(GROUP, 1).await;
+    // Abandoned by the agent (the hook's own timeout is 10 minutes): the group replaces
+    // the instance with a new one.
+    eventually("the launch abandoned", Duration::from_secs(60), || async {
+        f.completions(&instance, "bootstrap").await == ["CONTINUE", "ABANDON"]
+    })
+    .await;
+    // (The abandoned one is on its way out, held by the terminate hook: its agent cannot
+    // learn from IMDS where it is going either.)
+    f.plane
+        .aws
+        .until(GROUP, false, "replaced", |i| {
+            i.iter().any(|(id, s)| *id != instance && s == "InService")
+                && i.iter()
+                    .all(|(id, s)| *id != instance || s.starts_with("Terminating"))
+        })
+        .await;
 }

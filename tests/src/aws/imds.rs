@@ -1,5 +1,7 @@
 //! One instance's IMDSv2 endpoint: session tokens with a TTL, then the metadata warmfleet
 //! reads (instance id, region, zone, instance tags, Auto Scaling target lifecycle state).
+//! A test control, `PUT /_testbed/faults {"fail": N}`, makes its next N answers 500 (IMDS
+//! not answering yet right after a resume, say).
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -7,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::Router;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +32,13 @@ struct Imds {
     source: Arc<dyn MetadataSource>,
     /// token -> world time it expires
     tokens: Mutex<HashMap<String, Duration>>,
+    /// Answers still to fail with 500.
+    failing: AtomicU32,
+}
+
+#[derive(serde::Deserialize)]
+struct Faults {
+    fail: u32,
 }
 
 pub fn router(instance: String, source: Arc<dyn MetadataSource>) -> Router {
@@ -36,14 +46,36 @@ pub fn router(instance: String, source: Arc<dyn MetadataSource>) -> Router {
         instance,
         source,
         tokens: Mutex::new(HashMap::new()),
+        failing: AtomicU32::new(0),
     });
     Router::new()
         .route("/latest/api/token", put(token))
         .route("/latest/meta-data/{*path}", get(metadata))
+        .route("/_testbed/faults", put(set_faults))
         .with_state(imds)
 }
 
+async fn set_faults(
+    State(imds): State<Arc<Imds>>,
+    axum::Json(f): axum::Json<Faults>,
+) -> StatusCode {
+    imds.failing.store(f.fail, Ordering::Relaxed);
+    StatusCode::NO_CONTENT
+}
+
+impl Imds {
+    /// Whether this answer is one of those set to fail.
+    fn fails(&self) -> bool {
+        self.failing
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+}
+
 async fn token(State(imds): State<Arc<Imds>>, headers: HeaderMap) -> Response {
+    if imds.fails() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "").into_response();
+    }
     let ttl = headers
         .get(TTL_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -66,6 +98,9 @@ async fn metadata(
     Path(path): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if imds.fails() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "").into_response();
+    }
     let valid = headers
         .get(TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
