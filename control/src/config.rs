@@ -56,6 +56,26 @@ fn duration(env: &dyn Env, var: &'static str, default: Duration) -> Result<Durat
     }
 }
 
+/// `value`, unless it is below `min` (`why` says whose bound that is).
+fn at_least(
+    value: Duration,
+    var: &'static str,
+    min: Duration,
+    why: &str,
+) -> Result<Duration, ConfigError> {
+    if value < min {
+        return Err(ConfigError {
+            var,
+            reason: format!(
+                "{} is below {} ({why})",
+                humantime::format_duration(value),
+                humantime::format_duration(min)
+            ),
+        });
+    }
+    Ok(value)
+}
+
 fn list(env: &dyn Env, var: &'static str) -> Vec<String> {
     optional(env, var)
         .map(|v| {
@@ -214,6 +234,8 @@ pub struct DeregistrationSettings {
     pub drain_command: String,
     /// How long a drain may take (the longest job it waits for).
     pub drain_timeout: Duration,
+    /// How long SSM may take to deliver a drain before the instance counts as unreachable.
+    pub drain_delivery_timeout: Duration,
     /// How long an instance may be registered without its runner coming online before the
     /// sweep has it replaced.
     pub registration_grace: Duration,
@@ -230,6 +252,16 @@ impl DeregistrationSettings {
                 env,
                 "WARMFLEET_DRAIN_TIMEOUT",
                 Duration::from_secs(24 * 3600),
+            )?,
+            drain_delivery_timeout: at_least(
+                duration(
+                    env,
+                    "WARMFLEET_DRAIN_DELIVERY_TIMEOUT",
+                    Duration::from_secs(120),
+                )?,
+                "WARMFLEET_DRAIN_DELIVERY_TIMEOUT",
+                Duration::from_secs(30),
+                "SSM's shortest delivery timeout",
             )?,
             registration_grace: duration(
                 env,
@@ -281,6 +313,18 @@ mod tests {
         let d = DeregistrationSettings::from_env(&[BASE[0], BASE[1], ("WARMFLEET_GROUPS", "a, b")])
             .unwrap();
         assert_eq!(d.groups, ["a", "b"]);
+        assert_eq!(d.drain_delivery_timeout, Duration::from_secs(120));
+        let e = DeregistrationSettings::from_env(&[
+            BASE[0],
+            BASE[1],
+            ("WARMFLEET_GROUPS", "a"),
+            ("WARMFLEET_DRAIN_DELIVERY_TIMEOUT", "10s"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "WARMFLEET_DRAIN_DELIVERY_TIMEOUT: 10s is below 30s (SSM's shortest delivery timeout)"
+        );
     }
 
     #[test]

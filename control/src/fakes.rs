@@ -287,6 +287,8 @@ pub struct Ssm {
     pub sent: Mutex<Vec<(String, Vec<String>)>>,
     /// Commands' states by id (Running when not set).
     pub states: Mutex<BTreeMap<String, CommandState>>,
+    /// The delivery timeout of the last command sent.
+    pub delivery: Mutex<Option<Duration>>,
 }
 
 #[async_trait]
@@ -297,7 +299,9 @@ impl Commands for Ssm {
         lines: &[String],
         _: &str,
         _: Duration,
+        delivery: Duration,
     ) -> Result<Option<String>, PortError> {
+        *self.delivery.lock().unwrap() = Some(delivery);
         if !self.reachable.lock().unwrap().iter().any(|i| i == instance) {
             return Ok(None);
         }

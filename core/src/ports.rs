@@ -202,14 +202,16 @@ impl CommandState {
 /// SSM Run Command, as far as warmfleet uses it: shell lines on one instance.
 #[async_trait]
 pub trait Commands: Send + Sync {
-    /// Sends shell lines to one instance; `Ok(None)` when its SSM agent cannot be reached
-    /// (never registered, or gone).
+    /// Sends shell lines to one instance, to run within `execution` once they reach it and
+    /// to reach it within `delivery` (else the command ends undelivered); `Ok(None)` when
+    /// its SSM agent cannot be reached at all (never registered, or gone).
     async fn run(
         &self,
         instance_id: &str,
         lines: &[String],
         comment: &str,
-        timeout: Duration,
+        execution: Duration,
+        delivery: Duration,
     ) -> Result<Option<String>, PortError>;
 
     async fn state(&self, command_id: &str, instance_id: &str) -> Result<CommandState, PortError>;

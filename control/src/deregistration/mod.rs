@@ -48,7 +48,8 @@ pub enum Outcome {
     },
     /// SSM could not reach the instance: its runner removed here, the hook completed.
     RemovedWithoutDrain,
-    /// SSM could not reach the instance and its runner is busy: the sweep tries again.
+    /// SSM could not reach the instance and its runner is busy: the sweep heartbeats the
+    /// hook and tries again.
     Waiting {
         reason: String,
     },
@@ -172,19 +173,26 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         // With no runner left the drain has done its part: a command still "in progress"
         // then is one whose instance went back into the pool, hibernated, before its
         // result was reported.
-        let drain = if runners.is_empty() {
-            None
-        } else {
-            InstanceSecret::parse(&text)
-                .ok()
-                .and_then(|s| s.drain_command)
-        };
+        let drain = InstanceSecret::parse(&text)
+            .ok()
+            .and_then(|s| s.drain_command);
         if let Some(command_id) = drain {
             let state =
                 patience::until(until, || self.commands.state(&command_id, instance)).await?;
-            if matches!(state, CommandState::Pending | CommandState::Running) {
-                info!(instance, command_id, "a drain is under way: left to it");
-                return Ok(Outcome::Draining { command_id });
+            match state {
+                CommandState::Pending | CommandState::Running if !runners.is_empty() => {
+                    info!(instance, command_id, "a drain is under way: left to it");
+                    return Ok(Outcome::Draining { command_id });
+                }
+                // SSM could not deliver it within its delivery timeout: the agent cannot be
+                // told, as when SSM does not know the instance at all.
+                CommandState::Undelivered { detail } => {
+                    warn!(instance, command_id, %detail, "the drain was never delivered");
+                    return self
+                        .without_agent(group, instance, &runners, until, deadline)
+                        .await;
+                }
+                _ => {}
             }
         }
         if from_pool {
@@ -287,6 +295,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                 std::slice::from_ref(&line),
                 DRAIN_COMMENT,
                 self.settings.drain_timeout,
+                self.settings.drain_delivery_timeout,
             )
         })
         .await?;
@@ -300,7 +309,20 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
             info!(instance, command_id, "drain sent");
             return Ok(Outcome::Draining { command_id });
         }
-        // The agent cannot be told: remove the runner here, unless it is running a job.
+        self.without_agent(group, instance, runners, until, deadline)
+            .await
+    }
+
+    /// When the agent cannot be told: the runner is removed here and the hook completed,
+    /// unless the runner is running a job (the sweep heartbeats the hook meanwhile).
+    async fn without_agent(
+        &self,
+        group: &str,
+        instance: &str,
+        runners: &[Runner],
+        until: Instant,
+        deadline: Instant,
+    ) -> Result<Outcome, Error> {
         if let Some(busy) = runners.iter().find(|r| r.busy) {
             let reason = format!("runner {} is busy and SSM cannot reach {instance}", busy.id);
             warn!(%reason, "deregistration waits");

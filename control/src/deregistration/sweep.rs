@@ -278,6 +278,16 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                         .await?;
                         summary.drains_heartbeated += 1;
                     }
+                    // The agent cannot be told and its runner runs a job: the job's time
+                    // is not the hook's to cut short.
+                    Outcome::Waiting { .. } => {
+                        patience::until(until, || {
+                            self.lifecycle
+                                .heartbeat(group, HOOK_DEREGISTRATION, instance)
+                        })
+                        .await?;
+                        summary.drains_heartbeated += 1;
+                    }
                     Outcome::Draining { .. } => summary.drains_sent += 1,
                     Outcome::RemovedWithoutDrain => summary.removed_without_drain += 1,
                     Outcome::Completed => summary.drains_completed += 1,

@@ -28,6 +28,7 @@ fn handler() -> Handler {
             groups: vec!["runners".into()],
             drain_command: "warmfleet-agent drain".into(),
             drain_timeout: Duration::from_secs(3600),
+            drain_delivery_timeout: Duration::from_secs(120),
             registration_grace: Duration::from_secs(900),
         },
     }
@@ -73,6 +74,7 @@ async fn draining(h: &Handler, instance: &str) -> String {
             &["drain".into()],
             DRAIN_COMMENT,
             Duration::from_secs(1),
+            Duration::from_secs(120),
         )
         .await
         .unwrap()
@@ -493,6 +495,44 @@ async fn the_sweep_deletes_a_runner_left_registered_for_an_instance_asleep_in_th
     assert_eq!(*h.github.deleted.lock().unwrap(), [7]);
     // The secrets stay while the instances are in the pool.
     assert_eq!(s.secrets_deleted, 0);
+}
+
+#[tokio::test]
+async fn a_drain_ssm_never_delivers_counts_as_unreachable_and_a_busy_runner_keeps_its_hook_alive() {
+    // The instance's SSM agent stopped answering: the drain is sent with a short delivery
+    // timeout, and once it ends undelivered the runner is handled here, not re-sent.
+    let h = handler();
+    at(&h, I, "Terminating:Wait");
+    registered(&h, I, Duration::ZERO);
+    h.github.runners.lock().unwrap().push(runner(7, I, true));
+    let command = draining(&h, I).await;
+    assert_eq!(
+        *h.commands.delivery.lock().unwrap(),
+        Some(Duration::from_secs(120))
+    );
+    h.commands.states.lock().unwrap().insert(
+        command,
+        CommandState::Undelivered {
+            detail: "Delivery Timed Out".into(),
+        },
+    );
+    // Busy: nothing removed, the hook heartbeated (a job is never cut short), nothing sent.
+    let sent = h.commands.sent.lock().unwrap().len();
+    let s = h.sweep(soon()).await.unwrap();
+    assert_eq!(s.drains_heartbeated, 1, "{s:?}");
+    assert_eq!(*h.lifecycle.heartbeats.lock().unwrap(), [I]);
+    assert!(completed(&h).is_empty());
+    assert_eq!(
+        h.commands.sent.lock().unwrap().len(),
+        sent,
+        "not sent again"
+    );
+    // The job over: the runner is deleted here and the hook completed.
+    h.github.runners.lock().unwrap()[0].busy = false;
+    let s = h.sweep(soon()).await.unwrap();
+    assert_eq!(s.removed_without_drain, 1, "{s:?}");
+    assert_eq!(completed(&h), [I]);
+    assert_eq!(*h.github.deleted.lock().unwrap(), [7]);
 }
 
 #[tokio::test]

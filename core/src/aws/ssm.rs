@@ -50,7 +50,8 @@ impl Commands for Ssm {
         instance_id: &str,
         lines: &[String],
         comment: &str,
-        timeout: Duration,
+        execution: Duration,
+        delivery: Duration,
     ) -> Result<Option<String>, PortError> {
         let sent = self
             .client
@@ -61,8 +62,10 @@ impl Commands for Ssm {
             .parameters("commands", lines.to_vec())
             .parameters(
                 "executionTimeout",
-                vec![timeout.as_secs().max(1).to_string()],
+                vec![execution.as_secs().max(1).to_string()],
             )
+            // SSM's bounds: 30 s to 30 days.
+            .timeout_seconds(delivery.as_secs().clamp(30, 2_592_000) as i32)
             .send()
             .await;
         match sent {
