@@ -1072,7 +1072,11 @@ async fn imds_not_answering_right_after_a_resume_is_asked_again() {
     // Several attempts' worth of failures (the IMDS client retries each attempt too).
     f.imds_fails(&instance, 12).await;
     f.plane.aws.set_desired(GROUP, 1).await;
-    assert_eq!(f.plane.aws.sole_in_service(GROUP).await, instance);
+    // Asked again with backoff: longer than the usual waits.
+    eventually("resumed into service", Duration::from_secs(90), || async {
+        f.plane.aws.instances(GROUP).await == [(instance.clone(), "InService".to_owned())]
+    })
+    .await;
     assert_eq!(
         f.completions(&instance, "bootstrap").await,
         ["CONTINUE", "CONTINUE"],
