@@ -22,7 +22,8 @@ use warmfleet_core::aws::{AutoScaling, SecretsManager};
 use warmfleet_core::imds::{Identity, Imds, Target};
 use warmfleet_core::instance_secret::{InstanceSecret, RunnerCredential};
 use warmfleet_core::naming;
-use warmfleet_core::ports::{Completion, HookResult, Lifecycle, SecretStore};
+use warmfleet_core::patience;
+use warmfleet_core::ports::{Completion, HookResult, Lifecycle, PortError, SecretStore};
 
 /// How often the agent looks for a wake-up (IMDS, the clocks).
 const POLL: Duration = Duration::from_secs(1);
@@ -457,7 +458,11 @@ impl Driver {
                 self.imds = Imds::new(call);
                 let imds = self.imds.clone();
                 self.send_later(async move {
-                    let asked = backon::Retryable::retry(|| imds.target(), retry_backoff())
+                    let backoff = backon::ExponentialBuilder::default()
+                        .with_min_delay(Duration::from_millis(500))
+                        .with_max_delay(Duration::from_secs(8))
+                        .with_max_times(6);
+                    let asked = backon::Retryable::retry(|| imds.target(), backoff)
                         .notify(|e, pause| warn!(error = %e, ?pause, "IMDS: asking again"))
                         .await;
                     match asked {
@@ -895,31 +900,32 @@ fn set_mode(path: &std::path::Path, mode: u32) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// An Auto Scaling call whose loss would leave the instance in service with no runner
-/// (replacing it, marking it unhealthy): asked again with backoff while AWS throttles or
-/// fails (about 30 s in all), each attempt bounded by `limit`.
-async fn insist<F, Fut>(limit: Duration, what: &str, call: F) -> Result<(), String>
+/// How long the agent insists on an Auto Scaling call whose loss would leave the instance
+/// in service with no runner (replacing it, marking it unhealthy).
+const INSIST: Duration = Duration::from_secs(30);
+
+/// Such a call, tried again while AWS throttles or fails in a way a retry can help
+/// (`patience`, as the Lambdas do), each attempt bounded by `limit`.
+async fn insist<F, Fut>(limit: Duration, what: &'static str, call: F) -> Result<(), String>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = Result<(), warmfleet_core::ports::PortError>>,
+    Fut: std::future::Future<Output = Result<(), PortError>>,
 {
-    let attempt = || async {
+    patience::until(tokio::time::Instant::now() + INSIST, || async {
         tokio::time::timeout(limit, call())
             .await
-            .map_err(|_| format!("{what} timed out"))?
-            .map_err(|e| format!("{what}: {e}"))
-    };
-    backon::Retryable::retry(attempt, retry_backoff())
-        .notify(|e, pause| warn!(error = %e, ?pause, "asking again"))
-        .await
-}
-
-/// Seven attempts, 0.5 s apart at first, doubling up to 8 s (about 30 s in all).
-fn retry_backoff() -> backon::ExponentialBuilder {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(8))
-        .with_max_times(6)
+            .unwrap_or_else(|_| {
+                Err(PortError {
+                    service: "autoscaling",
+                    operation: what,
+                    resource: String::new(),
+                    message: format!("no answer within {limit:?}"),
+                    retryable: true,
+                })
+            })
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 fn watchdog_interval() -> Option<tokio::time::Interval> {

@@ -7,7 +7,6 @@ pub mod deregistration;
 pub mod event;
 #[cfg(test)]
 mod fakes;
-pub mod patience;
 pub mod record_metric;
 pub mod registration;
 pub mod runtime;

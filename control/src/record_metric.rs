@@ -9,7 +9,7 @@
 //! its instance InService.
 
 use crate::config::MetricSettings;
-use crate::{patience, Error};
+use crate::Error;
 use std::collections::BTreeMap;
 use tokio::time::Instant;
 use tracing::info;
@@ -18,6 +18,7 @@ use warmfleet_core::naming::{
     FLEET_LABEL, METRIC_ALL_RUNNERS_BUSY, METRIC_BUSY_RUNNERS, METRIC_GITHUB_API_CALLS,
     METRIC_GITHUB_RATE_LIMIT_REMAINING, METRIC_IDLE_RUNNERS, METRIC_OFFLINE_RUNNERS,
 };
+use warmfleet_core::patience;
 use warmfleet_core::ports::{InstanceStatus, Lifecycle, Metrics, RunnerRegistry};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]

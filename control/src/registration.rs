@@ -14,7 +14,7 @@
 
 use crate::config::{Mode, RegistrationSettings};
 use crate::event::{Event, LifecycleEvent, Place, Transition};
-use crate::{patience, Error};
+use crate::Error;
 use chrono::Utc;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -24,6 +24,7 @@ use warmfleet_core::naming::{
     instance_secret_id, runner_labels, runner_name, HOOK_REGISTRATION, TAG_ASG_NAME,
     TAG_INSTANCE_ARN, TAG_INSTANCE_ID,
 };
+use warmfleet_core::patience;
 use warmfleet_core::ports::{HookResult, Lifecycle, RunnerRegistry, SecretStore};
 
 /// What the handler did.

@@ -8,9 +8,10 @@
 //!   the pool with a job running, and is drained like one leaving service);
 //! - an instance leaving service: a remove token is added to its secret and SSM runs the
 //!   drain (`warmfleet-agent drain`) on it; the agent lets the running job finish, removes
-//!   the runner and completes the hook. When SSM cannot reach the instance, the runner is
-//!   deleted here (never while busy: then the hook waits for the sweep) and the hook
-//!   completed.
+//!   the runner and completes the hook. When SSM cannot reach the instance (it does not
+//!   know it, or the drain was not delivered within its delivery timeout), the runner is
+//!   deleted here (never while busy: then the sweep heartbeats the hook and waits) and the
+//!   hook completed.
 //! - the same event again (delivered twice, or late): ignored once the hook no longer waits;
 //!   while it waits and the drain the first one started runs, left to the agent.
 //!
@@ -18,14 +19,16 @@
 //! never stops the rest): runners whose instance is gone are deleted (busy ones wait for the
 //! next sweep); secrets of gone instances are deleted; instances the terminate hook holds
 //! (leaving the group or the pool, or scaled in back into the pool) have their drain
-//! heartbeated while it runs, completed when it has finished, and re-sent when it was lost; instances in service past the registration grace whose runner never came
-//! online are marked unhealthy, so the group replaces them.
+//! heartbeated while it runs, completed when it has finished, and re-sent when it was lost;
+//! runners left registered for instances asleep in the pool are deleted; instances in
+//! service past the registration grace whose runner never came online are marked
+//! unhealthy, so the group replaces them.
 
 mod sweep;
 
 use crate::config::DeregistrationSettings;
 use crate::event::{Event, Place, Transition};
-use crate::{patience, Error};
+use crate::Error;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use tokio::time::Instant;
@@ -33,6 +36,7 @@ use tracing::{info, warn};
 use warmfleet_core::github::{GithubError, Runner, RunnerStatus};
 use warmfleet_core::instance_secret::{InstanceSecret, RemoveToken};
 use warmfleet_core::naming::{instance_secret_id, DRAIN_COMMENT, HOOK_DEREGISTRATION};
+use warmfleet_core::patience;
 use warmfleet_core::ports::{
     CommandState, Commands, HookResult, Lifecycle, RunnerRegistry, SecretStore,
 };

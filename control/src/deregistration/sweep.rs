@@ -2,7 +2,7 @@
 //! every item on its own (see the module above).
 
 use super::{Deregistration, Outcome, Summary};
-use crate::{patience, Error};
+use crate::Error;
 use std::collections::{BTreeMap, BTreeSet};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -11,6 +11,7 @@ use warmfleet_core::instance_secret::InstanceSecret;
 use warmfleet_core::naming::{
     group_secret_prefix, instance_of_secret, FLEET_LABEL, HOOK_DEREGISTRATION,
 };
+use warmfleet_core::patience;
 use warmfleet_core::ports::{CommandState, Commands, Lifecycle, RunnerRegistry, SecretStore};
 
 impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistration<S, L, C, G> {

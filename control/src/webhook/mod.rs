@@ -13,7 +13,6 @@ pub mod payload;
 pub mod signature;
 
 use crate::config::WebhookSettings;
-use crate::patience;
 use decision::{Action, Group};
 use payload::{JobNews, WorkflowJobEvent};
 use serde_json::{json, Value};
@@ -23,6 +22,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tracing::{info, warn};
 use warmfleet_core::naming::{METRIC_JOB_QUEUE_TIME, POLICY_JOB_QUEUED};
+use warmfleet_core::patience;
 use warmfleet_core::ports::{Capacity, JobLedger, JobStage, Metrics, PortError, SecretStore};
 
 /// The largest body read: `workflow_job` payloads are a few kilobytes; GitHub caps any

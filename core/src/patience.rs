@@ -1,11 +1,11 @@
 //! Calls to AWS retried while a deadline allows: exponential backoff with jitter, only for
 //! errors that say a retry can help.
 
+use crate::ports::PortError;
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
-use warmfleet_core::ports::PortError;
 
 /// Runs `call` until it succeeds, fails for good, or the next try would end past `deadline`.
 pub async fn until<T, F, Fut>(deadline: Instant, call: F) -> Result<T, PortError>
