@@ -18,6 +18,7 @@ TEMPLATE = os.path.join(HERE, "user-data.yaml.tftpl")
 
 BASE = {
     "github_url": "https://github.com/acme",
+    "deployment": "1a2b3c4d",
     "runner_mode": "persistent",
     "runner_labels": ["linux", "x64"],
     "runner_group": "",
@@ -80,6 +81,7 @@ def test_every_variant_is_valid_cloud_config_and_says_what_it_was_given(tmp_path
     files = {f["path"]: f for f in doc["write_files"]}
     config = tomllib.loads(files["/etc/warmfleet/agent.d/50-cloud-init.toml"]["content"])
     assert config["github_url"] == variables["github_url"]
+    assert config["deployment"] == variables["deployment"]
     assert config["runner"]["mode"] == variables["runner_mode"]
     assert config["runner"]["labels"] == variables["runner_labels"]
     assert config["runner"].get("group", "") == variables["runner_group"]

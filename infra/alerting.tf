@@ -45,6 +45,21 @@ locals {
       missing     = "notBreaching"
       enabled     = true
     }
+    # The agent gave up on instances: a bootstrap abandoned, or a runner that could not
+    # run. One is a hiccup the group mends; several in a row repeat on every launch, e.g.
+    # a runner version GitHub no longer accepts (docs/usage/install.md, "Upgrading the
+    # runner").
+    repeated-failures = {
+      description = "3 or more instances of ${var.name} failed to get a runner into service within 5 minutes: the agent's journal on one says why (journalctl -u warmfleet-agent); a runner version GitHub refuses needs a new AMI"
+      namespace   = local.metric_namespace
+      metric      = local.metrics.failed
+      statistic   = "Sum"
+      periods     = 1
+      operator    = "GreaterThanOrEqualToThreshold"
+      threshold   = 3
+      missing     = "notBreaching"
+      enabled     = true
+    }
     no-runner-metrics = {
       description = "record_metric has published nothing for ${var.name} in 10 minutes: scaling is blind"
       namespace   = local.metric_namespace

@@ -260,6 +260,18 @@ data "aws_iam_policy_document" "agent" {
     ]
     resources = [local.group_arn]
   }
+  # Counting itself in FailedInstances when it gives up on its instance (the alarm
+  # repeated-failures).
+  statement {
+    sid       = "CountFailure"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # PutMetricData takes no resource; the namespace is the condition
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [local.metric_namespace]
+    }
+  }
   statement {
     sid       = "WhereAmIGoing"
     actions   = ["autoscaling:DescribeAutoScalingInstances", "autoscaling:DescribeWarmPool"]

@@ -7,6 +7,7 @@ locals {
     {
       WARMFLEET_GITHUB_URL               = var.github_url
       WARMFLEET_GITHUB_CREDENTIAL_SECRET = local.github_secret
+      WARMFLEET_DEPLOYMENT               = local.deployment
     },
     var.github_api_url != "" ? { WARMFLEET_GITHUB_API_URL = var.github_api_url } : {},
   )
@@ -18,7 +19,7 @@ locals {
       environment = merge(local.common_env, {
         WARMFLEET_RUNNER_MODE     = var.runner_mode
         WARMFLEET_RUNNER_GROUP_ID = tostring(var.runner_group_id)
-        WARMFLEET_RUNNER_LABELS   = join(",", var.runner_labels)
+        WARMFLEET_RUNNER_LABELS   = join(",", local.runner_labels)
       })
     }
     deregistration = {
@@ -46,7 +47,8 @@ locals {
       reserved_concurrency = var.webhook_reserved_concurrency
       environment = {
         WARMFLEET_GROUPS         = var.name
-        WARMFLEET_RUNNER_LABELS  = join(",", var.runner_labels)
+        WARMFLEET_RUNNER_LABELS  = join(",", local.runner_labels)
+        WARMFLEET_DEPLOYMENT     = local.deployment
         WARMFLEET_WEBHOOK_SECRET = aws_secretsmanager_secret.webhook.arn
         WARMFLEET_JOB_TABLE      = aws_dynamodb_table.jobs.name
       }

@@ -14,7 +14,8 @@ data "aws_ec2_instance_type" "runner" {
   instance_type = var.instance_types[0]
 }
 
-# The AMI's root device, for the launch template's root volume.
+# The AMI's root device, for the launch template's root volume; its architecture, for the
+# runners' default labels.
 data "aws_ami" "runner" {
   filter {
     name   = "image-id"
@@ -41,6 +42,7 @@ locals {
     all_busy   = "AllRunnersBusy"
     api_calls  = "GitHubApiCalls"
     queue_time = "JobQueueTime"
+    failed     = "FailedInstances"
   }
   # The step policy the webhook receiver runs once per queued job.
   job_policy       = "warmfleet-job-queued"
@@ -58,7 +60,19 @@ locals {
   instance_secrets = "arn:${local.partition}:secretsmanager:${local.region}:${local.account}:secret:${local.secret_prefix}/${var.name}/*"
   github_secret    = data.aws_secretsmanager_secret.github.arn
 
+  runner_labels = module.labels.labels
+  # What tells this deployment's runners from another's in the same organisation: the
+  # account and region (a group's name is unique in both) unless given.
+  deployment = var.deployment_id != "" ? var.deployment_id : substr(sha256("${local.account}/${local.region}"), 0, 8)
+
   tags = merge(var.tags, { "warmfleet:group" = var.name })
+}
+
+module "labels" {
+  source         = "./modules/labels"
+  architecture   = data.aws_ami.runner.architecture
+  default_labels = var.runner_default_labels
+  labels         = var.runner_labels
 }
 
 data "aws_secretsmanager_secret" "github" {

@@ -7,8 +7,9 @@ resource "aws_launch_template" "runner" {
   key_name      = var.key_name != "" ? var.key_name : null
   user_data = base64encode(templatefile("${path.module}/../cloud-init/user-data.yaml.tftpl", {
     github_url           = var.github_url
+    deployment           = local.deployment
     runner_mode          = var.runner_mode
-    runner_labels        = var.runner_labels
+    runner_labels        = local.runner_labels
     runner_group         = var.runner_mode == "persistent" ? var.runner_group : ""
     agent_package_url    = var.agent_package_url
     agent_package_sha256 = var.agent_package_sha256

@@ -72,8 +72,24 @@ variable "runner_mode" {
   }
 }
 
+variable "deployment_id" {
+  description = "What tells this deployment's runners from another's in the same GitHub organisation (staging and production accounts, two regions): its runners carry warmfleet-<id> and every listing filters on it. Empty: the first 8 hex digits of the SHA-256 of <account>/<region>. 1 to 40 lowercase letters, digits and hyphens."
+  type        = string
+  default     = ""
+  validation {
+    condition     = can(regex("^[a-z0-9-]{0,40}$", var.deployment_id))
+    error_message = "deployment_id: at most 40 lowercase letters, digits and hyphens."
+  }
+}
+
+variable "runner_default_labels" {
+  description = "Runners also carry self-hosted, Linux and their architecture (X64 or ARM64, from the AMI), as custom labels, so that the usual runs-on: [self-hosted, linux, x64] reaches them; the drain removes them with the others. false: only warmfleet, the group's name, the instance id and runner_labels."
+  type        = bool
+  default     = true
+}
+
 variable "runner_labels" {
-  description = "Labels of every runner besides warmfleet, the group's name and the instance id."
+  description = "Labels of every runner besides warmfleet, the group's name, the instance id and the default labels (runner_default_labels)."
   type        = list(string)
   default     = []
   validation {

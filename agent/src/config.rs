@@ -8,7 +8,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use warmfleet_core::naming::{HOOK_BOOTSTRAP, HOOK_DEREGISTRATION, SECRET_PREFIX};
+use warmfleet_core::naming::{Deployment, HOOK_BOOTSTRAP, HOOK_DEREGISTRATION, SECRET_PREFIX};
 
 pub const DEFAULT_FILE: &str = "/etc/warmfleet/agent.toml";
 pub const DEFAULT_DIR: &str = "/etc/warmfleet/agent.d";
@@ -32,6 +32,7 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct Fragment {
     github_url: Option<String>,
+    deployment: Option<String>,
     state_dir: Option<PathBuf>,
     secret_prefix: Option<String>,
     runner: Option<RunnerFragment>,
@@ -97,6 +98,8 @@ const TIMEOUT_KEYS: [(&str, u64); 6] = [
 pub struct Settings {
     /// `https://github.com/ORG` or `https://github.com/ORG/REPO` (or a GHES equivalent).
     pub github_url: String,
+    /// Whose runner this is: it carries the deployment's label too.
+    pub deployment: Deployment,
     pub state_dir: PathBuf,
     pub secret_prefix: String,
     pub runner_dir: PathBuf,
@@ -126,6 +129,7 @@ struct Set<T> {
 #[derive(Default)]
 struct Merged {
     github_url: Option<Set<String>>,
+    deployment: Option<Set<String>>,
     state_dir: Option<Set<PathBuf>>,
     secret_prefix: Option<Set<String>>,
     runner_dir: Option<Set<PathBuf>>,
@@ -153,6 +157,7 @@ fn set<T>(slot: &mut Option<Set<T>>, value: Option<T>, file: &Path) {
 impl Merged {
     fn add(&mut self, f: Fragment, file: &Path) {
         set(&mut self.github_url, f.github_url, file);
+        set(&mut self.deployment, f.deployment, file);
         set(&mut self.state_dir, f.state_dir, file);
         set(&mut self.secret_prefix, f.secret_prefix, file);
         let r = f.runner.unwrap_or_default();
@@ -279,8 +284,13 @@ impl Merged {
             })
         };
         let runner_user = text(self.runner_user, "runner.user", Some("runner"))?;
+        let deployment = match self.deployment {
+            None => Deployment::default(),
+            Some(s) => Deployment::parse(&s.value).map_err(|e| bad(&s, "deployment", e))?,
+        };
         Ok(Settings {
             github_url,
+            deployment,
             state_dir: self
                 .state_dir
                 .map_or_else(|| PathBuf::from("/var/lib/warmfleet"), |s| s.value),
@@ -395,6 +405,28 @@ mod tests {
         assert_eq!(s.bootstrap_hook, "bootstrap");
         assert_eq!(s.secret_prefix, "warmfleet");
         assert_eq!(s.runner_user, "runner");
+        assert_eq!(s.deployment.label(), "warmfleet");
+    }
+
+    #[test]
+    fn a_deployment_gives_its_label_or_is_refused_by_file_and_key() {
+        let (_dir, file, d) = files(
+            "github_url = \"https://github.com/acme\"\n",
+            &[("50-cloud-init.toml", "deployment = \"1a2b3c4d\"\n")],
+        );
+        assert_eq!(
+            load(&file, &d).unwrap().deployment.label(),
+            "warmfleet-1a2b3c4d"
+        );
+        let (_dir, file, d) = files(
+            "github_url = \"https://github.com/acme\"\n",
+            &[("50-cloud-init.toml", "deployment = \"Prod EU\"\n")],
+        );
+        let e = load(&file, &d).unwrap_err().to_string();
+        assert!(
+            e.contains("50-cloud-init.toml: deployment: \"Prod EU\" is not a deployment id"),
+            "{e}"
+        );
     }
 
     #[test]

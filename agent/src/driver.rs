@@ -18,12 +18,12 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
-use warmfleet_core::aws::{AutoScaling, SecretsManager};
+use warmfleet_core::aws::{AutoScaling, CloudWatch, SecretsManager};
 use warmfleet_core::imds::{Identity, Imds, Target};
 use warmfleet_core::instance_secret::{InstanceSecret, RunnerCredential};
 use warmfleet_core::naming;
 use warmfleet_core::patience;
-use warmfleet_core::ports::{Completion, HookResult, Lifecycle, PortError, SecretStore};
+use warmfleet_core::ports::{Completion, HookResult, Lifecycle, Metrics, PortError, SecretStore};
 
 /// How often the agent looks for a wake-up (IMDS, the clocks).
 const POLL: Duration = Duration::from_secs(1);
@@ -110,6 +110,7 @@ pub struct Driver {
     imds: Imds,
     identity: Option<Identity>,
     clients: Option<(AutoScaling, SecretsManager)>,
+    metrics: Option<CloudWatch>,
     runner: Runner,
     credential: Option<InstanceSecret>,
     log_offset: Arc<AtomicU64>,
@@ -159,6 +160,7 @@ impl Driver {
             record,
             identity: None,
             clients: None,
+            metrics: None,
             runner,
             credential: None,
             tx,
@@ -206,6 +208,9 @@ impl Driver {
         let mut sigterm = signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut sigusr2 = signal(tokio::signal::unix::SignalKind::user_defined2())?;
         let mut tick = tokio::time::interval(POLL);
+        // After a hibernation (or any freeze) one tick, not a burst of the missed ones each
+        // asking IMDS while it may not answer yet.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut watchdog = watchdog_interval();
 
         // Who this instance is, before anything else (a restart in service needs it as much
@@ -217,6 +222,7 @@ impl Driver {
             .map_err(|e| format!("IMDS cannot tell who this instance is: {e}"))?;
         let config = warmfleet_core::aws::load_config_in(&identity.region).await;
         self.clients = Some((AutoScaling::new(&config), SecretsManager::new(&config)));
+        self.metrics = Some(CloudWatch::new(&config));
         self.record.instance_id = Some(identity.instance_id.clone());
         self.record.group = Some(identity.group.clone());
         self.identity = Some(identity);
@@ -480,7 +486,7 @@ impl Driver {
                 let secrets = secrets.clone();
                 let newer_than = self.record.credential_used;
                 let limit = self.settings.timeouts.credential;
-                self.send_later(await_credential(secrets, id, newer_than, limit));
+                self.send_later(await_credential(secrets, id, newer_than, limit, call));
             }
             Action::Register => {
                 self.timing.register_started = Some(tokio::time::Instant::now());
@@ -510,13 +516,8 @@ impl Driver {
                     self.save();
                 }
                 let (identity, asg, _) = self.aws()?;
-                tokio::time::timeout(
-                    call,
-                    asg.set_protection(&identity.group, &identity.instance_id, on),
-                )
-                .await
-                .map_err(|_| "SetInstanceProtection timed out".to_owned())?
-                .map_err(|e| e.to_string())?;
+                let protect = asg.set_protection(&identity.group, &identity.instance_id, on);
+                bounded(call, "SetInstanceProtection", protect).await?;
                 info!(instance_id = %identity.instance_id, protected = on, "scale-in protection");
                 self.record.protected = on;
                 self.save();
@@ -566,6 +567,9 @@ impl Driver {
                     let instance = self.instance().to_owned();
                     self.timing.report(&instance);
                 }
+                if result == HookResult::Abandon {
+                    self.count_failure().await;
+                }
             }
             Action::CompleteDeregistration => {
                 let target = self.imds.target().await.map_err(|e| e.to_string())?;
@@ -594,19 +598,32 @@ impl Driver {
                     Msg::Event(Event::Settled)
                 });
             }
-            Action::ForgetCredential => {
-                tokio::time::timeout(call, self.forget_credential())
-                    .await
-                    .map_err(|_| "clearing the used credential timed out".to_owned())??;
-            }
+            Action::ForgetCredential => self.forget_credential().await?,
             Action::MarkUnhealthy => {
                 let (identity, asg, _) = self.aws()?;
                 let id = &identity.instance_id;
                 insist(call, "SetInstanceHealth", || asg.set_unhealthy(id)).await?;
                 warn!(instance_id = %identity.instance_id, "instance marked unhealthy");
+                self.count_failure().await;
             }
         }
         Ok(())
+    }
+
+    /// Counts this instance in `FailedInstances`, on which an alarm tells the operator when
+    /// instances keep failing (a runner version GitHub refuses fails every one). Best
+    /// effort: the failure is in the journal either way.
+    async fn count_failure(&self) {
+        let (Some(identity), Some(metrics)) = (&self.identity, &self.metrics) else {
+            return;
+        };
+        let count = metrics.publish(&identity.group, &[(naming::METRIC_FAILED_INSTANCES, 1.0)]);
+        if let Err(e) = bounded(self.settings.timeouts.call, "PutMetricData", count).await {
+            warn!(
+                metric = naming::METRIC_FAILED_INSTANCES,
+                "the failure could not be counted: {e}"
+            );
+        }
     }
 
     /// Whether the instance is still Pending (or Warmed:Pending), before its hooks' wait.
@@ -614,14 +631,23 @@ impl Driver {
         let Ok((identity, asg, _)) = self.aws() else {
             return false;
         };
-        let state = match asg.instance(&identity.instance_id).await {
+        let call = self.settings.timeouts.call;
+        let instance = bounded(
+            call,
+            "DescribeAutoScalingInstances",
+            asg.instance(&identity.instance_id),
+        );
+        let state = match instance.await {
             Ok(Some(i)) => Some(i.lifecycle_state),
             // Warm-pool instances are listed with the pool.
-            Ok(None) => asg.warm_pool(&identity.group).await.ok().and_then(|w| {
-                w.into_iter()
-                    .find(|i| i.instance_id == identity.instance_id)
-                    .map(|i| i.lifecycle_state)
-            }),
+            Ok(None) => bounded(call, "DescribeWarmPool", asg.warm_pool(&identity.group))
+                .await
+                .ok()
+                .and_then(|w| {
+                    w.into_iter()
+                        .find(|i| i.instance_id == identity.instance_id)
+                        .map(|i| i.lifecycle_state)
+                }),
             Err(_) => None,
         };
         matches!(state.as_deref(), Some("Pending" | "Warmed:Pending"))
@@ -629,13 +655,13 @@ impl Driver {
 
     async fn complete(&mut self, hook: &str, result: HookResult) -> Result<Completion, String> {
         let (identity, asg, _) = self.aws()?;
-        let done = tokio::time::timeout(
+        let complete = asg.complete(&identity.group, hook, &identity.instance_id, result);
+        let done = bounded(
             self.settings.timeouts.call,
-            asg.complete(&identity.group, hook, &identity.instance_id, result),
+            "CompleteLifecycleAction",
+            complete,
         )
-        .await
-        .map_err(|_| format!("completing {hook} timed out"))?
-        .map_err(|e| e.to_string())?;
+        .await?;
         let reason = self.record.last_error.clone().unwrap_or_default();
         match result {
             HookResult::Continue => {
@@ -683,7 +709,8 @@ impl Driver {
             return Ok(());
         };
         let id = self.secret_id(identity);
-        let Some(text) = secrets.get(&id).await.map_err(|e| e.to_string())? else {
+        let call = self.settings.timeouts.call;
+        let Some(text) = bounded(call, "GetSecretValue", secrets.get(&id)).await? else {
             return Ok(());
         };
         let mut value = InstanceSecret::parse(&text).map_err(|e| format!("{id}: {e}"))?;
@@ -691,10 +718,12 @@ impl Driver {
             return Ok(());
         }
         value.credential = value.credential.used();
-        secrets
-            .update(&id, &value.to_secret())
-            .await
-            .map_err(|e| e.to_string())?;
+        bounded(
+            call,
+            "PutSecretValue",
+            secrets.update(&id, &value.to_secret()),
+        )
+        .await?;
         info!(secret = %id, "the used credential is cleared from the instance's secret");
         Ok(())
     }
@@ -716,11 +745,13 @@ impl Driver {
         if self.credential.is_none() {
             // After a restart: the credential last written for this launch.
             let id = self.secret_id(&identity);
-            let text = secrets
-                .get(&id)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("the secret {id} is gone"))?;
+            let text = bounded(
+                self.settings.timeouts.call,
+                "GetSecretValue",
+                secrets.get(&id),
+            )
+            .await?
+            .ok_or_else(|| format!("the secret {id} is gone"))?;
             self.credential = Some(InstanceSecret::parse(&text).map_err(|e| format!("{id}: {e}"))?);
         }
         let Some(secret) = self.credential.as_ref() else {
@@ -731,6 +762,7 @@ impl Driver {
         if let RunnerCredential::RegistrationToken { token, .. } = &secret.credential {
             if !self.runner.configured() {
                 let labels = naming::runner_labels(
+                    &self.settings.deployment,
                     &identity.group,
                     &identity.instance_id,
                     &self.settings.labels,
@@ -746,6 +778,9 @@ impl Driver {
                     )
                     .await
                     .map_err(|e| format!("config.sh could not run: {e}"))?;
+                if let Some(m) = runner::version_refused(&out.output) {
+                    return Err(version_refused(&m));
+                }
                 if !out.success {
                     return Err(format!("config.sh failed: {}", last_lines(&out.output)));
                 }
@@ -802,6 +837,7 @@ impl Driver {
                             Line::Listening => Event::Listening,
                             Line::JobRunning => Event::JobRunning,
                             Line::JobFinished => Event::JobFinished,
+                            Line::VersionRefused(m) => Event::Failed(version_refused(&m)),
                         };
                         let _ = tx.send(Msg::Event(event));
                     }
@@ -837,7 +873,14 @@ impl Driver {
     /// The remove token the deregistration Lambda put in the secret, if it is still valid.
     async fn remove_token(&self) -> Option<SecretString> {
         let (identity, _, secrets) = self.aws().ok()?;
-        let text = secrets.get(&self.secret_id(identity)).await.ok()??;
+        let id = self.secret_id(identity);
+        let text = bounded(
+            self.settings.timeouts.call,
+            "GetSecretValue",
+            secrets.get(&id),
+        )
+        .await
+        .ok()??;
         let secret = InstanceSecret::parse(&text).ok()?;
         secret
             .remove_token
@@ -861,9 +904,13 @@ impl Driver {
             return;
         };
         let hook = &self.settings.deregistration_hook;
-        match asg
-            .heartbeat(&identity.group, hook, &identity.instance_id)
-            .await
+        let beat = asg.heartbeat(&identity.group, hook, &identity.instance_id);
+        match bounded(
+            self.settings.timeouts.call,
+            "RecordLifecycleActionHeartbeat",
+            beat,
+        )
+        .await
         {
             Ok(done) => {
                 info!(instance_id = %identity.instance_id, hook = %hook, ?done, "heartbeat")
@@ -928,6 +975,24 @@ where
     .map_err(|e| e.to_string())
 }
 
+/// An AWS call that gets `limit` to answer (`timeouts.call`): one that hangs is an error
+/// naming the call, never a stuck agent.
+async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, PortError>>,
+) -> Result<T, String> {
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| {
+            format!(
+                "{what}: no answer within {}",
+                humantime::format_duration(limit)
+            )
+        })?
+        .map_err(|e| e.to_string())
+}
+
 fn watchdog_interval() -> Option<tokio::time::Interval> {
     let mut usec = 0;
     sd_notify::watchdog_enabled(false, &mut usec)
@@ -942,6 +1007,15 @@ fn slept() -> Option<Duration> {
     Some(d)
 }
 
+/// Why the agent gives up when GitHub refuses the runner's version: what to do about it.
+fn version_refused(message: &str) -> String {
+    format!(
+        "GitHub refuses this runner's version ({message}): the runner in the AMI is too old \
+         (it registers with --disableupdate); bake an AMI with a current actions runner \
+         (docs/usage/install.md, \"Upgrading the runner\")"
+    )
+}
+
 fn last_lines(output: &str) -> String {
     let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(3)..].join(" / ")
@@ -952,11 +1026,12 @@ async fn await_credential(
     id: String,
     newer_than: Option<chrono::DateTime<Utc>>,
     limit: Duration,
+    call: Duration,
 ) -> Msg {
     let until = tokio::time::Instant::now() + limit;
     let mut last;
     loop {
-        match secrets.get(&id).await {
+        match bounded(call, "GetSecretValue", secrets.get(&id)).await {
             Ok(Some(text)) => match InstanceSecret::parse(&text) {
                 Ok(s) if newer_than.is_none_or(|t| s.issued_at > t) => {
                     info!(secret = %id, issued_at = %s.issued_at, "new credential");
@@ -971,7 +1046,7 @@ async fn await_credential(
                 Err(e) => last = e,
             },
             Ok(None) => last = "the secret does not exist".into(),
-            Err(e) => last = e.to_string(),
+            Err(e) => last = e,
         }
         if tokio::time::Instant::now() >= until {
             return Msg::Event(Event::Failed(format!(

@@ -14,6 +14,28 @@ pub enum Line {
     Listening,
     JobRunning,
     JobFinished,
+    /// GitHub refuses the runner's version: the runner's message.
+    VersionRefused(String),
+}
+
+/// GitHub's refusal of the runner's version, in the runner's output: when it polls for
+/// messages with updates disabled ("Runner version v2.330.0 is deprecated and cannot
+/// receive messages.", then the listener exits 1), or when it registers below GitHub's
+/// floor (`config.sh`: "Your runner version is out of date and can no longer register
+/// with GitHub. ..."). The message from "Runner version" / "Your runner version" on.
+pub fn version_refused(output: &str) -> Option<String> {
+    output.lines().find_map(|line| {
+        let refused = line.contains("is deprecated and cannot receive messages")
+            || line.contains("can no longer register with GitHub");
+        if !refused {
+            return None;
+        }
+        let at = ["Your runner version", "Runner version"]
+            .iter()
+            .find_map(|start| line.find(start))
+            .unwrap_or(0);
+        Some(line[at..].trim().to_owned())
+    })
 }
 
 /// Reads one line the listener printed (`2026-11-28 12:00:00Z: Listening for Jobs`,
@@ -27,7 +49,7 @@ pub fn parse_line(line: &str) -> Option<Line> {
     } else if text.contains(" completed with result: ") {
         Some(Line::JobFinished)
     } else {
-        None
+        version_refused(text).map(Line::VersionRefused)
     }
 }
 
@@ -213,6 +235,34 @@ mod tests {
         let fixture = include_str!("../tests/fixtures/listener.log");
         let seen: Vec<Line> = fixture.lines().filter_map(parse_line).collect();
         assert_eq!(seen, [Line::Listening, Line::JobRunning, Line::JobFinished]);
+    }
+
+    #[test]
+    fn knows_github_refusing_the_runners_version() {
+        // The listener's words since v2.303 (with v2.303-2.332's typo), and the fallback
+        // of v2.314-2.336 for a 403 without a broker error.
+        for line in [
+            "An error occurred: Runner version v2.330.0 is deprecated and cannot receive messages.",
+            "An error occured: Runner version v2.320.0 is deprecated and cannot receive messages.",
+            "Error: Forbidden Runner version v2.317.0 is deprecated and cannot receive messages.",
+        ] {
+            let Some(Line::VersionRefused(m)) = parse_line(line) else {
+                panic!("{line}: not seen as a refusal");
+            };
+            assert!(m.starts_with("Runner version v2.3"), "{m}");
+        }
+        // config.sh below the registration floor: its output, several lines.
+        let config = "Http response code: NotFound from 'POST https://api.github.com/actions/runner-registration'\n\
+                      ERROR: Your runner version is out of date and can no longer register with GitHub. \
+                      The minimum runner version required to register with GitHub Actions is now 2.329.0.\n\
+                      Response status code does not indicate success: 404 (Not Found).";
+        let m = version_refused(config).unwrap();
+        assert!(m.starts_with("Your runner version is out of date") && m.ends_with("2.329.0."));
+        assert_eq!(
+            version_refused("Http response code: NotFound\nNot Found"),
+            None
+        );
+        assert_eq!(parse_line("2026-11-28 12:00:00Z: Exiting..."), None);
     }
 
     #[test]

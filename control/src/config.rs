@@ -3,6 +3,7 @@
 //! docs/usage/control-plane.md lists every variable.
 
 use std::time::Duration;
+use warmfleet_core::naming::Deployment;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{var}: {reason}")]
@@ -88,6 +89,16 @@ fn list(env: &dyn Env, var: &'static str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `WARMFLEET_DEPLOYMENT`: the deployment whose runners these are (none when unset).
+fn deployment(env: &dyn Env) -> Result<Deployment, ConfigError> {
+    Deployment::parse(&optional(env, "WARMFLEET_DEPLOYMENT").unwrap_or_default()).map_err(
+        |reason| ConfigError {
+            var: "WARMFLEET_DEPLOYMENT",
+            reason,
+        },
+    )
+}
+
 /// What every function needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Common {
@@ -100,6 +111,8 @@ pub struct Common {
     /// Time kept back from the function's deadline to finish (complete a hook with
     /// ABANDON, log, answer).
     pub deadline_margin: Duration,
+    /// Whose runners these are: every listing filters on its label.
+    pub deployment: Deployment,
 }
 
 impl Common {
@@ -116,6 +129,7 @@ impl Common {
             github_api_url: optional(env, "WARMFLEET_GITHUB_API_URL"),
             github_secret: required(env, "WARMFLEET_GITHUB_CREDENTIAL_SECRET")?,
             deadline_margin: duration(env, "WARMFLEET_DEADLINE_MARGIN", Duration::from_secs(3))?,
+            deployment: deployment(env)?,
         })
     }
 }
@@ -210,6 +224,8 @@ pub struct WebhookSettings {
     /// Labels the runners carry besides `warmfleet` and their group (as the registration
     /// function's `WARMFLEET_RUNNER_LABELS`).
     pub labels: Vec<String>,
+    /// The deployment whose label the runners carry too.
+    pub deployment: Deployment,
     /// Time kept back from the invocation's deadline to answer.
     pub deadline_margin: Duration,
 }
@@ -221,6 +237,7 @@ impl WebhookSettings {
             job_table: required(env, "WARMFLEET_JOB_TABLE")?,
             groups: groups(env)?,
             labels: list(env, "WARMFLEET_RUNNER_LABELS"),
+            deployment: deployment(env)?,
             deadline_margin: duration(env, "WARMFLEET_DEADLINE_MARGIN", Duration::from_secs(1))?,
         })
     }
@@ -325,6 +342,24 @@ mod tests {
             e.to_string(),
             "WARMFLEET_DRAIN_DELIVERY_TIMEOUT: 10s is below 30s (SSM's shortest delivery timeout)"
         );
+    }
+
+    #[test]
+    fn a_deployment_is_optional_and_checked() {
+        let s = RegistrationSettings::from_env(&BASE).unwrap();
+        assert_eq!(s.common.deployment.label(), "warmfleet");
+        let s =
+            RegistrationSettings::from_env(&[BASE[0], BASE[1], ("WARMFLEET_DEPLOYMENT", "prod")])
+                .unwrap();
+        assert_eq!(s.common.deployment.label(), "warmfleet-prod");
+        let e = RegistrationSettings::from_env(&[
+            BASE[0],
+            BASE[1],
+            ("WARMFLEET_DEPLOYMENT", "Prod EU"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "WARMFLEET_DEPLOYMENT");
+        assert!(e.reason.contains("is not a deployment id"), "{e}");
     }
 
     #[test]

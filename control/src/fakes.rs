@@ -172,6 +172,8 @@ pub struct Github {
     pub wait: Mutex<Option<std::time::Duration>>,
     /// Runners whose deletion fails as a 5xx would.
     pub undeletable: Mutex<Vec<u64>>,
+    /// Runners someone else (the sweep) deletes just before this caller does.
+    pub deleted_elsewhere: Mutex<Vec<u64>>,
     /// Runners whose custom labels were removed.
     pub unlabelled: Mutex<Vec<u64>>,
 }
@@ -261,8 +263,18 @@ impl RunnerRegistry for Github {
             return Err(server_error());
         }
         let mut runners = self.runners.lock().unwrap();
+        if self.deleted_elsewhere.lock().unwrap().contains(&id) {
+            runners.retain(|r| r.id != id);
+        }
         if runners.iter().any(|r| r.id == id && r.busy) {
             return Err(GithubError::RunnerBusy { runner_id: id });
+        }
+        // As GitHub: a runner that is not there (any more) is 404.
+        if !runners.iter().any(|r| r.id == id) {
+            return Err(GithubError::NotFound {
+                path: format!("/orgs/acme/actions/runners/{id}"),
+                message: "Not Found".into(),
+            });
         }
         runners.retain(|r| r.id != id);
         self.deleted.lock().unwrap().push(id);

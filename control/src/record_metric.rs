@@ -1,7 +1,7 @@
 //! The record_metric Lambda (every minute): how many runners of each group are idle, busy
 //! and offline, published to CloudWatch for the scaling alarms.
 //!
-//! One GitHub listing (the fleet label; 100 per page, conditional requests so an unchanged
+//! One GitHub listing (the deployment's label; 100 per page, conditional requests so an unchanged
 //! list costs no rate limit) and one DescribeAutoScalingGroups serve every group the
 //! deployment looks after; runners are told apart by their group label. A runner is busy
 //! when GitHub says so or when its instance is protected from scale-in (the agent protects
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tracing::info;
 use warmfleet_core::github::{Runner, RunnerStatus};
 use warmfleet_core::naming::{
-    FLEET_LABEL, METRIC_ALL_RUNNERS_BUSY, METRIC_BUSY_RUNNERS, METRIC_GITHUB_API_CALLS,
+    METRIC_ALL_RUNNERS_BUSY, METRIC_BUSY_RUNNERS, METRIC_GITHUB_API_CALLS,
     METRIC_GITHUB_RATE_LIMIT_REMAINING, METRIC_IDLE_RUNNERS, METRIC_OFFLINE_RUNNERS,
 };
 use warmfleet_core::patience;
@@ -64,7 +64,8 @@ impl<L: Lifecycle, G: RunnerRegistry, M: Metrics> RecordMetric<L, G, M> {
             .checked_sub(self.settings.common.deadline_margin)
             .unwrap_or_else(Instant::now);
         let calls_before = self.github.api_calls();
-        let runners = self.github.runners(Some(FLEET_LABEL), until).await?;
+        let fleet = self.settings.common.deployment.label();
+        let runners = self.github.runners(Some(&fleet), until).await?;
         let groups = &self.settings.groups;
         let instances = patience::until(until, || self.lifecycle.instances(groups)).await?;
         let calls = self.github.api_calls() - calls_before;
@@ -108,6 +109,7 @@ mod tests {
     use crate::config::Common;
     use crate::fakes;
     use std::time::Duration;
+    use warmfleet_core::naming::Deployment;
 
     fn runner(id: u64, name: &str, group: &str, online: bool, busy: bool) -> Runner {
         serde_json::from_value(serde_json::json!({
@@ -126,9 +128,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn counts_each_group_from_one_listing_and_one_describe() {
-        let h = RecordMetric {
+    type Handler = RecordMetric<fakes::Asg, fakes::Github, fakes::Cloudwatch>;
+
+    fn handler(deployment: Deployment, groups: &[&str]) -> Handler {
+        RecordMetric {
             lifecycle: fakes::Asg::default(),
             github: fakes::Github::default(),
             metrics: fakes::Cloudwatch::default(),
@@ -137,11 +140,17 @@ mod tests {
                     github_url: "https://github.com/acme".into(),
                     github_api_url: None,
                     github_secret: "gh".into(),
+                    deployment,
                     deadline_margin: Duration::from_millis(100),
                 },
-                groups: vec!["a".into(), "b".into()],
+                groups: groups.iter().map(|g| (*g).to_owned()).collect(),
             },
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_each_group_from_one_listing_and_one_describe() {
+        let h = handler(Deployment::default(), &["a", "b"]);
         *h.github.runners.lock().unwrap() = vec![
             runner(1, "i-idle", "a", true, false),
             runner(2, "i-busy", "a", true, true),
@@ -186,6 +195,36 @@ mod tests {
             .1
             .contains(&("GitHubRateLimitRemaining".to_owned(), 4999.0)));
         assert!(published[0].1.contains(&("AllRunnersBusy".to_owned(), 0.0)));
+    }
+
+    #[tokio::test]
+    async fn counts_only_its_own_deployments_runners() {
+        let h = handler(Deployment::parse("prod").unwrap(), &["a"]);
+        let of = |deployment: &str, mut r: Runner| {
+            let label = serde_json::json!({"name": format!("warmfleet-{deployment}")});
+            r.labels.push(serde_json::from_value(label).unwrap());
+            r
+        };
+        *h.github.runners.lock().unwrap() = vec![
+            of("prod", runner(1, "i-prod", "a", true, false)),
+            // Staging's group `a`, in another account: neither offline nor busy here.
+            of("staging", runner(2, "i-staging", "a", true, false)),
+            of("staging", runner(3, "i-staging-2", "a", false, false)),
+            of("staging", runner(4, "i-staging-3", "a", true, true)),
+        ];
+        *h.lifecycle.instances.lock().unwrap() = vec![instance("i-prod", "a", "InService", false)];
+        let out = h
+            .handle(Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(
+            out["a"],
+            Counts {
+                idle: 1,
+                busy: 0,
+                offline: 0
+            }
+        );
     }
 
     #[test]

@@ -207,7 +207,12 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
         let request = JitRequest {
             name: runner_name(&e.instance_id),
             runner_group_id: self.settings.runner_group_id,
-            labels: runner_labels(&e.group, &e.instance_id, &self.settings.labels),
+            labels: runner_labels(
+                &self.settings.common.deployment,
+                &e.group,
+                &e.instance_id,
+                &self.settings.labels,
+            ),
             work_folder: "_work".into(),
         };
         match self.github.jit_config(&request, until).await {
@@ -218,7 +223,11 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
                 // By name: a runner drained back into the pool has lost its labels.
                 if let Some(r) = self.github.runner_named(&request.name, until).await? {
                     warn!(runner = r.id, name = %r.name, "deleting a stale runner of the same name");
-                    self.github.delete_runner(r.id, until).await?;
+                    match self.github.delete_runner(r.id, until).await {
+                        // Gone already: the sweep deletes such runners too, and may be first.
+                        Ok(()) | Err(GithubError::NotFound { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 Ok(Some(self.github.jit_config(&request, until).await?))
             }
@@ -256,6 +265,7 @@ mod tests {
                     github_url: "https://github.com/acme".into(),
                     github_api_url: None,
                     github_secret: "gh".into(),
+                    deployment: Default::default(),
                     deadline_margin: Duration::from_millis(200),
                 },
                 mode,
@@ -420,6 +430,24 @@ mod tests {
             labels,
             ["warmfleet", "runners", "i-1234567890abcdef0", "linux"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_stale_runner_the_sweep_deletes_first_is_no_reason_to_abandon() {
+        let h = handler(Mode::Ephemeral);
+        let stale = JitRequest {
+            name: "i-1234567890abcdef0".into(),
+            runner_group_id: 1,
+            labels: vec![],
+            work_folder: "_work".into(),
+        };
+        h.github.jit_config(&stale, soon()).await.unwrap();
+        h.github.deleted_elsewhere.lock().unwrap().push(100);
+        assert_eq!(
+            h.handle(event("cold"), soon()).await.unwrap(),
+            Outcome::Registered
+        );
+        assert_eq!(completions(&h), [HookResult::Continue]);
     }
 
     #[tokio::test]

@@ -7,6 +7,42 @@
 /// Label carried by every runner warmfleet registers.
 pub const FLEET_LABEL: &str = "warmfleet";
 
+/// A deployment: what tells one installation's runners from another's in the same GitHub
+/// organisation (staging and production accounts, two regions) that may use the same group
+/// names. Its runners carry `warmfleet-<id>`, and every listing of the deployment filters
+/// on that label; without an id, on `warmfleet` alone (one deployment per organisation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Deployment(Option<String>);
+
+impl Deployment {
+    /// A deployment id: 1 to 40 lowercase letters, digits and hyphens (it becomes part of a
+    /// label); empty: none.
+    pub fn parse(id: &str) -> Result<Deployment, String> {
+        let id = id.trim();
+        if id.is_empty() {
+            return Ok(Deployment(None));
+        }
+        let fits = id.len() <= 40
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !fits {
+            return Err(format!(
+                "{id:?} is not a deployment id (1 to 40 lowercase letters, digits and hyphens)"
+            ));
+        }
+        Ok(Deployment(Some(id.to_owned())))
+    }
+
+    /// The label every listing of this deployment's runners filters on.
+    pub fn label(&self) -> String {
+        match &self.0 {
+            Some(id) => format!("{FLEET_LABEL}-{id}"),
+            None => FLEET_LABEL.to_owned(),
+        }
+    }
+}
+
 /// Prefix of every per-instance secret: `warmfleet/<asg>/<instance-id>`.
 pub const SECRET_PREFIX: &str = "warmfleet";
 
@@ -44,6 +80,9 @@ pub const METRIC_GITHUB_API_CALLS: &str = "GitHubApiCalls";
 pub const METRIC_GITHUB_RATE_LIMIT_REMAINING: &str = "GitHubRateLimitRemaining";
 /// Seconds each job waited from queued to started (from the `workflow_job` webhooks).
 pub const METRIC_JOB_QUEUE_TIME: &str = "JobQueueTime";
+/// Instances the agent gave up on (1 each): a bootstrap hook abandoned, or an instance in
+/// service marked unhealthy because its runner could not run. Published by the agent.
+pub const METRIC_FAILED_INSTANCES: &str = "FailedInstances";
 /// The one dimension of every metric.
 pub const METRIC_DIMENSION_ASG: &str = "AutoScalingGroupName";
 
@@ -52,11 +91,17 @@ pub fn runner_name(instance_id: &str) -> String {
     instance_id.to_owned()
 }
 
-/// Labels of a runner: the fleet label, the group, the instance, then the operator's own,
-/// without duplicates, in that order.
-pub fn runner_labels(asg_name: &str, instance_id: &str, extra: &[String]) -> Vec<String> {
-    let mut labels: Vec<String> = Vec::with_capacity(3 + extra.len());
-    let fixed = [FLEET_LABEL, asg_name, instance_id];
+/// Labels of a runner: the fleet label, the deployment's, the group, the instance, then
+/// the operator's own, without duplicates, in that order.
+pub fn runner_labels(
+    deployment: &Deployment,
+    asg_name: &str,
+    instance_id: &str,
+    extra: &[String],
+) -> Vec<String> {
+    let mut labels: Vec<String> = Vec::with_capacity(4 + extra.len());
+    let own = deployment.label();
+    let fixed = [FLEET_LABEL, own.as_str(), asg_name, instance_id];
     for label in fixed.into_iter().chain(extra.iter().map(String::as_str)) {
         if !label.is_empty() && !labels.iter().any(|l| l.eq_ignore_ascii_case(label)) {
             labels.push(label.to_owned());
@@ -94,10 +139,29 @@ mod tests {
     #[test]
     fn labels_start_with_fleet_group_instance_and_skip_duplicates() {
         let extra = vec!["gpu".to_owned(), "WARMFLEET".to_owned(), String::new()];
+        let none = Deployment::default();
         assert_eq!(
-            runner_labels("ci-asg", "i-0abc", &extra),
+            runner_labels(&none, "ci-asg", "i-0abc", &extra),
             ["warmfleet", "ci-asg", "i-0abc", "gpu"]
         );
+        let prod = Deployment::parse("prod-eu").unwrap();
+        assert_eq!(
+            runner_labels(&prod, "ci-asg", "i-0abc", &extra),
+            ["warmfleet", "warmfleet-prod-eu", "ci-asg", "i-0abc", "gpu"]
+        );
+    }
+
+    #[test]
+    fn a_deployment_id_becomes_a_label_or_is_refused_by_name() {
+        assert_eq!(Deployment::parse("").unwrap().label(), "warmfleet");
+        assert_eq!(
+            Deployment::parse(" 1a2b3c4d ").unwrap().label(),
+            "warmfleet-1a2b3c4d"
+        );
+        for bad in ["Prod", "a,b", "a b", "ü", &"x".repeat(41)] {
+            let e = Deployment::parse(bad).unwrap_err();
+            assert!(e.contains("is not a deployment id"), "{e}");
+        }
     }
 
     #[test]

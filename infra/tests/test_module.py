@@ -3,6 +3,7 @@ it is formatted, every input is documented, and the names it shares with the cod
 with the code's."""
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -102,6 +103,7 @@ def test_hook_metric_and_secret_names_are_the_codes():
         "all_busy": naming["METRIC_ALL_RUNNERS_BUSY"],
         "api_calls": naming["METRIC_GITHUB_API_CALLS"],
         "queue_time": naming["METRIC_JOB_QUEUE_TIME"],
+        "failed": naming["METRIC_FAILED_INSTANCES"],
     }
     assert unquote(main["job_policy"]) == naming["POLICY_JOB_QUEUED"]
     assert unquote(main["secret_prefix"]) == naming["SECRET_PREFIX"]
@@ -132,6 +134,8 @@ def test_each_lambda_gets_the_environment_its_code_reads():
         names = set(re.findall(r'"(WARMFLEET_\w+)"', body))
         if "groups(env)" in body:
             names.add("WARMFLEET_GROUPS")
+        if "deployment(env)" in body:
+            names.add("WARMFLEET_DEPLOYMENT")
         return names
     common = reads("Common")
     required = set(re.findall(r'required\(env, "(WARMFLEET_\w+)"\)', config))
@@ -212,3 +216,52 @@ def test_hook_timeouts_leave_the_agent_room():
     heartbeat = duration_seconds(timeouts["heartbeat"])
     assert hooks["${local.hooks.bootstrap}"] > credential + listen
     assert hooks["${local.hooks.deregistration}"] >= 3 * heartbeat
+
+
+def runner_labels(tmp_path, architecture, default_labels, labels):
+    """The labels module, evaluated by `terraform console` (it has no provider)."""
+    module = os.path.join(INFRA, "modules", "labels")
+    shutil.copy(os.path.join(module, "main.tf"), tmp_path)
+    args = ["-var", f"architecture={architecture}",
+            "-var", f"default_labels={str(default_labels).lower()}",
+            "-var", f"labels={json.dumps(labels)}"]
+    out = subprocess.run([shutil.which("terraform"), "console", *args],
+                         input="jsonencode(local.labels)", capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(json.loads(out.stdout.strip()))
+
+
+@pytest.mark.parametrize("architecture, default_labels, labels, expected", [
+    # The usual runs-on: [self-hosted, linux, x64] reaches a default fleet.
+    ("x86_64", True, [], ["self-hosted", "Linux", "X64"]),
+    ("arm64", True, ["gpu"], ["self-hosted", "Linux", "ARM64", "gpu"]),
+    # A label the defaults hold already, in any case, is not registered twice.
+    ("x86_64", True, ["linux", "x64", "big"], ["self-hosted", "Linux", "X64", "big"]),
+    ("x86_64", False, ["linux"], ["linux"]),
+])
+def test_runners_carry_the_usual_labels_unless_told_not_to(tmp_path, architecture,
+                                                           default_labels, labels, expected):
+    assert runner_labels(tmp_path, architecture, default_labels, labels) == expected
+
+
+def test_the_agent_and_the_lambdas_get_the_same_labels():
+    """Those the agent registers with (user data) are those the Lambdas mint JIT
+    configurations for and route queued jobs by."""
+    assert "runner_labels        = local.runner_labels" in read("infra/runners.tf")
+    lambdas = read("infra/lambdas.tf")
+    assert lambdas.count('join(",", local.runner_labels)') == 2
+    assert "var.runner_labels" not in lambdas + read("infra/runners.tf")
+    main = read("infra/main.tf")
+    assert "architecture   = data.aws_ami.runner.architecture" in main
+    assert "runner_labels = module.labels.labels" in main
+
+
+def test_every_component_of_a_deployment_gets_its_id():
+    """The agents (user data) and every Lambda list, count and label runners by the same
+    deployment label."""
+    assert "deployment           = local.deployment" in read("infra/runners.tf")
+    module = lambda_environment()
+    assert all("WARMFLEET_DEPLOYMENT" in names for names in module.values()), module
+    main = read("infra/main.tf")
+    assert 'var.deployment_id != "" ? var.deployment_id : substr(sha256(' in main

@@ -14,6 +14,8 @@ pub struct AgentSetup {
     /// The repository's `packaging/agent` (job hooks and the sleep hook).
     pub packaging: PathBuf,
     pub github_url: String,
+    /// The deployment's id (the agent's `deployment`); empty: none.
+    pub deployment: String,
     /// The runner's labels besides those the agent always gives it.
     pub labels: Vec<String>,
     /// More lines of the agent's configuration (after `[runner]`'s keys).
@@ -110,6 +112,7 @@ root=$PWD
 mkdir -p etc/warmfleet/agent.d usr/lib/systemd/system-sleep var/lib/warmfleet
 cat > etc/warmfleet/agent.toml <<EOF
 github_url = "{github_url}"
+deployment = "{deployment}"
 state_dir = "$root/var/lib/warmfleet"
 [runner]
 dir = "$root/opt/actions-runner"
@@ -130,6 +133,7 @@ chmod +x usr/lib/systemd/system-sleep/warmfleet
 "#,
             testbed = self.testbed.display(),
             github_url = self.github_url,
+            deployment = self.deployment,
             labels = toml::Value::Array(
                 self.labels
                     .iter()

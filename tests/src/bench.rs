@@ -89,7 +89,8 @@ impl World {
                 .json(&json!({"url": format!("{}/{ORG}", self.github),
                     "token": secrecy::ExposeSecret::expose_secret(&token.token),
                     "name": name, "labels": ["warmfleet", "bench", name], "runner_group": null,
-                    "replace": false, "ephemeral": false, "no_default_labels": true}))
+                    "replace": false, "ephemeral": false, "no_default_labels": true,
+                    "version": crate::runner::VERSION}))
                 .send()
                 .await?;
             if !resp.status().is_success() {

@@ -210,6 +210,7 @@ pub async fn run(args: BenchAgentArgs) -> anyhow::Result<i32> {
         testbed: std::env::current_exe().unwrap_or_default(),
         packaging: AgentSetup::packaging_dir(),
         github_url,
+        deployment: String::new(),
         labels: vec!["linux".into()],
         extra_config: String::new(),
         env: String::new(),

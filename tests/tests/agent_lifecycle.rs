@@ -31,6 +31,7 @@ fn instance_script(github_url: &str, extra_config: &str, o: &Options) -> tempfil
         testbed: TESTBED.into(),
         packaging: AgentSetup::packaging_dir(),
         github_url: github_url.to_owned(),
+        deployment: String::new(),
         labels: vec!["linux".into()],
         extra_config: extra_config.to_owned(),
         env: o.env.to_owned(),
@@ -908,6 +909,92 @@ async fn a_refused_token_abandons_the_bootstrap_with_configs_reason() {
     assert!(f.runners(&first).await.is_empty());
 }
 
+/// How many instances the agents counted in `FailedInstances` (the alarm's metric).
+async fn failures_counted(f: &Fleet) -> f64 {
+    use aws_sdk_cloudwatch::primitives::DateTime;
+    use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+    let now = std::time::SystemTime::now();
+    let stats = aws_sdk_cloudwatch::Client::new(&f.plane.aws.config)
+        .get_metric_statistics()
+        .namespace(warmfleet_core::naming::METRIC_NAMESPACE)
+        .metric_name(warmfleet_core::naming::METRIC_FAILED_INSTANCES)
+        .dimensions(
+            Dimension::builder()
+                .name(warmfleet_core::naming::METRIC_DIMENSION_ASG)
+                .value(GROUP)
+                .build(),
+        )
+        .start_time(DateTime::from(now - Duration::from_secs(3600)))
+        .end_time(DateTime::from(now + Duration::from_secs(3600)))
+        .period(3600)
+        .statistics(Statistic::Sum)
+        .send()
+        .await
+        .unwrap();
+    stats.datapoints().iter().filter_map(|d| d.sum()).sum()
+}
+
+#[tokio::test]
+async fn a_runner_version_github_no_longer_polls_is_named_counted_and_replaced() {
+    let f = fleet("persistent", "", true).await;
+    // The runner (2.330.0, --disableupdate) may register, but not receive messages.
+    f.plane
+        .github
+        .set_runner_versions(serde_json::json!({"listen": "2.331.0"}))
+        .await;
+    f.plane.aws.create(GROUP, 0, 1, 1, hooks()).await;
+    let first = f.first_instance().await;
+    eventually("the refusal named", Duration::from_secs(30), || async {
+        f.console(&first).await.contains(
+            "GitHub refuses this runner's version (Runner version v2.330.0 is deprecated and \
+             cannot receive messages.)",
+        )
+    })
+    .await;
+    // Not left in service without a runner: marked unhealthy, replaced, and counted.
+    eventually("the instance replaced", Duration::from_secs(30), || async {
+        f.plane
+            .aws
+            .instances(GROUP)
+            .await
+            .iter()
+            .all(|(i, _)| *i != first)
+    })
+    .await;
+    eventually("the failure counted", Duration::from_secs(15), || async {
+        failures_counted(&f).await >= 1.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_runner_version_github_no_longer_registers_abandons_the_launch_and_is_counted() {
+    let f = fleet("persistent", "", true).await;
+    f.plane
+        .github
+        .set_runner_versions(serde_json::json!({"register": "2.331.0"}))
+        .await;
+    f.plane.aws.create(GROUP, 0, 1, 1, hooks()).await;
+    let first = f.first_instance().await;
+    eventually(
+        "the bootstrap abandoned",
+        Duration::from_secs(30),
+        || async { f.completions(&first, "bootstrap").await == ["ABANDON"] },
+    )
+    .await;
+    let console = f.console(&first).await;
+    assert!(
+        console
+            .contains("GitHub refuses this runner's version (Your runner version is out of date"),
+        "{console}"
+    );
+    assert!(f.runners(&first).await.is_empty());
+    eventually("the failure counted", Duration::from_secs(15), || async {
+        failures_counted(&f).await >= 1.0
+    })
+    .await;
+}
+
 /// A listener that exits 2 (retryable) once, then behaves: as the real one does when it
 /// cannot open a session for a while.
 const LISTENER_EXITS_2_ONCE: &str = r#"bin=opt/actions-runner/bin
@@ -1069,8 +1156,10 @@ async fn an_idle_drain_lets_a_job_assigned_just_before_it_run_to_the_end() {
 async fn imds_not_answering_right_after_a_resume_is_asked_again() {
     let f = fleet("persistent", "", true).await;
     let instance = f.hibernated().await;
-    // Several attempts' worth of failures (the IMDS client retries each attempt too).
-    f.imds_fails(&instance, 12).await;
+    // Several attempts' worth of failures (the IMDS client retries each attempt too; the
+    // agent's wake-up check may take a few as it is thawed), well within the agent's
+    // patience (about 7 attempts).
+    f.imds_fails(&instance, 16).await;
     f.plane.aws.set_desired(GROUP, 1).await;
     // Asked again with backoff: longer than the usual waits.
     eventually("resumed into service", Duration::from_secs(90), || async {

@@ -30,11 +30,11 @@ async fn token(plane: &Plane) -> String {
     secrecy::ExposeSecret::expose_secret(&t.token).to_owned()
 }
 
-/// Keeps a runner online by polling for work, as a listener does.
-fn poll(url: String, session: String) -> tokio::task::JoinHandle<()> {
+/// Keeps a runner online by polling for work (at `url`), as a listener does.
+fn poll(url: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let _ = reqwest::get(format!("{url}/_runner/sessions/{session}/message")).await;
+            let _ = reqwest::get(&url).await;
         }
     })
 }
@@ -62,9 +62,9 @@ async fn counts_idle_busy_protected_and_offline_runners_and_publishes_them() {
     let (_, s1) = plane.github.fleet_runner(&t, idle, "runners").await;
     let (_, s2) = plane.github.fleet_runner(&t, protected, "runners").await;
     let pollers = [
-        poll(plane.github.url.clone(), s1),
-        poll(plane.github.url.clone(), s2),
-        poll(plane.github.url.clone(), busy_session),
+        poll(plane.github.poll_url(&s1)),
+        poll(plane.github.poll_url(&s2)),
+        poll(plane.github.poll_url(&busy_session)),
     ];
     plane.github.fleet_runner(&t, offline, "runners").await;
     // Another pool's runner: not this group's.

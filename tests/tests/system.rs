@@ -704,6 +704,7 @@ async fn cloud_init_alone_installs_configures_and_starts_the_agent() {
     let (instance, instance_root) = first_instance(&plane).await;
     let variables = serde_json::json!({
         "github_url": plane.github.org_url(),
+        "deployment": "system",
         "runner_mode": "persistent",
         "runner_labels": ["linux", "cloud-init"],
         "runner_group": "",
@@ -767,6 +768,8 @@ async fn cloud_init_alone_installs_configures_and_starts_the_agent() {
         .map(|l| l.as_str().or(l["name"].as_str()).unwrap())
         .collect();
     assert!(labels.contains(&"cloud-init"), "{labels:?}");
+    // The deployment cloud-init wrote: its label, which the Lambdas list by.
+    assert!(labels.contains(&"warmfleet-system"), "{labels:?}");
     assert_eq!(m.property(UNIT, "NRestarts"), "0");
     plane.aws.sole_in_service(GROUP).await;
 }

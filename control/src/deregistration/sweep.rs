@@ -8,9 +8,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 use warmfleet_core::github::{GithubError, Runner, RunnerStatus};
 use warmfleet_core::instance_secret::InstanceSecret;
-use warmfleet_core::naming::{
-    group_secret_prefix, instance_of_secret, FLEET_LABEL, HOOK_DEREGISTRATION,
-};
+use warmfleet_core::naming::{group_secret_prefix, instance_of_secret, HOOK_DEREGISTRATION};
 use warmfleet_core::patience;
 use warmfleet_core::ports::{CommandState, Commands, Lifecycle, RunnerRegistry, SecretStore};
 
@@ -22,6 +20,9 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         // Every runner (the same pages a label filter would read): a drained runner has
         // lost its labels, and only its name still ties it to its instance.
         let all = self.github.runners(None, until).await?;
+        // Another deployment's runners may carry the same group name: only this one's are
+        // looked at (by its own label).
+        let fleet = self.settings.common.deployment.label();
         let groups = &self.settings.groups;
         let in_groups = patience::until(until, || self.lifecycle.instances(groups)).await?;
         for group in groups {
@@ -40,7 +41,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                 .collect();
             let mine: Vec<&Runner> = all
                 .iter()
-                .filter(|r| r.has_label(FLEET_LABEL) && r.has_label(group))
+                .filter(|r| r.has_label(&fleet) && r.has_label(group))
                 .collect();
             self.sweep_runners(&mine, &instances, until, &mut summary)
                 .await;

@@ -23,6 +23,7 @@ fn handler() -> Handler {
                 github_url: "https://github.com/acme".into(),
                 github_api_url: None,
                 github_secret: "gh".into(),
+                deployment: Default::default(),
                 deadline_margin: Duration::from_millis(100),
             },
             groups: vec!["runners".into()],
@@ -338,6 +339,31 @@ async fn the_sweep_reconciles_both_ways_and_survives_a_failing_item() {
     assert_eq!(s.drains_sent, 1, "the lost drain is sent again");
     assert_eq!(s.marked_unhealthy, 1);
     assert_eq!(*h.lifecycle.unhealthy.lock().unwrap(), ["i-stuck"]);
+}
+
+/// A runner of deployment `deployment` (its own label), in the group `runners`.
+fn runner_of(deployment: &str, id: u64, name: &str) -> Runner {
+    serde_json::from_value(serde_json::json!({"id": id, "name": name, "status": "online",
+        "busy": false, "labels": [{"name": "warmfleet"}, {"name": format!("warmfleet-{deployment}")},
+        {"name": "runners"}, {"name": name}]}))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_sweep_leaves_another_deployments_runners_of_the_same_group_name_alone() {
+    let mut h = handler();
+    h.settings.common.deployment = warmfleet_core::naming::Deployment::parse("prod").unwrap();
+    at(&h, "i-live", "InService");
+    *h.github.runners.lock().unwrap() = vec![
+        runner_of("prod", 1, "i-live"),
+        runner_of("prod", 2, "i-orphan"),
+        // Staging's group is called `runners` too; its instances are not in this account.
+        runner_of("staging", 3, "i-staging"),
+        // Nor is a deployment's without an id this one's.
+        runner(4, "i-unnamed", false),
+    ];
+    let s = h.sweep(soon()).await.unwrap();
+    assert_eq!(*h.github.deleted.lock().unwrap(), [2], "{s:?}");
 }
 
 #[tokio::test]

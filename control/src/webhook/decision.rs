@@ -21,12 +21,12 @@ pub struct Group {
 }
 
 impl Group {
-    /// A group whose runners carry the fleet label, the group's name and `extra`, as the
-    /// registration Lambda registers them.
-    pub fn new(name: &str, extra: &[String]) -> Group {
+    /// A group whose runners carry the fleet label, the deployment's, the group's name and
+    /// `extra`, as the registration Lambda registers them.
+    pub fn new(deployment: &naming::Deployment, name: &str, extra: &[String]) -> Group {
         Group {
             name: name.to_owned(),
-            labels: naming::runner_labels(name, "", extra)
+            labels: naming::runner_labels(deployment, name, "", extra)
                 .into_iter()
                 .map(|l| l.to_lowercase())
                 .collect(),
@@ -80,10 +80,14 @@ mod tests {
         l.iter().map(|s| (*s).to_owned()).collect()
     }
 
+    fn none() -> naming::Deployment {
+        naming::Deployment::default()
+    }
+
     fn groups() -> Vec<Group> {
         vec![
-            Group::new("small", &labels(&["linux", "x64"])),
-            Group::new("large", &labels(&["linux", "x64", "large"])),
+            Group::new(&none(), "small", &labels(&["linux", "x64"])),
+            Group::new(&none(), "large", &labels(&["linux", "x64", "large"])),
         ]
     }
 
@@ -96,8 +100,12 @@ mod tests {
 
     #[test]
     fn a_group_serves_a_job_whose_every_label_its_runners_carry_in_any_case() {
-        let g = Group::new("ci-asg", &labels(&["Linux"]));
+        let g = Group::new(&none(), "ci-asg", &labels(&["Linux"]));
         assert_eq!(g.labels, ["warmfleet", "ci-asg", "linux"]);
+        let prod = naming::Deployment::parse("prod").unwrap();
+        let p = Group::new(&prod, "ci-asg", &labels(&["Linux"]));
+        assert!(p.serves(&labels(&["warmfleet-prod", "ci-asg"])));
+        assert!(!g.serves(&labels(&["warmfleet-prod", "ci-asg"])));
         assert!(g.serves(&labels(&["warmfleet"])));
         assert!(g.serves(&labels(&["WARMFLEET", "LINUX", "Ci-Asg"])));
         assert!(

@@ -79,7 +79,7 @@ impl<S: SecretStore, C: Capacity, L: JobLedger, M: Metrics> Webhook<S, C, L, M> 
         let groups = settings
             .groups
             .iter()
-            .map(|g| Group::new(g, &settings.labels))
+            .map(|g| Group::new(&settings.deployment, g, &settings.labels))
             .collect();
         Webhook {
             secrets,

@@ -30,6 +30,7 @@ fn receiver() -> Receiver {
             job_table: "jobs".into(),
             groups: vec!["small".into(), "large".into()],
             labels: vec!["linux".into()],
+            deployment: Default::default(),
             deadline_margin: Duration::from_millis(100),
         },
     )

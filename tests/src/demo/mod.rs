@@ -30,6 +30,9 @@ use tokio::time::Instant;
 use warmfleet_core::naming;
 use workload::PlannedJob;
 
+/// The demo's deployment id (the module's `deployment_id`).
+const DEPLOYMENT: &str = "demo";
+
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
     /// The fleet file (TOML, docs/usage/demo.md); without it, the documented defaults.
@@ -178,7 +181,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         testbed: std::env::current_exe().unwrap_or_default(),
         packaging: AgentSetup::packaging_dir(),
         github_url,
-        labels: fleet.runner_labels.clone(),
+        deployment: DEPLOYMENT.into(),
+        labels: fleet.labels(),
         // The agent heartbeats a drain's hook three times per heartbeat timeout, and lets an
         // idle drain settle for its default 5 s (world time).
         extra_config: format!(
@@ -201,7 +205,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         (
             "registration",
             "WARMFLEET_RUNNER_LABELS".into(),
-            fleet.runner_labels.join(","),
+            fleet.labels().join(","),
         ),
         (
             "deregistration",
@@ -211,9 +215,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         (
             "webhook",
             "WARMFLEET_RUNNER_LABELS".into(),
-            fleet.runner_labels.join(","),
+            fleet.labels().join(","),
         ),
     ];
+    // A deployment of its own, as the module gives every one: its agents and Lambdas agree.
+    for function in ["registration", "deregistration", "record-metric", "webhook"] {
+        spec.function_env
+            .push((function, "WARMFLEET_DEPLOYMENT".into(), DEPLOYMENT.into()));
+    }
     spec.webhook = fleet.webhook;
     spec.lifecycle_rules = true;
     spec.schedules = true;

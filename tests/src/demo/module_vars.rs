@@ -41,6 +41,7 @@ const SHAPING: &[&str] = &[
     "max_size",
     "idle_runners_target",
     "runner_mode",
+    "runner_default_labels",
     "runner_labels",
     "scale_out_max_step",
     "scale_out_evaluation_periods",
@@ -111,6 +112,7 @@ fn shape(given: &Map<String, Value>, mut fleet: Fleet) -> anyhow::Result<(Fleet,
         Some("ephemeral") => Mode::Ephemeral,
         _ => bail!("runner_mode: persistent or ephemeral"),
     };
+    fleet.runner_default_labels = flag("runner_default_labels")?;
     fleet.runner_labels = strings("runner_labels")?;
     fleet.scale_out_max_step = count("scale_out_max_step")?;
     fleet.scale_out_evaluation_periods = count("scale_out_evaluation_periods")?;
@@ -159,7 +161,7 @@ mod tests {
         assert_eq!((f.group.as_str(), f.min_size, f.max_size), ("ci", 0, 10));
         assert_eq!(f.idle_runner_target, 1);
         assert_eq!(f.runner_mode, Mode::Persistent);
-        assert!(f.runner_labels.is_empty());
+        assert_eq!(f.labels(), ["self-hosted", "Linux", "X64"]);
         assert_eq!(f.scale_out_max_step, 3);
         assert_eq!(
             (
@@ -190,8 +192,16 @@ mod tests {
         assert_eq!(f.runner_mode, Mode::Ephemeral);
         assert_eq!((f.idle_runner_target, f.max_size), (0, 4));
         assert!(!f.warm_pool.enabled, "spot turns the warm pool off");
-        assert_eq!(f.runner_labels, ["linux", "jit"]);
+        // linux is among the default labels already (GitHub compares without case).
+        assert_eq!(f.labels(), ["self-hosted", "Linux", "X64", "jit"]);
         assert_eq!(f.warm_pool.max_prepared_capacity, Some(6));
+        let (f, _) = shape(
+            &given(json!({"name": "bare", "runner_default_labels": false,
+                          "runner_labels": ["linux"]})),
+            Fleet::default(),
+        )
+        .unwrap();
+        assert_eq!(f.labels(), ["linux"]);
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub struct Fleet {
     /// Idle runners the alarms keep: fewer scales out, more (for 3 periods) scales in.
     pub idle_runner_target: u32,
     pub runner_mode: Mode,
-    /// Labels besides `warmfleet`, the group and the instance id.
+    /// Runners also carry `self-hosted`, `Linux` and `X64` (the testbed's instances are
+    /// x86_64), as the module's `runner_default_labels` makes them.
+    pub runner_default_labels: bool,
+    /// Labels besides `warmfleet`, the group, the instance id and the default ones.
     pub runner_labels: Vec<String>,
     /// The most instances one scale-out adds: one per missing idle runner, up to this many.
     pub scale_out_max_step: u32,
@@ -129,7 +132,8 @@ impl Default for Fleet {
             max_size: 6,
             idle_runner_target: 1,
             runner_mode: Mode::Persistent,
-            runner_labels: vec!["linux".into()],
+            runner_default_labels: true,
+            runner_labels: vec![],
             scale_out_max_step: 3,
             scale_out_evaluation_periods: 1,
             scale_in_evaluation_periods: None,
@@ -165,7 +169,8 @@ impl Default for Workload {
             length: Duration::from_secs(20 * 60),
             start: Duration::ZERO,
             job_duration: Duration::from_secs(120),
-            labels: vec!["linux".into()],
+            // The usual form, as workflows written for any self-hosted runner have it.
+            labels: ["self-hosted", "linux", "x64"].map(String::from).to_vec(),
             csv: None,
         }
     }
@@ -238,10 +243,27 @@ impl Fleet {
             .unwrap_or(self.idle_runner_target + 1)
     }
 
+    /// The labels the agent registers with and the Lambdas mint for, as the module's
+    /// `modules/labels` makes them: the default ones, then the others not already among them
+    /// (GitHub compares labels without case).
+    pub fn labels(&self) -> Vec<String> {
+        let mut labels: Vec<String> = if self.runner_default_labels {
+            ["self-hosted", "Linux", "X64"].map(String::from).to_vec()
+        } else {
+            vec![]
+        };
+        for l in &self.runner_labels {
+            if !labels.iter().any(|d| d.eq_ignore_ascii_case(l)) {
+                labels.push(l.clone());
+            }
+        }
+        labels
+    }
+
     /// Labels a runner of this fleet carries (lowercase), besides its instance id.
     pub fn runner_label_set(&self) -> Vec<String> {
         let mut labels = vec!["warmfleet".to_owned(), self.group.to_lowercase()];
-        labels.extend(self.runner_labels.iter().map(|l| l.to_lowercase()));
+        labels.extend(self.labels().iter().map(|l| l.to_lowercase()));
         labels
     }
 }

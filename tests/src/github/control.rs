@@ -1,9 +1,10 @@
 //! Test controls under `/_testbed`, a prefix no GitHub path uses: queue jobs and read their
 //! fate, read the request log, inject faults, inspect runners, ask a listener to update,
-//! rotate the personal access tokens.
+//! rotate the personal access tokens, set the oldest runner versions GitHub accepts.
 
 use super::gate::{Fault, LoggedRequest};
 use super::state::{JobRec, RunnerRec};
+use super::versions::RunnerVersions;
 use super::webhooks::{DeliveryFaults, DeliveryRec};
 use super::{now, ApiError, Shared};
 use axum::extract::{Path, State};
@@ -47,6 +48,7 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         .route("/runners", get(runners))
         .route("/runners/{id}/update", post(request_update))
         .route("/pats", put(set_pats))
+        .route("/runner-versions", put(set_runner_versions))
         .with_state(shared)
 }
 
@@ -161,6 +163,15 @@ async fn set_pats(
     }
     shared.credentials.set_pats(body.pats);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The oldest runner versions GitHub lets register and poll from now on.
+async fn set_runner_versions(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<RunnerVersions>,
+) -> StatusCode {
+    shared.world().runner_versions = body;
+    StatusCode::NO_CONTENT
 }
 
 async fn webhook_deliveries(State(shared): State<Arc<Shared>>) -> Json<Vec<DeliveryRec>> {

@@ -12,6 +12,7 @@ pub mod gate;
 pub mod rest;
 pub mod runner_api;
 pub mod state;
+pub mod versions;
 pub mod webhooks;
 
 use anyhow::Context;

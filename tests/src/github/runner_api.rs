@@ -5,7 +5,7 @@
 
 use super::state::{JobRec, Message, Registration};
 use super::{now, ApiError, Shared};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -24,6 +24,8 @@ pub struct RegisterRequest {
     pub replace: bool,
     pub ephemeral: bool,
     pub no_default_labels: bool,
+    /// The runner's version, as the real one sends it.
+    pub version: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +52,24 @@ pub struct SessionRequest {
 pub struct SessionOpened {
     pub session_id: String,
 }
+
+/// What a listener says about itself on every poll, as the real one does.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PollQuery {
+    pub version: String,
+    pub disable_update: bool,
+}
+
+/// A refused poll's body, as GitHub's broker answers it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerError {
+    pub error_kind: String,
+    pub message: String,
+}
+
+/// The `errorKind` of a poll refused for the runner's version.
+pub const RUNNER_VERSION_TOO_OLD: &str = "RunnerVersionTooOld";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -101,6 +121,13 @@ async fn register(
     Json(req): Json<RegisterRequest>,
 ) -> Result<Json<Registered>, ApiError> {
     let scope = scope_of(&shared, &req.url)?;
+    let refused = shared
+        .world()
+        .runner_versions
+        .refuse_registration(&req.version);
+    if let Some(message) = refused {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, message));
+    }
     let group = match req.runner_group.as_deref() {
         None | Some("") | Some("Default") | Some("default") => 1,
         Some(other) => {
@@ -166,7 +193,16 @@ async fn close_session(
 async fn poll(
     State(shared): State<Arc<Shared>>,
     Path(session): Path<String>,
+    Query(me): Query<PollQuery>,
 ) -> Result<Response, ApiError> {
+    let refused = (shared.world().runner_versions).refuse_messages(&me.version, me.disable_update);
+    if let Some(message) = refused {
+        let body = BrokerError {
+            error_kind: RUNNER_VERSION_TOO_OLD.into(),
+            message,
+        };
+        return Ok((StatusCode::FORBIDDEN, Json(body)).into_response());
+    }
     let deadline = tokio::time::Instant::now() + shared.poll_wait;
     loop {
         let notified = shared.changed.notified();

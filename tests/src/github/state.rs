@@ -209,6 +209,8 @@ pub struct World {
     pub jobs: BTreeMap<u64, JobRec>,
     /// Events not yet delivered to the webhook sender.
     pub events: Vec<JobEvent>,
+    /// Which runner versions may register and poll.
+    pub runner_versions: super::versions::RunnerVersions,
 }
 
 pub fn random_token(prefix: &str, len: usize) -> String {

@@ -136,8 +136,22 @@ pub async fn configure(root: &Path, args: ConfigureArgs) -> anyhow::Result<i32> 
         replace: args.replace,
         ephemeral: args.ephemeral,
         no_default_labels: args.no_default_labels,
+        version: super::VERSION.into(),
     };
     let resp = post_json(&format!("{server}/_runner/register"), &request).await?;
+    if resp.status() == reqwest::StatusCode::NOT_FOUND {
+        // As the real runner reports a refusal of its registration: the answer's body as
+        // it came, then .NET's own words; exit 1.
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or(text);
+        eprintln!("Http response code: NotFound from 'POST {server}/actions/runner-registration'");
+        eprintln!("{body}");
+        eprintln!("Response status code does not indicate success: 404 (Not Found).");
+        return Ok(1);
+    }
     if !resp.status().is_success() {
         let message = server_message(resp).await;
         return Ok(fail(format!("Http response code: {message}")));

@@ -5,7 +5,9 @@
 use super::exit;
 use super::files::{self, CredentialsFile, RunnerFile};
 use crate::github::rest::JitPayload;
-use crate::github::runner_api::{JobResult, Poll, SessionOpened, SessionRequest};
+use crate::github::runner_api::{
+    BrokerError, JobResult, Poll, PollQuery, SessionOpened, SessionRequest, RUNNER_VERSION_TOO_OLD,
+};
 use crate::github::state::JobRec;
 use anyhow::Context;
 use base64::Engine;
@@ -40,6 +42,8 @@ struct Identity {
     ephemeral: bool,
     /// Local config files to delete after an ephemeral runner's job.
     config_files: bool,
+    /// Configured with `--disableupdate` (a JIT runner may always update).
+    disable_update: bool,
 }
 
 fn stamp() -> String {
@@ -60,6 +64,7 @@ fn identity(root: &Path, args: &RunArgs) -> Result<Identity, String> {
             credential: p.credential,
             ephemeral: true,
             config_files: false,
+            disable_update: false,
         });
     }
     let runner: RunnerFile = files::read(&root.join(files::RUNNER))
@@ -73,6 +78,7 @@ fn identity(root: &Path, args: &RunArgs) -> Result<Identity, String> {
         credential: creds.data.credential,
         ephemeral: runner.ephemeral,
         config_files: true,
+        disable_update: runner.disable_update,
     })
 }
 
@@ -143,7 +149,10 @@ pub async fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
     let base = format!("{}/_runner/sessions/{session}", me.server);
     let code = loop {
         let poll = tokio::select! {
-            r = client.get(format!("{base}/message")).send() => r,
+            r = client
+                .get(format!("{base}/message"))
+                .query(&PollQuery { version: super::VERSION.into(), disable_update: me.disable_update })
+                .send() => r,
             _ = sigterm.recv() => break exit::STOPPED,
             _ = sigint.recv() => break exit::STOPPED,
         };
@@ -167,6 +176,18 @@ pub async fn run(root: &Path, args: RunArgs) -> anyhow::Result<i32> {
                 stamp()
             );
             break exit::TERMINATED;
+        }
+        if resp.status() == reqwest::StatusCode::FORBIDDEN {
+            // The one 403 of a message poll: too old a runner that may not update itself.
+            // The real listener writes GitHub's message on stderr and exits 1.
+            if let Ok(e) = resp.json::<BrokerError>().await {
+                if e.error_kind == RUNNER_VERSION_TOO_OLD {
+                    eprintln!("An error occurred: {}", e.message);
+                    break exit::TERMINATED;
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
         }
         if !resp.status().is_success() {
             println!(

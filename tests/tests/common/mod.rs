@@ -153,6 +153,19 @@ impl Github {
         assert!(resp.status().is_success(), "{}", resp.status());
     }
 
+    /// The oldest runner versions GitHub accepts from now on: `{"register": "2.329.0",
+    /// "listen": "2.331.0"}` (either may be left out).
+    pub async fn set_runner_versions(&self, versions: Value) {
+        let resp = self
+            .http
+            .put(format!("{}/_testbed/runner-versions", self.url))
+            .json(&versions)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{}", resp.status());
+    }
+
     pub async fn enqueue(&self, labels: &[&str], duration_secs: f64) -> u64 {
         let resp = self
             .post(
@@ -203,6 +216,7 @@ impl Github {
                     "url": self.org_url(), "token": token, "name": name, "labels": labels,
                     "runner_group": null, "replace": false, "ephemeral": false,
                     "no_default_labels": !default_labels,
+                    "version": warmfleet_testbed::runner::VERSION,
                 }),
             )
             .await;
@@ -260,9 +274,18 @@ impl Github {
         session["session_id"].as_str().unwrap().to_owned()
     }
 
+    /// A session's poll URL, with what the listener says about itself on each poll.
+    pub fn poll_url(&self, session: &str) -> String {
+        format!(
+            "{}/_runner/sessions/{session}/message?version={}&disable_update=true",
+            self.url,
+            warmfleet_testbed::runner::VERSION
+        )
+    }
+
     /// One poll of a session for work, as the listener makes it.
     pub async fn poll(&self, session: &str) -> Value {
-        reqwest::get(format!("{}/_runner/sessions/{session}/message", self.url))
+        reqwest::get(self.poll_url(session))
             .await
             .unwrap()
             .json()
