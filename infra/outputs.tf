@@ -72,3 +72,13 @@ output "dashboard_name" {
   description = "The CloudWatch dashboard: queue time, runners, group and warm pool, webhook deliveries."
   value       = aws_cloudwatch_dashboard.fleet.dashboard_name
 }
+
+output "deployment_id" {
+  description = "The deployment's id: its runners carry warmfleet-<id>, and its Lambdas list only those."
+  value       = local.deployment
+}
+
+output "runner_labels" {
+  description = "The labels every runner registers with besides warmfleet, warmfleet-<deployment_id>, the group's name and its instance id: what a workflow's runs-on may ask for."
+  value       = local.runner_labels
+}

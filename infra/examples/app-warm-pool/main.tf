@@ -27,3 +27,28 @@ module "runners" {
   extra_packages                = ["docker.io"]
   extra_commands                = ["usermod -aG docker runner"]
 }
+
+# What the quick start (docs/usage/quickstart.md) reads after `terraform apply`.
+output "autoscaling_group_name" {
+  value = module.runners.autoscaling_group_name
+}
+
+output "warm_pool_enabled" {
+  value = module.runners.warm_pool_enabled
+}
+
+output "runner_labels" {
+  value = module.runners.runner_labels
+}
+
+output "webhook_url" {
+  value = module.runners.webhook_url
+}
+
+output "webhook_secret_arn" {
+  value = module.runners.webhook_secret_arn
+}
+
+output "dashboard_name" {
+  value = module.runners.dashboard_name
+}
