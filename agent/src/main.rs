@@ -66,8 +66,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // workspace) is theirs alone; the agent's own files too.
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
             let settings = settings(&cli)?;
-            let driver = Driver::new(settings).map_err(anyhow::Error::msg)?;
-            Ok(match driver.run().await.map_err(anyhow::Error::msg)? {
+            let driver = Driver::new(settings)?;
+            Ok(match driver.run().await? {
                 Stop::Drained => ExitCode::SUCCESS,
                 Stop::Handover => ExitCode::from(HANDOVER_EXIT_CODE),
             })
