@@ -32,7 +32,7 @@ COMPONENTS = {
     "record-metric": ["control/src/record_metric.rs", "control/src/runtime.rs",
                       "core/src/github/credential.rs"],
     "webhook": ["control/src/webhook/mod.rs"],
-    "runner": sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "agent/src/*.rs"))),
+    "runner": sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "agent/src/**/*.rs"), recursive=True)),
 }
 
 
