@@ -37,7 +37,7 @@ test: contract-deps py-deps infra-deps checkov-deps provider-schema system-deps 
 	# only the testbed's, so build every binary first (same profile: seconds).
 	$(CARGO) build --workspace --bins
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" timeout 40m $(CARGO) test --workspace --all-targets --no-fail-fast
-	WARMFLEET_TESTBED=target/debug/warmfleet-testbed timeout 10m $(VENV)/bin/pytest -q tests/python cloud-init
+	WARMFLEET_TESTBED=target/debug/warmfleet-testbed timeout 10m $(VENV)/bin/pytest -q tests/python cloud-init packaging/ami
 	timeout 5m $(INFRA_VENV)/bin/pytest -q infra/tests
 
 ## Benchmarks (the dist profile: what ships): the Lambda binaries (target/bench/control.json) and the
@@ -100,7 +100,7 @@ $(PROVIDER_SCHEMA_STAMP):
 ## /var/cache/warmfleet; iproute2 gives each its own network namespace), cargo-deb (those
 ## tests build the package), openssl (a certificate for the package's download); terraform
 ## renders the template as the module does (on these machines already).
-SYSTEM_PACKAGES := cloud-init debootstrap systemd-container iproute2 openssl
+SYSTEM_PACKAGES := cloud-init debootstrap systemd-container iproute2 openssl packer
 # $(call apt_install_missing,PACKAGES): installs those of the Debian packages that are
 # missing, reading the package lists first (a fresh machine may have none).
 apt_install_missing = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
