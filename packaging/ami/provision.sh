@@ -43,26 +43,29 @@ case "$ID" in
 esac
 export DEBIAN_FRONTEND=noninteractive
 
-step "the agent ($AGENT_DEB)"
-apt-get update -q
-# Its dependencies (systemd, nftables) come from the distribution. Not started: it has no
-# configuration until cloud-init writes it; enabled, so that it starts after cloud-init on
-# the first boot (the unit is ordered after it).
-apt-get install -y -q "$(realpath "$AGENT_DEB")"
-systemctl enable warmfleet-agent.service
-
-step "the actions runner $RUNNER_VERSION ($arch) in $RUNNER_DIR"
+step "the actions runner $RUNNER_VERSION ($arch), checked before anything is installed"
 tarball="$(mktemp /tmp/actions-runner.XXXXXX.tar.gz)"
 trap 'rm -f "$tarball"' EXIT
 if [ -n "${RUNNER_TARBALL:-}" ]; then
   cp "$RUNNER_TARBALL" "$tarball"
 else
   url="https://github.com/actions/runner/releases/download/v$RUNNER_VERSION/actions-runner-linux-$arch-$RUNNER_VERSION.tar.gz"
-  command -v curl >/dev/null || apt-get install -y -q curl ca-certificates
+  command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl ca-certificates; }
   curl -fsSL --retry 3 -o "$tarball" "$url"
 fi
 echo "$RUNNER_SHA256  $tarball" | sha256sum --check --quiet - \
   || die "the runner tarball's SHA-256 is not $RUNNER_SHA256"
+
+step "the agent ($AGENT_DEB)"
+# Its dependencies (systemd, nftables) come from the distribution: the package lists are
+# fetched only if they are needed. Not started: it has no configuration until cloud-init
+# writes it; enabled, so that it starts after cloud-init on the first boot (the unit is
+# ordered after it).
+deb="$(realpath "$AGENT_DEB")"
+apt-get install -y -q "$deb" || { apt-get update -q && apt-get install -y -q "$deb"; }
+systemctl enable warmfleet-agent.service
+
+step "the runner in $RUNNER_DIR"
 mkdir -p "$RUNNER_DIR"
 tar -xzf "$tarball" -C "$RUNNER_DIR"
 # The runner's own list of what it needs (libicu, ...).
@@ -104,6 +107,8 @@ EOF
     cat > /etc/systemd/system/warmfleet-hibernation-swap.service <<'EOF'
 [Unit]
 Description=warmfleet: a swap file the size of RAM to hibernate into
+# No hibernation in a container (the real-systemd test's machine).
+ConditionVirtualization=!container
 DefaultDependencies=no
 After=local-fs.target
 Before=warmfleet-agent.service

@@ -94,6 +94,87 @@ fn bake(m: &Machine) -> Vec<String> {
     before
 }
 
+/// The AMI recipe's steps (packaging/ami/provision.sh), as Packer runs them on a builder,
+/// in a bare Debian root: a runner tarball whose SHA-256 does not match stops the bake
+/// before anything is installed; the right one leaves the agent installed and enabled but
+/// not started, the runner laid out for its user and not configured, hibernation's swap
+/// unit in place, and what must not be in an image gone.
+#[test]
+fn the_ami_recipe_bakes_the_agent_the_runner_and_hibernation_into_a_root() {
+    let m = Machine::new("ami");
+    let recipe = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/ami/provision.sh");
+    m.copy_in(&recipe, "/root/provision.sh");
+    m.copy_in(package(), "/root/warmfleet-agent.deb");
+    m.copy_in(
+        Path::new(common::TESTBED),
+        "/usr/local/bin/warmfleet-testbed",
+    );
+    // The testbed's fake runner, packed as a release tarball is.
+    m.sh_ok(
+        "mkdir /root/runner && warmfleet-testbed runner install /root/runner >/dev/null \
+         && tar -czf /root/runner.tar.gz -C /root/runner . && rm -r /root/runner",
+    );
+    let sha = m.sh_ok("sha256sum /root/runner.tar.gz | cut -d' ' -f1");
+    let bake = |sha: &str| {
+        format!(
+            "AGENT_DEB=/root/warmfleet-agent.deb RUNNER_VERSION=2.330.0 RUNNER_SHA256={sha} \
+             RUNNER_TARBALL=/root/runner.tar.gz bash /root/provision.sh"
+        )
+    };
+
+    let wrong = m.sh(&bake(&"0".repeat(64)));
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("the runner tarball's SHA-256 is not"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    assert!(!m.sh("dpkg -s warmfleet-agent").status.success());
+    assert!(!m.inside("/opt/actions-runner/config.sh").exists());
+
+    m.sh_ok(&bake(sha.trim()));
+    assert_eq!(
+        m.sh_ok("dpkg-query -W -f='${Status}' warmfleet-agent"),
+        "install ok installed"
+    );
+    assert_eq!(
+        m.sh_ok("systemctl is-enabled warmfleet-agent").trim(),
+        "enabled"
+    );
+    assert_eq!(
+        m.sh_ok("stat -c %U /opt/actions-runner/config.sh /opt/actions-runner/bin")
+            .trim(),
+        "runner\nrunner"
+    );
+    assert!(
+        !m.inside("/opt/actions-runner/.runner").exists(),
+        "configured in the image"
+    );
+    assert_eq!(
+        m.sh_ok("systemctl is-enabled warmfleet-hibernation-swap")
+            .trim(),
+        "enabled"
+    );
+    // Verified from the host, in the machine's root (verify does not run in an unbooted
+    // container).
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(format!("--root={}", m.root.display()))
+        .arg("/etc/systemd/system/warmfleet-hibernation-swap.service")
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && verify.stdout.is_empty() && verify.stderr.is_empty(),
+        "systemd-analyze verify: {}{}",
+        verify.stdout_text(),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        !m.sh("ls /etc/ssh/ssh_host_*").status.success(),
+        "host keys in the image"
+    );
+}
+
 fn lines(text: &str) -> Vec<String> {
     text.lines().map(str::to_owned).collect()
 }
