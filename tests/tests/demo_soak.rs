@@ -68,7 +68,12 @@ fn two_hundred_jobs_under_chaos_all_succeed_and_nothing_is_left_behind() {
         );
     }
     assert_eq!(n("/webhook/forged_accepted"), 0, "{context}");
-    assert!(n("/webhook/rejected") >= n("/webhook/forged"), "{context}");
+    // Each forgery was refused (401), unless the chaos crashed the receiver as it came
+    // (then it failed, as a genuine delivery would): none was acted on.
+    assert!(
+        n("/webhook/rejected") + n("/webhook/failed") >= n("/webhook/forged"),
+        "{context}"
+    );
     assert!(run.status.success(), "exit {:?}: {context}", run.status);
 }
 
