@@ -131,15 +131,28 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most a request may be.
 const MAX_REQUEST: u64 = 4096;
 
+/// Why a connection's request was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("no request within {0:?}")]
+    Late(Duration),
+    #[error("reading the request: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not a request: {0}")]
+    NotARequest(#[from] serde_json::Error),
+}
+
 /// Reads one request from a connection (at most 4 KiB, within `limit`).
-pub async fn read_request(stream: &mut UnixStream, limit: Duration) -> Result<Request, String> {
+pub async fn read_request(
+    stream: &mut UnixStream,
+    limit: Duration,
+) -> Result<Request, RequestError> {
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(&mut *stream, MAX_REQUEST));
     tokio::time::timeout(limit, reader.read_line(&mut line))
         .await
-        .map_err(|_| format!("no request within {limit:?}"))?
-        .map_err(|e| e.to_string())?;
-    serde_json::from_str(&line).map_err(|e| format!("not a request: {e}"))
+        .map_err(|_| RequestError::Late(limit))??;
+    Ok(serde_json::from_str(&line)?)
 }
 
 /// Who the server answers: root, the agent's own user, and the runner user.
@@ -205,7 +218,7 @@ where
             let request = match read_request(&mut stream, read_timeout).await {
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = write_reply(&mut stream, &Reply::err(e)).await;
+                    let _ = write_reply(&mut stream, &Reply::err(e.to_string())).await;
                     return;
                 }
             };

@@ -54,6 +54,16 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The agent's state file is there but cannot be read back.
+    #[error("{}: unreadable ({source})", path.display())]
+    State {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// `runner.user` cannot be the runner's user.
+    #[error("runner.user {user:?}: {reason}")]
+    RunnerUser { user: String, reason: String },
     /// Closing IMDS to the runner user failed.
     #[error("closing IMDS to runner.user: {0} (runner.block_imds = false leaves it open)")]
     ImdsGuard(String),

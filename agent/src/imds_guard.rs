@@ -7,6 +7,7 @@
 //! names, if any (the testbed's). It lives in a table of its own, replaced as a whole each
 //! time the agent starts, so it follows `runner.user`.
 
+use crate::error::AgentError;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::process::{Command, Stdio};
@@ -28,7 +29,11 @@ pub struct Target {
 }
 
 /// IMDS's addresses, and the endpoint an `AWS_EC2_METADATA_SERVICE_ENDPOINT` value names.
-pub fn targets(endpoint: Option<&str>) -> Result<Vec<Target>, String> {
+pub fn targets(endpoint: Option<&str>) -> Result<Vec<Target>, AgentError> {
+    targets_of(endpoint).map_err(AgentError::ImdsGuard)
+}
+
+fn targets_of(endpoint: Option<&str>) -> Result<Vec<Target>, String> {
     let mut all: Vec<Target> = IMDS.iter().map(|&ip| Target { ip, port: None }).collect();
     if let Some(url) = endpoint.filter(|e| !e.trim().is_empty()) {
         let parsed = url::Url::parse(url)
@@ -80,7 +85,11 @@ pub fn ruleset(uid: u32, targets: &[Target]) -> String {
 }
 
 /// Loads the script with `nft -f -`; the error carries nft's own words.
-pub fn apply(script: &str) -> Result<(), String> {
+pub fn apply(script: &str) -> Result<(), AgentError> {
+    load(script).map_err(AgentError::ImdsGuard)
+}
+
+fn load(script: &str) -> Result<(), String> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())

@@ -90,10 +90,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (running, record) =
                 match control::ask(&socket, &Request::Status, Duration::from_secs(5)).await {
                     Ok(reply) => (true, reply.status),
-                    Err(_) => (
-                        false,
-                        record::load(&settings.state_dir).map_err(anyhow::Error::msg)?,
-                    ),
+                    Err(_) => (false, record::load(&settings.state_dir)?),
                 };
             let record = record.context("the agent has not run on this instance yet")?;
             if *json {

@@ -2,6 +2,7 @@
 //! the newest credential it used (by issue time, never the token), its listener, and what
 //! `warmfleet-agent status` shows. Written atomically after every change; it holds no secret.
 
+use crate::error::AgentError;
 use crate::machine::State;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -66,14 +67,14 @@ pub fn path(state_dir: &Path) -> PathBuf {
 }
 
 /// The record in `state_dir`; `None` when there is none yet.
-pub fn load(state_dir: &Path) -> Result<Option<Record>, String> {
+pub fn load(state_dir: &Path) -> Result<Option<Record>, AgentError> {
     let file = path(state_dir);
     match std::fs::read(&file) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| format!("{}: unreadable ({e})", file.display())),
+            .map_err(|source| AgentError::State { path: file, source }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("{}: {e}", file.display())),
+        Err(source) => Err(AgentError::File { path: file, source }),
     }
 }
 
@@ -107,6 +108,9 @@ mod tests {
         save(dir.path(), &r).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(r));
         std::fs::write(path(dir.path()), "{").unwrap();
-        assert!(load(dir.path()).unwrap_err().contains("state.json"));
+        assert!(load(dir.path())
+            .unwrap_err()
+            .to_string()
+            .contains("state.json"));
     }
 }

@@ -4,6 +4,7 @@
 //! listener's output is appended to a log file the agent reads back (`parse_line` is the
 //! pure half), so a restarted agent can pick up a listener that outlived it.
 
+use crate::error::AgentError;
 use secrecy::{ExposeSecret, SecretString};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -64,23 +65,25 @@ pub struct RunAs {
 impl RunAs {
     /// The runner user: switched to when the agent runs as root; when it does not, the user
     /// must be the agent's own.
-    pub fn lookup(user: &str) -> Result<Option<RunAs>, String> {
+    pub fn lookup(user: &str) -> Result<Option<RunAs>, AgentError> {
+        let refused = |reason: String| AgentError::RunnerUser {
+            user: user.to_owned(),
+            reason,
+        };
         let me = nix::unistd::geteuid();
         let found = nix::unistd::User::from_name(user)
-            .map_err(|e| format!("runner.user {user:?}: cannot be looked up: {e}"))?
-            .ok_or_else(|| format!("runner.user {user:?}: no such user"))?;
+            .map_err(|e| refused(format!("cannot be looked up: {e}")))?
+            .ok_or_else(|| refused("no such user".into()))?;
         if found.uid == me {
             return Ok(None);
         }
         if !me.is_root() {
-            return Err(format!(
-                "runner.user {user:?}: the agent runs as uid {me} and can only switch users as root"
-            ));
+            return Err(refused(format!(
+                "the agent runs as uid {me} and can only switch users as root"
+            )));
         }
         if found.uid.is_root() {
-            return Err(format!(
-                "runner.user {user:?}: the runner must not run as root"
-            ));
+            return Err(refused("the runner must not run as root".into()));
         }
         Ok(Some(RunAs {
             uid: found.uid.as_raw(),

@@ -299,9 +299,8 @@ impl Driver {
             return Ok(());
         };
         let endpoint = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT").ok();
-        let targets = imds_guard::targets(endpoint.as_deref()).map_err(AgentError::ImdsGuard)?;
-        imds_guard::apply(&imds_guard::ruleset(run_as.uid, &targets))
-            .map_err(AgentError::ImdsGuard)?;
+        let targets = imds_guard::targets(endpoint.as_deref())?;
+        imds_guard::apply(&imds_guard::ruleset(run_as.uid, &targets))?;
         info!(
             uid = run_as.uid,
             table = imds_guard::TABLE,

@@ -134,10 +134,8 @@ impl Driver {
         // Traversable by the runner user (its job hooks reach the socket in it) under the
         // agent's umask 077; the files in it have modes of their own.
         set_mode(&settings.state_dir, 0o755)?;
-        let record = record::load(&settings.state_dir)
-            .map_err(AgentError::Setup)?
-            .unwrap_or_default();
-        let run_as = RunAs::lookup(&settings.runner_user).map_err(AgentError::Setup)?;
+        let record = record::load(&settings.state_dir)?.unwrap_or_default();
+        let run_as = RunAs::lookup(&settings.runner_user)?;
         let socket = control::socket(&settings.state_dir);
         let exe = std::env::current_exe()
             .map_err(|e| AgentError::Setup(format!("the agent's own path: {e}")))?;
