@@ -208,7 +208,7 @@ fn forgery(body: &str) -> String {
 /// before it (GitHub promises no order; a slow answer does not hold the next delivery back).
 async fn sender(target: Target, mut queue: mpsc::UnboundedReceiver<Delivery>) {
     while let Some(d) = queue.recv().await {
-        let guid = crate::aws::json::uuid(&mut rand::thread_rng());
+        let guid = crate::aws::protocol::json::uuid(&mut rand::thread_rng());
         let faults = if d.event == "workflow_job" {
             lock(&target.chaos.faults).clone()
         } else {
@@ -228,7 +228,7 @@ async fn sender(target: Target, mut queue: mpsc::UnboundedReceiver<Delivery>) {
         let target = target.clone();
         let send = async move {
             if forge {
-                let forged = crate::aws::json::uuid(&mut rand::thread_rng());
+                let forged = crate::aws::protocol::json::uuid(&mut rand::thread_rng());
                 target
                     .post(d.event, &forged, forgery(&d.body), Some(Fault::Forged))
                     .await;

@@ -5,7 +5,7 @@ use super::model::{
     ActionRef, Asg, AsgError, Group, Hook, HookResult, Instance, PoolState, Transition, WarmPool,
 };
 use super::policy::{policy_arn, AdjustmentType, Kind, Policy, Step};
-use crate::aws::query::{Params, QueryError, Xml};
+use crate::aws::protocol::query::{Params, QueryError, Xml};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 

@@ -14,8 +14,8 @@
 
 pub mod wire;
 
-use super::json::{strings, JsonError};
 use super::{ACCOUNT, REGION};
+use crate::aws::protocol::json::{strings, JsonError};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 

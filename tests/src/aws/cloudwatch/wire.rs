@@ -11,8 +11,8 @@
 //! Errors carry `x-amzn-query-error: <Code>;Sender` as CloudWatch's `awsQueryCompatible`
 //! trait asks, so every SDK sees the same error codes.
 
-use crate::aws::json::JsonError;
-use crate::aws::query::{self, QueryError};
+use crate::aws::protocol::json::JsonError;
+use crate::aws::protocol::query::{self, QueryError};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use ciborium::Value as Cbor;
@@ -217,7 +217,7 @@ pub fn answer(protocol: Protocol, op: &str, v: &Value, request_id: &str) -> Resp
             )
                 .into_response()
         }
-        Protocol::Json => crate::aws::json::answer("1.0", v),
+        Protocol::Json => crate::aws::protocol::json::answer("1.0", v),
         Protocol::Query => {
             let mut body = String::new();
             xml(v, "", &mut body);
@@ -251,7 +251,7 @@ pub fn error(protocol: Protocol, e: &JsonError, request_id: &str) -> Response {
                 .into_response()
         }
         Protocol::Json => {
-            let mut r = crate::aws::json::error("1.0", e);
+            let mut r = crate::aws::protocol::json::error("1.0", e);
             if let Ok(v) = query_error.parse() {
                 r.headers_mut().insert("x-amzn-query-error", v);
             }

@@ -3,9 +3,9 @@
 //! hooks (`usr/lib/systemd/system-sleep/*` with `pre hibernate`) and stops the group
 //! (SIGSTOP); resume continues it (SIGCONT) and runs the hooks with `post hibernate`.
 
-use super::autoscaling::model::Effect;
 use super::imds::{self, MetadataSource};
-use super::ssm::Ended;
+use crate::aws::autoscaling::model::Effect;
+use crate::aws::ssm::Ended;
 use anyhow::Context;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 /// The pins, shared with the project's own Python tests.
-const REQUIREMENTS: &str = include_str!("../../python/requirements.txt");
+const REQUIREMENTS: &str = include_str!("../../../python/requirements.txt");
 
 pub struct Moto {
     pub url: String,

@@ -23,7 +23,7 @@ pub trait MetadataSource: Send + Sync + 'static {
     fn tags(&self, instance: &str) -> Vec<(String, String)>;
 }
 
-use super::{REGION, ZONE};
+use crate::aws::{REGION, ZONE};
 const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
 const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
 

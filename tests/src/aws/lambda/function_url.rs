@@ -77,7 +77,7 @@ pub fn event(i: &Incoming) -> Value {
     };
     let url_id = format!("{:0<32}", i.function.replace(['-', '_'], "").to_lowercase());
     let url_id: String = url_id.chars().take(32).collect();
-    let domain = format!("{url_id}.lambda-url.{}.on.aws", super::REGION);
+    let domain = format!("{url_id}.lambda-url.{}.on.aws", crate::aws::REGION);
     let user_agent = headers
         .get("user-agent")
         .cloned()

@@ -5,9 +5,9 @@
 //! This module is the pure model: what matches, what is due, what to deliver when. The world
 //! (`super`) turns its answers into invocations.
 
-use super::json::{required, strings, uuid, JsonError};
-use super::lambda::function_name;
-use super::{ACCOUNT, REGION};
+use crate::aws::lambda::function_name;
+use crate::aws::protocol::json::{required, strings, uuid, JsonError};
+use crate::aws::{ACCOUNT, REGION};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};

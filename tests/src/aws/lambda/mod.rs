@@ -8,7 +8,9 @@
 //! invocation gets a new process. Invocations from events are asynchronous: a failed one is
 //! retried up to `retries` times, 1 and then 2 minutes (world time) later, as AWS does.
 
-use super::Clock;
+pub mod function_url;
+
+use crate::aws::Clock;
 use crate::lock;
 use anyhow::Context;
 use axum::body::Bytes;
@@ -30,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{ACCOUNT, REGION};
+use crate::aws::{ACCOUNT, REGION};
 
 /// One function, as a world file or a test declares it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -264,7 +266,7 @@ impl Lambda {
         let index = {
             let mut records = lock(&self.records);
             records.push(Invocation {
-                request_id: super::json::uuid(&mut rand::thread_rng()),
+                request_id: crate::aws::protocol::json::uuid(&mut rand::thread_rng()),
                 function: function.to_owned(),
                 source: source.to_owned(),
                 attempt: retry.as_ref().map_or(0, |r| r.attempt),

@@ -11,7 +11,7 @@
 //! when it is back; it ends `TimedOut` ("Delivery Timed Out") if that takes longer than the
 //! command's `TimeoutSeconds`, and `Failed` ("Undeliverable") if the instance goes away.
 
-use super::json::{required, strings, JsonError};
+use crate::aws::protocol::json::{required, strings, JsonError};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -387,7 +387,7 @@ impl Ssm {
                 format!(
                     "Instances [{}] not in a valid state for account {}",
                     list.join(", "),
-                    super::ACCOUNT
+                    crate::aws::ACCOUNT
                 ),
             ));
         }
