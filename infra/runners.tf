@@ -144,6 +144,28 @@ resource "aws_autoscaling_group" "runners" {
     }
   }
 
+  # A new launch template version (a new AMI, agent or setting) rolls through the group:
+  # each replacement launches before an old instance goes (min 100 %), in-service
+  # instances first, then the warm pool. A busy instance is replaced too ("Refresh"): it
+  # enters the terminate hook, whose drain lets its job finish (heartbeated) before it
+  # goes; "Wait" would fail the whole refresh after an hour of any longer job, "Ignore"
+  # would leave busy instances on the old version.
+  dynamic "instance_refresh" {
+    for_each = var.instance_refresh ? [1] : []
+    content {
+      strategy = "Rolling"
+      preferences {
+        min_healthy_percentage       = 100
+        max_healthy_percentage       = var.instance_refresh_max_healthy_percentage
+        instance_warmup              = var.instance_warmup_seconds
+        skip_matching                = true
+        scale_in_protected_instances = "Refresh"
+        standby_instances            = "Ignore"
+        auto_rollback                = false
+      }
+    }
+  }
+
   dynamic "tag" {
     for_each = local.tags
     content {

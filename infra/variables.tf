@@ -221,6 +221,22 @@ variable "instance_warmup_seconds" {
   default     = 120
 }
 
+variable "instance_refresh" {
+  description = "Roll every instance (warm pool included) onto a new launch template version when it changes (a new AMI, agent or setting), without interrupting a job: replacements launch first, busy instances drain through the terminate hook. false: new instances get the new version, old ones stay until they go."
+  type        = bool
+  default     = true
+}
+
+variable "instance_refresh_max_healthy_percentage" {
+  description = "How far above the desired capacity a refresh may launch replacements (100 to 200): 100 replaces one instance at a time, more replaces more at once."
+  type        = number
+  default     = 110
+  validation {
+    condition     = var.instance_refresh_max_healthy_percentage >= 100 && var.instance_refresh_max_healthy_percentage <= 200
+    error_message = "instance_refresh_max_healthy_percentage: 100 to 200."
+  }
+}
+
 variable "scale_in_max_step" {
   description = "The most instances one scale-in removes: one per idle runner above the target, up to this many."
   type        = number
