@@ -1,6 +1,7 @@
 //! The runner under the driver: configuring it and starting its listener, following the
 //! listener's output and end, removing the runner.
 
+use super::calls::bounded;
 use super::{Driver, Follow, Msg};
 use crate::error::AgentError;
 use crate::listener_log::{read_new_lines, LogChanges};
@@ -12,8 +13,6 @@ use tracing::{info, warn};
 use warmfleet_core::instance_secret::{InstanceSecret, RunnerCredential};
 use warmfleet_core::naming;
 use warmfleet_core::ports::SecretStore;
-
-use super::calls::bounded;
 
 impl Driver {
     pub(super) fn jit_config(&self) -> Option<SecretString> {

@@ -78,6 +78,9 @@ pub struct WebhookCounts {
     pub forged: usize,
     /// Forgeries the receiver accepted (must be 0).
     pub forged_accepted: usize,
+    /// Forgeries that got no 4xx because the receiver was down (chaos crashed it): neither
+    /// refused nor acted on.
+    pub forged_failed: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -262,8 +265,17 @@ pub fn webhooks(deliveries: &[DeliveryRec]) -> WebhookCounts {
                         }
                     }
                     400..=499 => c.rejected += 1,
-                    _ => c.failed += 1,
+                    _ => {
+                        c.failed += 1;
+                        if d.fault == Some(Fault::Forged) {
+                            c.forged_failed += 1;
+                        }
+                    }
                 }
+            }
+            None if d.fault == Some(Fault::Forged) => {
+                c.failed += 1;
+                c.forged_failed += 1;
             }
             None if d.fault != Some(Fault::Dropped) => c.failed += 1,
             None => {}
@@ -477,20 +489,22 @@ mod tests {
             d(Some(Fault::Dropped), None),
             d(Some(Fault::Forged), Some(401)),
             d(Some(Fault::Forged), Some(202)),
+            d(Some(Fault::Forged), Some(502)),
             d(None, None),
         ]);
         assert_eq!(
             c,
             WebhookCounts {
-                received: 5,
+                received: 6,
                 accepted: 3,
                 rejected: 1,
-                failed: 2,
+                failed: 3,
                 dropped: 1,
                 delayed: 1,
                 duplicated: 1,
-                forged: 2,
+                forged: 3,
                 forged_accepted: 1,
+                forged_failed: 1,
             }
         );
     }
