@@ -81,3 +81,44 @@ def test_old_and_unhealthy_instances_are_replaced(world):
     world.asg.set_instance_health(InstanceId=sick, HealthStatus="Unhealthy")
     world.until("replaced", lambda: world.instances("sick"),
                 lambda xs: len(xs) == 1 and xs[0][0] != sick and xs[0][1] == "InService")
+
+
+@pytest.mark.parametrize("world", [60], indirect=True)
+def test_an_instance_refresh_replaces_every_old_instance_one_ahead(world):
+    template = {"LaunchTemplateName": "runners", "Version": "1"}
+    world.create("rf", 0, 4, 2, LaunchTemplate=template)
+    old = world.until("in service", lambda: world.instances("rf"), all_in("InService", 2))
+    world.asg.update_auto_scaling_group(AutoScalingGroupName="rf",
+                                        LaunchTemplate={**template, "Version": "2"})
+    refresh_id = world.asg.start_instance_refresh(
+        AutoScalingGroupName="rf",
+        Preferences={"MinHealthyPercentage": 100, "MaxHealthyPercentage": 150, "InstanceWarmup": 30,
+                     "SkipMatching": True, "ScaleInProtectedInstances": "Refresh",
+                     "StandbyInstances": "Ignore"})["InstanceRefreshId"]
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        world.asg.start_instance_refresh(AutoScalingGroupName="rf")
+    assert err.value.response["Error"]["Code"] == "InstanceRefreshInProgress"
+
+    def refresh():
+        [r] = world.asg.describe_instance_refreshes(
+            AutoScalingGroupName="rf", InstanceRefreshIds=[refresh_id])["InstanceRefreshes"]
+        return r
+
+    done = world.until("refreshed", refresh, lambda r: r["Status"] == "Successful")
+    assert (done["PercentageComplete"], done["InstancesToUpdate"]) == (100, 0)
+    assert done["ProgressDetails"]["LivePoolProgress"]["InstancesToUpdate"] == 0
+    assert done["Preferences"]["ScaleInProtectedInstances"] == "Refresh"
+    assert done["EndTime"] >= done["StartTime"]
+    [group] = world.asg.describe_auto_scaling_groups(AutoScalingGroupNames=["rf"])["AutoScalingGroups"]
+    assert group["LaunchTemplate"] == {**template, "Version": "2"}
+    now = group["Instances"]
+    assert [i["LaunchTemplate"]["Version"] for i in now] == ["2", "2"]
+    assert not {i["InstanceId"] for i in now} & {iid for iid, _ in old}
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        world.asg.cancel_instance_refresh(AutoScalingGroupName="rf")
+    assert err.value.response["Error"]["Code"] == "ActiveInstanceRefreshNotFound"
+    # What the testbed does not model is refused, not ignored.
+    with pytest.raises(botocore.exceptions.ClientError) as err:
+        world.asg.start_instance_refresh(AutoScalingGroupName="rf",
+                                         Preferences={"CheckpointPercentages": [50, 100]})
+    assert "does not model" in err.value.response["Error"]["Message"]

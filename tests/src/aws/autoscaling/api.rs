@@ -2,9 +2,11 @@
 //! answered in AWS's XML shapes.
 
 use super::model::{
-    ActionRef, Asg, AsgError, Group, Hook, HookResult, Instance, PoolState, Transition, WarmPool,
+    ActionRef, Asg, AsgError, Group, Hook, HookResult, Instance, LaunchTemplate, PoolState,
+    Transition, WarmPool,
 };
 use super::policy::{policy_arn, AdjustmentType, Kind, Policy, Step};
+use super::refresh::{Preferences, Protected, Refresh};
 use crate::aws::protocol::query::{Params, QueryError, Xml};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
@@ -17,6 +19,8 @@ impl From<AsgError> for QueryError {
         let code = match e {
             AsgError::Validation(_) => "ValidationError",
             AsgError::AlreadyExists(_) => "AlreadyExists",
+            AsgError::RefreshInProgress(_) => "InstanceRefreshInProgress",
+            AsgError::NoActiveRefresh(_) => "ActiveInstanceRefreshNotFound",
         };
         QueryError {
             status: axum::http::StatusCode::BAD_REQUEST,
@@ -93,6 +97,110 @@ fn which<'a>(p: &'a Params) -> Result<ActionRef<'a>, QueryError> {
     }
 }
 
+/// `LaunchTemplate.*` of CreateAutoScalingGroup and UpdateAutoScalingGroup, if given.
+fn launch_template_from(p: &Params) -> Result<Option<LaunchTemplate>, QueryError> {
+    let id = p.get("LaunchTemplate.LaunchTemplateId").map(str::to_owned);
+    let name = p
+        .get("LaunchTemplate.LaunchTemplateName")
+        .map(str::to_owned);
+    let version = p.get("LaunchTemplate.Version");
+    match (&id, &name) {
+        (None, None) if version.is_none() => Ok(None),
+        (None, None) => Err(QueryError::validation(
+            "Valid requests must contain either LaunchTemplateId or LaunchTemplateName",
+        )),
+        (Some(_), Some(_)) => Err(QueryError::validation(
+            "Valid requests must contain either LaunchTemplateId or LaunchTemplateName, not both",
+        )),
+        _ => Ok(Some(LaunchTemplate {
+            id,
+            name,
+            version: version.unwrap_or("$Default").to_owned(),
+        })),
+    }
+}
+
+fn launch_template_xml(x: &mut Xml, t: Option<&LaunchTemplate>) {
+    if let Some(t) = t {
+        x.open("LaunchTemplate")
+            .opt("LaunchTemplateId", t.id.as_ref())
+            .opt("LaunchTemplateName", t.name.as_ref())
+            .field("Version", &t.version)
+            .close("LaunchTemplate");
+    }
+}
+
+/// StartInstanceRefresh's `Preferences.*`, with AWS's defaults for what is left out (the
+/// group's health check grace period, 300 s, for the warm-up).
+fn preferences_from(p: &Params) -> Result<Preferences, QueryError> {
+    let protected = |name: &str| -> Result<Protected, QueryError> {
+        let value = p.get(name).unwrap_or("Wait");
+        Protected::parse(value).ok_or_else(|| {
+            QueryError::validation(format!(
+                "Invalid {name} {value}: must be Refresh, Ignore or Wait"
+            ))
+        })
+    };
+    let standby = p.get("Preferences.StandbyInstances").unwrap_or("Wait");
+    if !["Terminate", "Ignore", "Wait"].contains(&standby) {
+        return Err(QueryError::validation(format!(
+            "Invalid Preferences.StandbyInstances {standby}: must be Terminate, Ignore or Wait"
+        )));
+    }
+    Ok(Preferences {
+        min_healthy: p.u32("Preferences.MinHealthyPercentage")?.unwrap_or(90),
+        max_healthy: p.u32("Preferences.MaxHealthyPercentage")?.unwrap_or(100),
+        warmup: secs(p, "Preferences.InstanceWarmup")?.unwrap_or(Duration::from_secs(300)),
+        skip_matching: p.bool("Preferences.SkipMatching")?.unwrap_or(false),
+        protected: protected("Preferences.ScaleInProtectedInstances")?,
+        standby: standby.to_owned(),
+    })
+}
+
+fn refresh_xml(x: &mut Xml, r: &Refresh, asg: &Asg, ts: &Timestamps) {
+    let left = r.left(asg);
+    // Nothing to update is done.
+    let percent = |total: u32, left: u32| {
+        (total.saturating_sub(left) * 100)
+            .checked_div(total)
+            .unwrap_or(100)
+    };
+    let p = &r.preferences;
+    x.open("member")
+        .field("InstanceRefreshId", &r.id)
+        .field("AutoScalingGroupName", &r.group)
+        .field("Status", r.status.as_str())
+        .opt("StatusReason", r.reason.as_ref())
+        .field("StartTime", ts.at(r.started))
+        .opt("EndTime", r.ended.map(|t| ts.at(t)))
+        .field(
+            "PercentageComplete",
+            percent(r.live_total + r.warm_total, left.live + left.warm),
+        )
+        .field("InstancesToUpdate", left.live + left.warm)
+        .open("ProgressDetails")
+        .open("LivePoolProgress")
+        .field("PercentageComplete", percent(r.live_total, left.live))
+        .field("InstancesToUpdate", left.live)
+        .close("LivePoolProgress")
+        .open("WarmPoolProgress")
+        .field("PercentageComplete", percent(r.warm_total, left.warm))
+        .field("InstancesToUpdate", left.warm)
+        .close("WarmPoolProgress")
+        .close("ProgressDetails")
+        .open("Preferences")
+        .field("MinHealthyPercentage", p.min_healthy)
+        .field("MaxHealthyPercentage", p.max_healthy)
+        .field("InstanceWarmup", p.warmup.as_secs())
+        .field("SkipMatching", p.skip_matching)
+        .field("AutoRollback", false)
+        .field("ScaleInProtectedInstances", p.protected.as_str())
+        .field("StandbyInstances", &p.standby)
+        .close("Preferences")
+        .field("Strategy", "Rolling")
+        .close("member");
+}
+
 fn instance_xml(x: &mut Xml, i: &Instance, with_group: bool) {
     x.field("InstanceId", &i.id)
         .field("InstanceType", "m7g.large");
@@ -116,6 +224,7 @@ fn instance_xml(x: &mut Xml, i: &Instance, with_group: bool) {
             },
         )
         .field("ProtectedFromScaleIn", i.protected);
+    launch_template_xml(x, i.launch_template.as_ref());
 }
 
 fn warm_pool_xml(x: &mut Xml, pool: &WarmPool) {
@@ -166,6 +275,7 @@ fn group_xml(x: &mut Xml, g: &Group, asg: &Asg, ts: &Timestamps) {
             "MaxInstanceLifetime",
             g.max_instance_lifetime.map(|d| d.as_secs()),
         );
+    launch_template_xml(x, g.launch_template.as_ref());
     x.open("Instances");
     for i in members.iter().filter(|i| !i.state.is_warmed()) {
         x.open("member");
@@ -440,6 +550,7 @@ pub fn handle(
                     spot,
                     hooks: vec![],
                     warm_pool: None,
+                    launch_template: launch_template_from(p)?,
                     created_at: now,
                 },
                 now,
@@ -458,7 +569,66 @@ pub fn handle(
                 secs(p, "MaxInstanceLifetime")?,
                 p.bool("NewInstancesProtectedFromScaleIn")?,
             )?;
+            if let Some(template) = launch_template_from(p)? {
+                asg.set_launch_template(p.required("AutoScalingGroupName")?, template)?;
+            }
             Ok(None)
+        }
+        "StartInstanceRefresh" => {
+            let group = p.required("AutoScalingGroupName")?;
+            match p.get("Strategy").unwrap_or("Rolling") {
+                "Rolling" => {}
+                other => {
+                    return Err(QueryError::validation(format!(
+                        "The testbed models only the Rolling strategy, not {other}"
+                    )))
+                }
+            }
+            // What AWS has and the testbed does not model is refused, not ignored.
+            let unmodelled = [
+                "DesiredConfiguration.",
+                "Preferences.CheckpointPercentages",
+                "Preferences.AlarmSpecification",
+                "Preferences.BakeTime",
+            ];
+            if let Some((key, _)) = p
+                .pairs()
+                .into_iter()
+                .find(|(k, _)| unmodelled.iter().any(|u| k.starts_with(u)))
+            {
+                return Err(QueryError::validation(format!(
+                    "The testbed does not model {key} in an instance refresh"
+                )));
+            }
+            if p.bool("Preferences.AutoRollback")? == Some(true) {
+                return Err(QueryError::validation(
+                    "AutoRollback requires a DesiredConfiguration",
+                ));
+            }
+            let id = asg.start_refresh(group, preferences_from(p)?, now)?;
+            x.field("InstanceRefreshId", id);
+            Ok(Some(x.text()))
+        }
+        "DescribeInstanceRefreshes" => {
+            let group = p.required("AutoScalingGroupName")?;
+            asg.group(group)?;
+            let ids = p.list("InstanceRefreshIds");
+            x.open("InstanceRefreshes");
+            for r in asg
+                .refreshes
+                .iter()
+                .rev()
+                .filter(|r| r.group == group && (ids.is_empty() || ids.contains(&r.id)))
+            {
+                refresh_xml(&mut x, r, asg, ts);
+            }
+            x.close("InstanceRefreshes");
+            Ok(Some(x.text()))
+        }
+        "CancelInstanceRefresh" => {
+            let id = asg.cancel_refresh(p.required("AutoScalingGroupName")?)?;
+            x.field("InstanceRefreshId", id);
+            Ok(Some(x.text()))
         }
         "SetDesiredCapacity" => {
             let desired = p

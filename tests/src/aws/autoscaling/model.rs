@@ -59,7 +59,7 @@ impl State {
         }
     }
 
-    fn in_group_capacity(self) -> bool {
+    pub(crate) fn in_group_capacity(self) -> bool {
         matches!(
             self,
             State::Pending | State::PendingWait | State::PendingProceed | State::InService
@@ -182,6 +182,16 @@ pub struct WarmPool {
     pub reuse_on_scale_in: bool,
 }
 
+/// The launch template a group launches from, as `LaunchTemplate` names it: by id or by
+/// name, and a version (a number, `$Latest` or `$Default`, kept as given: the testbed has no
+/// EC2 launch templates to resolve them against).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LaunchTemplate {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub version: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Group {
     pub name: String,
@@ -194,6 +204,7 @@ pub struct Group {
     pub spot: bool,
     pub hooks: Vec<Hook>,
     pub warm_pool: Option<WarmPool>,
+    pub launch_template: Option<LaunchTemplate>,
     pub created_at: Duration,
 }
 
@@ -212,6 +223,7 @@ impl Group {
             spot: false,
             hooks: vec![],
             warm_pool: None,
+            launch_template: None,
             created_at: Duration::ZERO,
         }
     }
@@ -236,6 +248,8 @@ pub struct Instance {
     pub healthy: bool,
     pub protected: bool,
     pub launched_at: Duration,
+    /// The group's launch template when it launched (an instance keeps it, warm or not).
+    pub launch_template: Option<LaunchTemplate>,
     /// Where the current transition comes from and goes to.
     pub origin: Place,
     pub destination: Place,
@@ -289,17 +303,24 @@ pub enum AsgError {
     Validation(String),
     /// AWS's `AlreadyExists`.
     AlreadyExists(String),
+    /// AWS's `InstanceRefreshInProgress`: a refresh is already under way.
+    RefreshInProgress(String),
+    /// AWS's `ActiveInstanceRefreshNotFound`: no refresh to cancel.
+    NoActiveRefresh(String),
 }
 
 impl fmt::Display for AsgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AsgError::Validation(m) | AsgError::AlreadyExists(m) => f.write_str(m),
+            AsgError::Validation(m)
+            | AsgError::AlreadyExists(m)
+            | AsgError::RefreshInProgress(m)
+            | AsgError::NoActiveRefresh(m) => f.write_str(m),
         }
     }
 }
 
-fn invalid(m: impl Into<String>) -> AsgError {
+pub(super) fn invalid(m: impl Into<String>) -> AsgError {
     AsgError::Validation(m.into())
 }
 
@@ -317,6 +338,8 @@ pub struct Asg {
     pub policies: Vec<super::policy::Policy>,
     /// When a simple scaling policy last changed each group (for cooldowns).
     pub cooldowns: BTreeMap<String, Duration>,
+    /// Every instance refresh, oldest first (`refresh.rs`).
+    pub refreshes: Vec<super::refresh::Refresh>,
     serial: u64,
     /// The time of the tick or call in progress.
     now: Duration,
@@ -341,7 +364,7 @@ impl Asg {
         }
     }
 
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.serial += 1;
         self.serial
     }
@@ -350,7 +373,7 @@ impl Asg {
         format!("i-{:017x}", 0x0a00_0000_0000_0000u64 + self.next())
     }
 
-    fn token(&mut self) -> String {
+    pub(super) fn token(&mut self) -> String {
         let n = self.next();
         format!(
             "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
@@ -362,7 +385,13 @@ impl Asg {
         )
     }
 
-    fn activity(&mut self, group: &str, description: String, cause: String, now: Duration) {
+    pub(super) fn activity(
+        &mut self,
+        group: &str,
+        description: String,
+        cause: String,
+        now: Duration,
+    ) {
         let id = self.token();
         self.activities.push(Activity {
             id,
@@ -382,7 +411,7 @@ impl Asg {
         })
     }
 
-    fn group_mut(&mut self, name: &str) -> Result<&mut Group, AsgError> {
+    pub(super) fn group_mut(&mut self, name: &str) -> Result<&mut Group, AsgError> {
         self.groups.get_mut(name).ok_or_else(|| {
             invalid(format!(
                 "AutoScalingGroup name not found - AutoScalingGroup {name} not found"
@@ -452,6 +481,17 @@ impl Asg {
         if let Some(p) = protect_new {
             g.new_instances_protected = p;
         }
+        Ok(())
+    }
+
+    /// `UpdateAutoScalingGroup`'s `LaunchTemplate`: new launches use it, instances keep theirs
+    /// until an instance refresh replaces them.
+    pub fn set_launch_template(
+        &mut self,
+        name: &str,
+        template: LaunchTemplate,
+    ) -> Result<(), AsgError> {
+        self.group_mut(name)?.launch_template = Some(template);
         Ok(())
     }
 
@@ -742,7 +782,7 @@ impl Asg {
         }
     }
 
-    fn begin_termination(
+    pub(super) fn begin_termination(
         &mut self,
         id: &str,
         cause: &str,
@@ -807,12 +847,23 @@ impl Asg {
         );
     }
 
-    fn launch(&mut self, group: &str, warm: bool, now: Duration, effects: &mut Vec<Effect>) {
+    /// Launches a new instance into the group or its warm pool; its id.
+    pub(super) fn launch(
+        &mut self,
+        group: &str,
+        warm: bool,
+        now: Duration,
+        effects: &mut Vec<Effect>,
+    ) -> String {
         let id = self.instance_id();
         let protected = self
             .groups
             .get(group)
             .is_some_and(|g| g.new_instances_protected && !warm);
+        let launch_template = self
+            .groups
+            .get(group)
+            .and_then(|g| g.launch_template.clone());
         let state = if warm {
             State::WarmedPending
         } else {
@@ -827,6 +878,7 @@ impl Asg {
                 healthy: true,
                 protected,
                 launched_at: now,
+                launch_template,
                 origin: Place::EC2,
                 destination: if warm {
                     Place::WarmPool
@@ -847,6 +899,7 @@ impl Asg {
             format!("At {}s an instance was started in {place}.", now.as_secs()),
             now,
         );
+        id
     }
 
     /// Enters the wait state of `transition` with one action per hook, or proceeds at once.
@@ -945,6 +998,7 @@ impl Asg {
         for id in &ids {
             self.advance(id, now, &mut effects);
         }
+        self.refresh_step(now, &mut effects);
         let groups: Vec<String> = self.groups.keys().cloned().collect();
         for g in &groups {
             self.reconcile(g, now, &mut effects);
@@ -1130,12 +1184,16 @@ impl Asg {
             .iter()
             .filter(|i| i.state.in_group_capacity())
             .count() as u32;
-        if in_group < group.desired {
+        // An instance refresh's replacements are capacity above the desired one until the
+        // instances they replace go (`refresh.rs`).
+        let (live_surge, warm_surge) = self.surge(name);
+        let desired = group.desired + live_surge;
+        if in_group < desired {
             let mut warm: Vec<&Instance> =
                 members.iter().filter(|i| i.state.warmed_ready()).collect();
             warm.sort_by_key(|i| i.launched_at);
             let mut warm = warm.into_iter();
-            for _ in in_group..group.desired {
+            for _ in in_group..desired {
                 match warm.next() {
                     Some(w) => {
                         let id = w.id.clone();
@@ -1161,20 +1219,28 @@ impl Asg {
                             now,
                         );
                     }
-                    None => self.launch(name, false, now, effects),
+                    None => {
+                        self.launch(name, false, now, effects);
+                    }
                 }
             }
-        } else if in_group > group.desired {
+        } else if in_group > desired {
             // Default termination policy, simplified: unprotected instances only, in service
-            // before pending, oldest first.
+            // before pending, an outdated launch template before the group's, oldest first.
             let mut candidates: Vec<&Instance> = members
                 .iter()
                 .filter(|i| i.state.in_group_capacity() && !i.protected)
                 .collect();
-            candidates.sort_by_key(|i| (i.state != State::InService, i.launched_at));
+            candidates.sort_by_key(|i| {
+                (
+                    i.state != State::InService,
+                    i.launch_template == group.launch_template,
+                    i.launched_at,
+                )
+            });
             let victims: Vec<String> = candidates
                 .iter()
-                .take((in_group - group.desired) as usize)
+                .take((in_group - desired) as usize)
                 .map(|i| i.id.clone())
                 .collect();
             let reuse = group
@@ -1191,7 +1257,7 @@ impl Asg {
         }
         if let Some(pool) = &group.warm_pool {
             let prepared = pool.max_prepared.unwrap_or(group.max);
-            let target = prepared.saturating_sub(group.desired).max(pool.min_size);
+            let target = prepared.saturating_sub(group.desired).max(pool.min_size) + warm_surge;
             // Trimming takes ready warm instances first, those still on their way in last.
             let mut warm: Vec<&Instance> = self
                 .instances
