@@ -3,12 +3,14 @@
 //! the webhook receiver behind its function URL), an Auto Scaling group with its warm pool, lifecycle hooks, alarms and step
 //! scaling policies, and instances that run the real `warmfleet-agent` with the fake runner.
 //! A workload queues jobs; a live view shows the fleet; at the end the fleet winds down and
-//! a report says what happened. `--chaos` breaks things meanwhile (`chaos.rs`).
+//! a report says what happened. `--chaos` breaks things meanwhile (`chaos.rs`); the fleet
+//! file's `[refresh]` rolls out a new launch template version meanwhile (`rollout.rs`).
 //! docs/usage/demo.md is the user's guide.
 
 mod chaos;
 pub mod module_vars;
 pub mod report;
+pub mod rollout;
 pub mod settings;
 pub mod workload;
 
@@ -315,6 +317,7 @@ async fn drive(
     let total = planned.len();
     let workload = queue(demo, planned);
     let mut chaos_state = chaos.then(|| chaos::Chaos::new(seed));
+    let mut rollout = rollout::Rollout::new(&demo.fleet);
     let mut view = view::View::new();
     let mut queued_all = false;
     tokio::pin!(workload);
@@ -337,7 +340,13 @@ async fn drive(
                 }
             }
         }
-        if queued_all && snapshot.jobs_open == 0 {
+        if let Some(r) = rollout.as_mut() {
+            if let Some(what) = r.act(demo).await? {
+                view.line(&format!("    [{:>6.0}s] {what}", demo.world_now()));
+            }
+        }
+        // A rollout under way is waited for too (it may start after the last job).
+        if queued_all && snapshot.jobs_open == 0 && rollout.as_ref().is_none_or(|r| r.finished()) {
             break;
         }
         if demo.world_now() > last_arrival + patience {
@@ -372,6 +381,7 @@ async fn drive(
     }
     let mut report = collect(demo, &jobs).await?;
     report.chaos = chaos_state.map(|c| c.counts);
+    report.refresh = rollout.map(|r| r.report);
     Ok((report, jobs))
 }
 
@@ -408,6 +418,7 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
         .min_size(f.min_size as i32)
         .max_size(f.max_size as i32)
         .desired_capacity(f.min_size as i32)
+        .launch_template(rollout::first())
         .set_lifecycle_hook_specification_list(Some(lifecycle_hooks(&[
             naming::HOOK_REGISTRATION,
             naming::HOOK_BOOTSTRAP,
@@ -752,6 +763,7 @@ async fn collect(demo: &Demo, jobs: &[JobRec]) -> anyhow::Result<report::Report>
             pending_hooks_at_end: report::pending_hooks(&effects),
         },
         chaos: None,
+        refresh: None,
     })
 }
 

@@ -48,6 +48,8 @@ const SHAPING: &[&str] = &[
     "scale_in_evaluation_periods",
     "scale_in_max_step",
     "instance_warmup_seconds",
+    "instance_refresh",
+    "instance_refresh_max_healthy_percentage",
     "warm_pool",
     "warm_pool_min_size",
     "warm_pool_max_prepared",
@@ -119,6 +121,8 @@ fn shape(given: &Map<String, Value>, mut fleet: Fleet) -> anyhow::Result<(Fleet,
     fleet.scale_in_evaluation_periods = Some(count("scale_in_evaluation_periods")?);
     fleet.scale_in_max_step = count("scale_in_max_step")?;
     fleet.instance_warmup = Duration::from_secs(u64::from(count("instance_warmup_seconds")?));
+    fleet.refresh.instance_refresh = flag("instance_refresh")?;
+    fleet.refresh.max_healthy_percentage = count("instance_refresh_max_healthy_percentage")?;
     // As the module: hibernation needs on-demand capacity of one instance type.
     let mixed = flag("spot")? || strings("instance_types")?.len() > 1;
     fleet.warm_pool.enabled = flag("warm_pool")? && !mixed;
@@ -175,6 +179,8 @@ mod tests {
         assert!(f.warm_pool.enabled && f.warm_pool.reuse_on_scale_in);
         assert_eq!(f.warm_pool.min_size, Some(1));
         assert_eq!(f.warm_pool.max_prepared_capacity, None);
+        assert!(f.refresh.instance_refresh);
+        assert_eq!(f.refresh.max_healthy_percentage, 110);
         assert_eq!(ignored, ["ami_id", "subnet_ids"]);
     }
 

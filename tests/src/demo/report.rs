@@ -25,6 +25,9 @@ pub struct Report {
     pub aws: AwsCounts,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chaos: Option<BTreeMap<&'static str, u32>>,
+    /// The fleet file's `[refresh]`, when it asks for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<super::rollout::RefreshReport>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -125,14 +128,19 @@ pub struct AwsCounts {
 }
 
 impl Report {
-    /// Every job succeeded or is legitimately queued, none killed, and nothing left behind.
+    /// Every job succeeded or is legitimately queued, none killed, nothing left behind, and
+    /// a rollout (if any) replaced every old instance.
     pub fn clean(&self) -> bool {
+        let rolled_out = self.refresh.as_ref().is_none_or(|r| {
+            r.status == "off" || (r.status == "Successful" && r.old_instances_at_end == 0)
+        });
         self.jobs.succeeded + self.jobs.unroutable == self.jobs.total
             && self.jobs.killed == 0
             && self.github.orphan_runners_at_end == 0
             && self.aws.leaked_secrets_at_end == 0
             && self.aws.pending_hooks_at_end == 0
             && self.webhook.as_ref().map_or(0, |w| w.forged_accepted) == 0
+            && rolled_out
     }
 }
 

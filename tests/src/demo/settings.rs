@@ -85,7 +85,33 @@ pub struct Fleet {
     /// queued job at once; off, only the idle-runner alarms scale out.
     pub webhook: bool,
     pub warm_pool: WarmPool,
+    /// A rollout of a new launch template version while the workload runs (`rollout.rs`).
+    pub refresh: Refresh,
     pub workload: Workload,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Refresh {
+    /// World time after the fleet's creation at which launch template version 2 is
+    /// applied, as `terraform apply` with a new AMI would; no rollout when unset.
+    #[serde(with = "humantime_serde::option")]
+    pub at: Option<Duration>,
+    /// The module's `instance_refresh`: an instance refresh follows the new version (off:
+    /// only new instances get it).
+    pub instance_refresh: bool,
+    /// The module's `instance_refresh_max_healthy_percentage`.
+    pub max_healthy_percentage: u32,
+}
+
+impl Default for Refresh {
+    fn default() -> Self {
+        Refresh {
+            at: None,
+            instance_refresh: true,
+            max_healthy_percentage: 110,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +170,7 @@ impl Default for Fleet {
             hibernate_delay: Duration::from_secs(10),
             webhook: true,
             warm_pool: WarmPool::default(),
+            refresh: Refresh::default(),
             workload: Workload::default(),
         }
     }
@@ -222,6 +249,12 @@ impl Fleet {
             bail!(
                 "group {:?} must be a non-empty name without '/'",
                 self.group
+            );
+        }
+        if !(100..=200).contains(&self.refresh.max_healthy_percentage) {
+            bail!(
+                "refresh.max_healthy_percentage ({}) must be 100 to 200",
+                self.refresh.max_healthy_percentage
             );
         }
         if self.workload.job_duration.is_zero() || self.workload.length.is_zero() {
