@@ -79,6 +79,11 @@ resource "aws_autoscaling_group" "runners" {
   enabled_metrics     = ["GroupPendingInstances", "GroupInServiceInstances", "GroupDesiredCapacity", "WarmPoolWarmedCapacity", "WarmPoolPendingCapacity"]
   # Scale-in protection is the agent's, per job; the group starts every instance without.
   protect_from_scale_in = false
+  # While an instance that just entered service warms up, AWS blocks dynamic scale-in: the
+  # idle-runner alarm, acting on a count from just before a burst, cannot take the
+  # instances the burst's queued jobs brought in. Also the refresh's and the step policies'
+  # warm-up.
+  default_instance_warmup = var.instance_warmup_seconds
 
   dynamic "launch_template" {
     for_each = local.mixed ? [] : [1]

@@ -216,7 +216,7 @@ variable "scale_out_max_step" {
 }
 
 variable "instance_warmup_seconds" {
-  description = "How long a new or resumed instance takes to have its runner listening; scale-outs within it do not count it twice."
+  description = "How long a new or resumed instance takes to have its runner listening: the group's default instance warm-up (no scale-in by the alarms while an instance that just entered service warms up; scale-outs within it do not count it twice; the instance refresh's warm-up)."
   type        = number
   default     = 120
 }

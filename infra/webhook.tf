@@ -53,18 +53,16 @@ resource "aws_dynamodb_table" "jobs" {
   tags = local.tags
 }
 
-# Run once per queued job by the receiver: +1, no warm-up, so that every run adds its
-# instance; capped at the group's max_size by Auto Scaling itself.
+# Run once per queued job by the receiver: +1. A simple policy, so that every run adds its
+# instance (ExecutePolicy does not honour its cooldown, and it has no warm-up arithmetic
+# to swallow an increment); capped at the group's max_size by Auto Scaling itself.
 resource "aws_autoscaling_policy" "job_queued" {
-  name                      = local.job_policy
-  autoscaling_group_name    = aws_autoscaling_group.runners.name
-  policy_type               = "StepScaling"
-  adjustment_type           = "ChangeInCapacity"
-  estimated_instance_warmup = 0
-  step_adjustment {
-    metric_interval_lower_bound = 0
-    scaling_adjustment          = 1
-  }
+  name                   = local.job_policy
+  autoscaling_group_name = aws_autoscaling_group.runners.name
+  policy_type            = "SimpleScaling"
+  adjustment_type        = "ChangeInCapacity"
+  scaling_adjustment     = 1
+  cooldown               = 0
 }
 
 resource "aws_lambda_function_url" "webhook" {

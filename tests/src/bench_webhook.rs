@@ -102,11 +102,10 @@ impl World {
                 ("Action", "PutScalingPolicy"),
                 ("AutoScalingGroupName", GROUP),
                 ("PolicyName", naming::POLICY_JOB_QUEUED),
-                ("PolicyType", "StepScaling"),
+                ("PolicyType", "SimpleScaling"),
                 ("AdjustmentType", "ChangeInCapacity"),
-                ("EstimatedInstanceWarmup", "0"),
-                ("StepAdjustments.member.1.MetricIntervalLowerBound", "0"),
-                ("StepAdjustments.member.1.ScalingAdjustment", "1"),
+                ("ScalingAdjustment", "1"),
+                ("Cooldown", "0"),
             ],
         ] {
             let mut form = params;

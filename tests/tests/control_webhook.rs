@@ -7,7 +7,6 @@
 
 mod common;
 
-use aws_sdk_autoscaling::types::StepAdjustment;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
 };
@@ -46,15 +45,10 @@ async fn plane(max: i32) -> Plane {
         .put_scaling_policy()
         .auto_scaling_group_name("runners")
         .policy_name(POLICY_JOB_QUEUED)
-        .policy_type("StepScaling")
+        .policy_type("SimpleScaling")
         .adjustment_type("ChangeInCapacity")
-        .estimated_instance_warmup(0)
-        .step_adjustments(
-            StepAdjustment::builder()
-                .metric_interval_lower_bound(0.0)
-                .scaling_adjustment(1)
-                .build(),
-        )
+        .scaling_adjustment(1)
+        .cooldown(0)
         .send()
         .await
         .unwrap();

@@ -242,13 +242,12 @@ impl Lifecycle for AutoScaling {
 #[async_trait]
 impl Capacity for AutoScaling {
     async fn add_one(&self, group: &str, policy: &str) -> Result<(), PortError> {
-        // A breach of 1 above a threshold of 0 falls in the job policy's one step (+1).
+        // The job policy is a simple one (+1): no metric value or threshold, which AWS
+        // accepts for step policies only; ExecutePolicy does not honour its cooldown.
         self.client
             .execute_policy()
             .auto_scaling_group_name(group)
             .policy_name(policy)
-            .metric_value(1.0)
-            .breach_threshold(0.0)
             .send()
             .await
             .map(|_| ())

@@ -419,6 +419,10 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
         .max_size(f.max_size as i32)
         .desired_capacity(f.min_size as i32)
         .launch_template(rollout::first())
+        // As the module: no dynamic scale-in while an instance that just entered service
+        // warms up (so an alarm acting on a count from before a burst cannot take the
+        // instances the burst's jobs brought in).
+        .default_instance_warmup(f.instance_warmup.as_secs() as i32)
         .set_lifecycle_hook_specification_list(Some(lifecycle_hooks(&[
             naming::HOOK_REGISTRATION,
             naming::HOOK_BOOTSTRAP,
@@ -493,16 +497,16 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
         .collect();
     let inn = policy("scale-in", in_steps).await?;
     if f.webhook {
-        // The webhook receiver's: +1 per queued job, no warm-up, so that every execution
-        // adds its instance.
+        // The webhook receiver's: +1 per queued job, a simple policy (no warm-up arithmetic,
+        // and ExecutePolicy ignores its cooldown), so that every execution adds its instance.
         demo.asg
             .put_scaling_policy()
             .auto_scaling_group_name(&f.group)
             .policy_name(naming::POLICY_JOB_QUEUED)
-            .policy_type("StepScaling")
+            .policy_type("SimpleScaling")
             .adjustment_type("ChangeInCapacity")
-            .estimated_instance_warmup(0)
-            .step_adjustments(step_of(Some(0.0), None, 1))
+            .scaling_adjustment(1)
+            .cooldown(0)
             .send()
             .await
             .context("creating the job policy")?;

@@ -56,6 +56,15 @@ fn secs(p: &Params, name: &str) -> Result<Option<Duration>, QueryError> {
     Ok(p.u32(name)?.map(|s| Duration::from_secs(u64::from(s))))
 }
 
+/// `DefaultInstanceWarmup`: `None` when not given, `Some(None)` for -1 (none).
+fn default_warmup(p: &Params) -> Result<Option<Option<Duration>>, QueryError> {
+    match p.get("DefaultInstanceWarmup") {
+        None => Ok(None),
+        Some("-1") => Ok(Some(None)),
+        Some(_) => Ok(Some(secs(p, "DefaultInstanceWarmup")?)),
+    }
+}
+
 fn hook_from(fields: impl Fn(&str) -> Option<String>) -> Result<Hook, QueryError> {
     let name = fields("LifecycleHookName")
         .ok_or_else(|| QueryError::validation("LifecycleHookName is required"))?;
@@ -130,9 +139,13 @@ fn launch_template_xml(x: &mut Xml, t: Option<&LaunchTemplate>) {
     }
 }
 
-/// StartInstanceRefresh's `Preferences.*`, with AWS's defaults for what is left out (the
-/// group's health check grace period, 300 s, for the warm-up).
-fn preferences_from(p: &Params) -> Result<Preferences, QueryError> {
+/// StartInstanceRefresh's `Preferences.*`, with AWS's defaults for what is left out (for
+/// the warm-up, the group's default instance warm-up, else its health check grace period,
+/// 300 s here).
+fn preferences_from(
+    p: &Params,
+    default_warmup: Option<Duration>,
+) -> Result<Preferences, QueryError> {
     let protected = |name: &str| -> Result<Protected, QueryError> {
         let value = p.get(name).unwrap_or("Wait");
         Protected::parse(value).ok_or_else(|| {
@@ -147,10 +160,19 @@ fn preferences_from(p: &Params) -> Result<Preferences, QueryError> {
             "Invalid Preferences.StandbyInstances {standby}: must be Terminate, Ignore or Wait"
         )));
     }
+    let max = p.u32("Preferences.MaxHealthyPercentage")?;
+    let min = p.u32("Preferences.MinHealthyPercentage")?;
+    if max.is_some() && min.is_none() {
+        return Err(QueryError::validation(
+            "If you specify MaxHealthyPercentage, you must also specify MinHealthyPercentage",
+        ));
+    }
     Ok(Preferences {
-        min_healthy: p.u32("Preferences.MinHealthyPercentage")?.unwrap_or(90),
-        max_healthy: p.u32("Preferences.MaxHealthyPercentage")?.unwrap_or(100),
-        warmup: secs(p, "Preferences.InstanceWarmup")?.unwrap_or(Duration::from_secs(300)),
+        min_healthy: min.unwrap_or(90),
+        max_healthy: max.unwrap_or(100),
+        warmup: secs(p, "Preferences.InstanceWarmup")?
+            .or(default_warmup)
+            .unwrap_or(Duration::from_secs(300)),
         skip_matching: p.bool("Preferences.SkipMatching")?.unwrap_or(false),
         protected: protected("Preferences.ScaleInProtectedInstances")?,
         standby: standby.to_owned(),
@@ -177,18 +199,25 @@ fn refresh_xml(x: &mut Xml, r: &Refresh, asg: &Asg, ts: &Timestamps) {
             "PercentageComplete",
             percent(r.live_total + r.warm_total, left.live + left.warm),
         )
-        .field("InstancesToUpdate", left.live + left.warm)
-        .open("ProgressDetails")
-        .open("LivePoolProgress")
-        .field("PercentageComplete", percent(r.live_total, left.live))
-        .field("InstancesToUpdate", left.live)
-        .close("LivePoolProgress")
-        .open("WarmPoolProgress")
-        .field("PercentageComplete", percent(r.warm_total, left.warm))
-        .field("InstancesToUpdate", left.warm)
-        .close("WarmPoolProgress")
-        .close("ProgressDetails")
-        .open("Preferences")
+        .field("InstancesToUpdate", left.live + left.warm);
+    // Only for a group with a warm pool, as AWS shows it.
+    if asg
+        .groups
+        .get(&r.group)
+        .is_some_and(|g| g.warm_pool.is_some())
+    {
+        x.open("ProgressDetails")
+            .open("LivePoolProgress")
+            .field("PercentageComplete", percent(r.live_total, left.live))
+            .field("InstancesToUpdate", left.live)
+            .close("LivePoolProgress")
+            .open("WarmPoolProgress")
+            .field("PercentageComplete", percent(r.warm_total, left.warm))
+            .field("InstancesToUpdate", left.warm)
+            .close("WarmPoolProgress")
+            .close("ProgressDetails");
+    }
+    x.open("Preferences")
         .field("MinHealthyPercentage", p.min_healthy)
         .field("MaxHealthyPercentage", p.max_healthy)
         .field("InstanceWarmup", p.warmup.as_secs())
@@ -274,6 +303,10 @@ fn group_xml(x: &mut Xml, g: &Group, asg: &Asg, ts: &Timestamps) {
         .opt(
             "MaxInstanceLifetime",
             g.max_instance_lifetime.map(|d| d.as_secs()),
+        )
+        .opt(
+            "DefaultInstanceWarmup",
+            g.default_instance_warmup.map(|d| d.as_secs()),
         );
     launch_template_xml(x, g.launch_template.as_ref());
     x.open("Instances");
@@ -491,6 +524,17 @@ pub fn handle(
                 (Some(m), Some(t)) => Some((m, t)),
                 _ => None,
             };
+            // AWS: MetricValue and BreachThreshold are for step policies only.
+            let simple = asg.policies.iter().any(|q| {
+                q.group == group
+                    && (q.name == name || q.arn == name)
+                    && matches!(q.kind, Kind::Simple { .. })
+            });
+            if simple && (p.get("MetricValue").is_some() || p.get("BreachThreshold").is_some()) {
+                return Err(QueryError::validation(
+                    "MetricValue and BreachThreshold are supported only for step scaling policies",
+                ));
+            }
             let honor = p.bool("HonorCooldown")?.unwrap_or(false);
             asg.execute_policy(
                 group,
@@ -551,6 +595,7 @@ pub fn handle(
                     hooks: vec![],
                     warm_pool: None,
                     launch_template: launch_template_from(p)?,
+                    default_instance_warmup: default_warmup(p)?.flatten(),
                     created_at: now,
                 },
                 now,
@@ -569,8 +614,12 @@ pub fn handle(
                 secs(p, "MaxInstanceLifetime")?,
                 p.bool("NewInstancesProtectedFromScaleIn")?,
             )?;
+            let group = p.required("AutoScalingGroupName")?;
             if let Some(template) = launch_template_from(p)? {
-                asg.set_launch_template(p.required("AutoScalingGroupName")?, template)?;
+                asg.set_launch_template(group, template)?;
+            }
+            if let Some(warmup) = default_warmup(p)? {
+                asg.set_default_instance_warmup(group, warmup)?;
             }
             Ok(None)
         }
@@ -588,6 +637,7 @@ pub fn handle(
             let unmodelled = [
                 "DesiredConfiguration.",
                 "Preferences.CheckpointPercentages",
+                "Preferences.CheckpointDelay",
                 "Preferences.AlarmSpecification",
                 "Preferences.BakeTime",
             ];
@@ -605,7 +655,8 @@ pub fn handle(
                     "AutoRollback requires a DesiredConfiguration",
                 ));
             }
-            let id = asg.start_refresh(group, preferences_from(p)?, now)?;
+            let default = asg.group(group)?.default_instance_warmup;
+            let id = asg.start_refresh(group, preferences_from(p, default)?, now)?;
             x.field("InstanceRefreshId", id);
             Ok(Some(x.text()))
         }
@@ -626,6 +677,11 @@ pub fn handle(
             Ok(Some(x.text()))
         }
         "CancelInstanceRefresh" => {
+            if p.bool("WaitForTransitioningInstances")? == Some(false) {
+                return Err(QueryError::validation(
+                    "The testbed does not model WaitForTransitioningInstances=false",
+                ));
+            }
             let id = asg.cancel_refresh(p.required("AutoScalingGroupName")?)?;
             x.field("InstanceRefreshId", id);
             Ok(Some(x.text()))

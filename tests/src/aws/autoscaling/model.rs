@@ -205,6 +205,9 @@ pub struct Group {
     pub hooks: Vec<Hook>,
     pub warm_pool: Option<WarmPool>,
     pub launch_template: Option<LaunchTemplate>,
+    /// `DefaultInstanceWarmup`: how long an instance warms up after it enters service;
+    /// while one does, dynamic scaling does not scale in (`policy.rs`).
+    pub default_instance_warmup: Option<Duration>,
     pub created_at: Duration,
 }
 
@@ -224,6 +227,7 @@ impl Group {
             hooks: vec![],
             warm_pool: None,
             launch_template: None,
+            default_instance_warmup: None,
             created_at: Duration::ZERO,
         }
     }
@@ -481,6 +485,16 @@ impl Asg {
         if let Some(p) = protect_new {
             g.new_instances_protected = p;
         }
+        Ok(())
+    }
+
+    /// `DefaultInstanceWarmup` of UpdateAutoScalingGroup (`None`: cleared, AWS's -1).
+    pub fn set_default_instance_warmup(
+        &mut self,
+        name: &str,
+        warmup: Option<Duration>,
+    ) -> Result<(), AsgError> {
+        self.group_mut(name)?.default_instance_warmup = warmup;
         Ok(())
     }
 

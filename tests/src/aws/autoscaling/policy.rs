@@ -3,9 +3,13 @@
 //! `ExecutePolicy` run them.
 //!
 //! Warm-up, simplified: while a step policy's last scale-out is within its warm-up, a new
-//! scale-out adds only what exceeds the capacity still warming up, as AWS describes it.
+//! scale-out adds only what exceeds the capacity still warming up, as AWS describes it. And
+//! while an instance is within the group's default instance warm-up after entering service,
+//! no policy scales in ("this blocks the scale-in activities for dynamic scaling until the
+//! new instances finish warming up", AWS's default instance warm-up page); a policy's own
+//! warm-up does not block scale-in here.
 
-use super::model::{Asg, AsgError};
+use super::model::{Asg, AsgError, State};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -208,6 +212,13 @@ impl Asg {
         }
         let g = self.group(group)?;
         let (min, max, desired) = (g.min, g.max, g.desired);
+        let default_warmup = g.default_instance_warmup;
+        // AWS: while instances warm up, dynamic scaling does not scale in.
+        let warming = default_warmup.is_some_and(|w| {
+            self.instances
+                .values()
+                .any(|i| i.group == group && i.state == State::InService && now < i.since + w)
+        });
         let adjustment = match &policy.kind {
             Kind::Step { steps, .. } => {
                 let (metric, threshold) = breach.ok_or_else(|| {
@@ -249,9 +260,9 @@ impl Asg {
         let mut last_scale_out = policy.last_scale_out;
         if let Kind::Step { warmup, .. } = policy.kind {
             // Without a warm-up of its own a step policy uses the group's default instance
-            // warm-up, else its default cooldown (300 s; the testbed models neither
-            // setting, so their defaults hold).
-            let w = warmup.unwrap_or(DEFAULT_COOLDOWN);
+            // warm-up, else its default cooldown (300 s; the testbed does not model setting
+            // the cooldown).
+            let w = warmup.or(default_warmup).unwrap_or(DEFAULT_COOLDOWN);
             match last_scale_out {
                 Some((at, warming)) if change > 0 && now < at + w => {
                     change = (change - warming).max(0);
@@ -260,6 +271,11 @@ impl Asg {
                 _ if change > 0 => last_scale_out = Some((now, change)),
                 _ => {}
             }
+        }
+        if change < 0 && warming {
+            return Ok(Outcome::Unchanged(
+                "no scale-in while instances warm up (the group's default instance warm-up)".into(),
+            ));
         }
         let to = (i64::from(desired) + change).clamp(i64::from(min), i64::from(max)) as u32;
         self.policies[index].last_scale_out = last_scale_out;
@@ -322,6 +338,53 @@ mod tests {
             enabled: true,
             last_scale_out: None,
         }
+    }
+
+    /// One instance fewer for any breach above the threshold.
+    fn scale_in_policy() -> Policy {
+        Policy {
+            name: "in".into(),
+            arn: policy_arn("g", "in"),
+            kind: Kind::Step {
+                steps: vec![Step {
+                    lower: Some(0.0),
+                    upper: None,
+                    adjustment: -1,
+                }],
+                warmup: None,
+                aggregation: "Average".into(),
+            },
+            ..step_policy(None)
+        }
+    }
+
+    #[test]
+    fn no_scale_in_while_an_instance_is_within_the_default_instance_warm_up() {
+        let run = |asg: &mut Asg, s: u64| {
+            asg.execute_policy(
+                "g",
+                "in",
+                Some((3.0, 1.0)),
+                true,
+                "t",
+                Duration::from_secs(s),
+            )
+            .unwrap()
+        };
+        let mut asg = world(2);
+        asg.set_default_instance_warmup("g", Some(Duration::from_secs(60)))
+            .unwrap();
+        asg.tick(Duration::ZERO);
+        asg.put_policy(scale_in_policy()).unwrap();
+        // Both instances entered service at 0: warming until 60.
+        assert!(matches!(run(&mut asg, 59), Outcome::Unchanged(why) if why.contains("warm up")));
+        assert_eq!(asg.group("g").unwrap().desired, 2);
+        assert_eq!(run(&mut asg, 60), Outcome::Changed { from: 2, to: 1 });
+        // Without a default warm-up, nothing holds a scale-in back.
+        let mut asg = world(2);
+        asg.tick(Duration::ZERO);
+        asg.put_policy(scale_in_policy()).unwrap();
+        assert_eq!(run(&mut asg, 1), Outcome::Changed { from: 2, to: 1 });
     }
 
     #[test]

@@ -3,11 +3,17 @@
 //! matching), those in service first, then the warm pool, as AWS documents it.
 //!
 //! The model's rules:
-//! - MaxHealthyPercentage above 100 (or both at 100): replacements launch first (new instances, with the
-//!   group's launch template), at most ceil(size × (max − 100) / 100) at a time; each one
-//!   in service and past the warm-up takes one old instance out. At 100: old instances go
-//!   first, floor(size × (100 − min) / 100) (at least 1) at a time, once the group has
-//!   replaced the previous ones. The size is the desired capacity, then the warm pool's.
+//! - MaxHealthyPercentage above 100 (or both at 100, which AWS documents as launch before
+//!   terminate): replacements launch first (new instances, with the group's launch
+//!   template), at most ceil(size × (max − 100) / 100) at a time; each one in service and
+//!   past the warm-up takes one old instance out. With a maximum of 100: old instances go
+//!   first, floor(size × (100 − min) / 100) (at least 1) at a time, each replaced by a new
+//!   instance at once, once the previous ones are ready. The size is the desired capacity,
+//!   then the warm pool's. (AWS may also go below 100 % when the maximum is above 100 and the
+//!   minimum below; the model only launches first then.)
+//! - Replacements that keep failing (abandoned launches) fail the refresh after an hour
+//!   without one that succeeded, as AWS documents.
+//! - A cancel waits for the launches and terminations under way, as AWS does by default.
 //! - ScaleInProtectedInstances: `Refresh` replaces protected instances too, `Ignore` leaves
 //!   them (and still succeeds), `Wait` waits for their protection to end and fails after
 //!   an hour.
@@ -24,8 +30,9 @@ use serde::Serialize;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// How long `Wait` waits for protected instances before the refresh fails.
-const PROTECTED_WAIT: Duration = Duration::from_secs(3600);
+/// How long `Wait` waits for protected instances, and how long replacements may keep
+/// failing, before the refresh fails.
+const PATIENCE: Duration = Duration::from_secs(3600);
 
 /// What a refresh does with instances protected from scale in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -140,6 +147,8 @@ pub struct Refresh {
     pub retired: BTreeSet<String>,
     /// Since when it has waited for protected instances (`Wait`).
     pub waiting_since: Option<Duration>,
+    /// Since when its replacements have failed without one succeeding.
+    pub failing_since: Option<Duration>,
 }
 
 /// Instances still to replace, in service and in the warm pool.
@@ -235,6 +244,7 @@ impl Asg {
             surge: Vec::new(),
             retired: BTreeSet::new(),
             waiting_since: None,
+            failing_since: None,
         });
         Ok(id)
     }
@@ -286,11 +296,41 @@ impl Asg {
                     r.status = Status::InProgress;
                     self.refresh(&mut r, now, effects);
                 }
-                Status::Cancelling => r.finish(Status::Cancelled, None, now),
+                // Launches and terminations under way finish first.
+                Status::Cancelling => {
+                    if !self.in_flight(&r) {
+                        r.finish(Status::Cancelled, None, now);
+                    }
+                }
                 Status::Successful | Status::Failed | Status::Cancelled => continue,
             }
             self.refreshes[k] = r;
         }
+    }
+
+    /// Replacements not yet in service, or instances taken out not yet terminated.
+    fn in_flight(&self, r: &Refresh) -> bool {
+        let launching = r
+            .surge
+            .iter()
+            .filter_map(|id| self.instances.get(id))
+            .any(|i| {
+                matches!(
+                    i.state,
+                    State::Pending
+                        | State::PendingWait
+                        | State::PendingProceed
+                        | State::WarmedPending
+                        | State::WarmedPendingWait
+                        | State::WarmedPendingProceed
+                )
+            });
+        let terminating = r
+            .retired
+            .iter()
+            .filter_map(|id| self.instances.get(id))
+            .any(|i| !i.state.is_gone());
+        launching || terminating
     }
 
     fn refresh(&mut self, r: &mut Refresh, now: Duration, effects: &mut Vec<Effect>) {
@@ -302,9 +342,22 @@ impl Asg {
             );
             return;
         };
-        // A replacement that failed (its launch abandoned, or terminated) is no surge.
+        // A replacement that failed (its launch abandoned, or terminated) is no surge; an
+        // hour of nothing but failures fails the refresh.
+        let before = r.surge.len();
         r.surge
             .retain(|id| self.instances.get(id).is_some_and(|i| !leaving(i.state)));
+        if r.surge.len() < before {
+            r.failing_since.get_or_insert(now);
+        }
+        if r.failing_since.is_some_and(|since| now >= since + PATIENCE) {
+            r.finish(
+                Status::Failed,
+                Some("Instance refresh failed: its replacement instances kept failing to launch for an hour.".into()),
+                now,
+            );
+            return;
+        }
         let mut live: Vec<&Instance> = r.outdated(self).filter(|i| !i.state.is_warmed()).collect();
         // In service before launching, unprotected first, oldest first.
         live.sort_by_key(|i| (i.state != State::InService, i.protected, i.launched_at));
@@ -324,7 +377,7 @@ impl Asg {
         }
         if blocked && r.preferences.protected == Protected::Wait {
             let since = *r.waiting_since.get_or_insert(now);
-            if now >= since + PROTECTED_WAIT {
+            if now >= since + PATIENCE {
                 r.finish(
                     Status::Failed,
                     Some("Instance refresh failed: instances protected from scale in were still protected after an hour (ScaleInProtectedInstances is Wait).".into()),
@@ -350,11 +403,20 @@ impl Asg {
             r.finish(Status::Successful, None, now);
             return;
         }
+        // The pool's configured size (its instances in flight would make it drift).
         let pool = self
-            .instances
-            .values()
-            .filter(|i| i.group == r.group && i.state.is_warmed())
-            .count() as u32;
+            .groups
+            .get(&r.group)
+            .and_then(|g| {
+                let p = g.warm_pool.as_ref()?;
+                Some(
+                    p.max_prepared
+                        .unwrap_or(g.max)
+                        .saturating_sub(g.desired)
+                        .max(p.min_size),
+                )
+            })
+            .unwrap_or(0);
         self.replace(r, pool, warm, true, now, effects);
     }
 
@@ -393,6 +455,7 @@ impl Asg {
             .collect();
         for id in &mine {
             if self.instances.get(id).is_some_and(ready) {
+                r.failing_since = None;
                 r.surge.retain(|s| s != id);
                 if let Some(victim) = old.next() {
                     self.retire(r, &victim, now, effects);
@@ -401,7 +464,7 @@ impl Asg {
         }
         let left: Vec<String> = old.collect();
         let in_flight = r.surge.iter().filter(|s| mine.contains(s)).count();
-        // Both at 100 (AWS does not say what it does then): one replacement at a time.
+        // Both at 100: one replacement at a time, launched first.
         if p.max_healthy > 100 || p.min_healthy == 100 {
             let batch = (size * (p.max_healthy - 100)).div_ceil(100).max(1) as usize;
             let n = batch
@@ -417,9 +480,12 @@ impl Asg {
                 i.group == r.group && i.state.is_warmed() == warm && !leaving(i.state) && !ready(i)
             });
             if !settling {
+                // Each goes with a new instance in its place at once (not one from the
+                // warm pool, which still holds old ones).
                 let batch = (size * (100 - p.min_healthy) / 100).max(1) as usize;
                 for victim in left.iter().take(batch) {
                     self.retire(r, victim, now, effects);
+                    self.launch(&r.group, warm, now, effects);
                 }
             }
         }
@@ -694,7 +760,7 @@ mod tests {
             let ended = r.ended.unwrap();
             if protected == Protected::Wait {
                 assert!(r.reason.as_ref().unwrap().contains("protected"));
-                assert!(ended >= PROTECTED_WAIT, "failed at {ended:?}");
+                assert!(ended >= PATIENCE, "failed at {ended:?}");
                 // Wait does not go on to the warm pool.
                 assert!(alive(&asg)
                     .iter()
@@ -763,6 +829,39 @@ mod tests {
         }
         assert_eq!(asg.refreshes[0].status, Status::Successful);
         assert!(alive(&asg).iter().all(|i| version(i) == "2"));
+    }
+
+    #[test]
+    fn replacements_that_keep_failing_fail_the_refresh_after_an_hour_and_old_ones_stay() {
+        let mut asg = fleet(false);
+        // Every new launch is abandoned (its hook left alone).
+        asg.put_hook(
+            "g",
+            Hook {
+                name: "bootstrap".into(),
+                transition: Transition::Launching,
+                heartbeat_timeout: 60 * S,
+                default_result: HookResult::Abandon,
+                metadata: None,
+            },
+        )
+        .unwrap();
+        asg.start_refresh("g", module_preferences(), 2 * S).unwrap();
+        for t in 2..5000u32 {
+            asg.tick(t * S);
+            if asg.refreshes[0].status != Status::InProgress {
+                break;
+            }
+        }
+        let r = &asg.refreshes[0];
+        assert_eq!(r.status, Status::Failed, "{r:?}");
+        assert!(r.reason.as_ref().unwrap().contains("kept failing"));
+        assert!(r.ended.unwrap() >= PATIENCE);
+        assert!(
+            r.retired.is_empty(),
+            "no old instance went for a failed replacement"
+        );
+        assert_eq!(in_service(&asg), 3);
     }
 
     #[test]
