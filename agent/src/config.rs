@@ -82,15 +82,19 @@ pub struct Timeouts {
     /// Before an idle runner's listener is stopped by a drain: for a job GitHub assigned
     /// just before the runner's labels came off to show in the listener's output.
     pub settle: Duration,
+    /// How long a persistent runner keeps its scale-in protection after a job, for a
+    /// queued job to reach it.
+    pub linger: Duration,
 }
 
-const TIMEOUT_KEYS: [(&str, u64); 6] = [
+const TIMEOUT_KEYS: [(&str, u64); 7] = [
     ("credential", 300),
     ("listen", 120),
     ("drain", 24 * 3600),
     ("heartbeat", 600),
     ("call", 30),
     ("settle", 5),
+    ("linger", 5),
 ];
 
 /// The agent's validated settings.
@@ -324,6 +328,7 @@ impl Merged {
                 heartbeat: timeout("heartbeat"),
                 call: timeout("call"),
                 settle: timeout("settle"),
+                linger: timeout("linger"),
             },
         })
     }

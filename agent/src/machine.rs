@@ -119,6 +119,8 @@ pub enum Event {
     Drain,
     /// `timeouts.settle` has passed since an idle runner was asked to drain.
     Settled,
+    /// `timeouts.linger` has passed since a persistent runner's last job ended.
+    Lingered,
     /// The runner's registration is gone.
     Removed,
     /// The sleep hook's `pre`: the instance is about to hibernate.
@@ -149,6 +151,9 @@ pub enum Action {
     Protect(bool),
     /// Send `Settled` once `timeouts.settle` has passed.
     AwaitSettle,
+    /// Send `Lingered` once `timeouts.linger` has passed (a later `AwaitLinger` replaces an
+    /// earlier one).
+    AwaitLinger,
     /// Stop the listener (SIGINT: it ends its session and exits 0).
     StopListener,
     /// Remove the runner's registration (`config.sh remove`).
@@ -221,22 +226,31 @@ pub fn on(state: &State, event: Event, mode: Mode) -> Result<(State, Vec<Action>
         (S::Idle, E::JobStarted) => (S::Busy, vec![A::Protect(true)]),
         (s @ (S::Busy | S::Draining), E::JobRunning) => (s.clone(), vec![]),
         (s @ (S::Busy | S::Draining), E::JobStarted) => (s.clone(), vec![A::Protect(true)]),
+        // A persistent runner keeps its protection for `timeouts.linger` after a job: a job
+        // queued meanwhile reaches it within seconds, and a scale-in decided on an older
+        // count (Auto Scaling picks unprotected instances) cannot take it in between.
+        (s @ (S::Busy | S::Idle), E::JobCompleted) if mode == Mode::Persistent => {
+            (s.clone(), vec![A::AwaitLinger])
+        }
         // The listener's word that the job finished clears protection too: the
         // job-completed hook is lost when the agent was down while it ran, and an instance
         // left protected is never scaled in.
         (s, E::JobCompleted) if s.has_listener() => (s.clone(), vec![A::Protect(false)]),
         (S::Busy, E::JobFinished) => match mode {
-            Mode::Persistent => (S::Idle, vec![A::Protect(false)]),
+            Mode::Persistent => (S::Idle, vec![A::AwaitLinger]),
             Mode::Ephemeral => (S::Replacing, vec![A::Protect(false), A::Replace]),
         },
+        (S::Idle, E::Lingered) => (S::Idle, vec![A::Protect(false)]),
+        (s, E::Lingered) => (s.clone(), vec![]),
         (S::Draining, E::JobFinished) => (S::Stopping, vec![A::Protect(false), A::StopListener]),
         (S::Idle, E::JobFinished) => (S::Idle, vec![]),
 
         // Draining: no new job from the moment it is acknowledged.
         (S::Busy, E::Drain) => (S::Draining, vec![]),
         // An idle runner: its labels are gone (the Lambda takes them first), but a job
-        // GitHub assigned just before may not show yet; it would be cut off.
-        (S::Idle, E::Drain) => (S::Settling, vec![A::AwaitSettle]),
+        // GitHub assigned just before may not show yet; it would be cut off. A lingering
+        // one's protection goes now: a drained instance must not stay protected.
+        (S::Idle, E::Drain) => (S::Settling, vec![A::Protect(false), A::AwaitSettle]),
         (S::Settling, E::JobRunning) => (S::Draining, vec![]),
         (S::Settling, E::JobStarted) => (S::Draining, vec![A::Protect(true)]),
         (S::Settling, E::Settled) => (S::Stopping, vec![A::StopListener]),
@@ -402,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn protection_follows_the_job_hooks() {
+    fn protection_follows_the_job_hooks_and_a_persistent_runner_lingers_protected() {
         let (s, actions) = run(
             S::Idle,
             vec![
@@ -414,10 +428,40 @@ mod tests {
             Mode::Persistent,
         );
         assert_eq!(s, S::Idle);
-        // The listener's word clears it again (a no-op for the driver once the hook has).
+        // Kept for `timeouts.linger` after the job (each end restarts the wait), then
+        // cleared while idle.
+        assert_eq!(actions, [A::Protect(true), A::AwaitLinger, A::AwaitLinger]);
+        assert_eq!(
+            on(&s, E::Lingered, Mode::Persistent).unwrap(),
+            (S::Idle, vec![A::Protect(false)])
+        );
+        // A queued job reached it meanwhile: still protected, the linger's end changes
+        // nothing.
+        let (s, actions) = run(
+            S::Idle,
+            vec![E::JobRunning, E::JobStarted, E::Lingered],
+            Mode::Persistent,
+        );
+        assert_eq!((s, actions), (S::Busy, vec![A::Protect(true)]));
+        // A drain while lingering clears it at once: a drained instance stays in service.
+        assert_eq!(
+            on(&S::Idle, E::Drain, Mode::Persistent).unwrap(),
+            (S::Settling, vec![A::Protect(false), A::AwaitSettle])
+        );
+        // Ephemeral runners end with their job: no linger.
+        let (_, actions) = run(
+            S::Idle,
+            vec![E::JobStarted, E::JobCompleted, E::JobFinished],
+            Mode::Ephemeral,
+        );
         assert_eq!(
             actions,
-            [A::Protect(true), A::Protect(false), A::Protect(false)]
+            [
+                A::Protect(true),
+                A::Protect(false),
+                A::Protect(false),
+                A::Replace
+            ]
         );
     }
 
@@ -425,8 +469,11 @@ mod tests {
     fn an_agent_down_through_the_job_completed_hook_still_clears_protection() {
         let (s, actions) = recover(&S::Busy, true);
         assert_eq!((&s, &actions[..]), (&S::Busy, &[A::Watch, A::Ready][..]));
-        // The hook ran while the agent was down; only the listener's log tells.
+        // The hook ran while the agent was down; only the listener's log tells (after
+        // the linger).
         let (s, actions) = on(&s, E::JobFinished, Mode::Persistent).unwrap();
+        assert_eq!((&s, actions), (&S::Idle, vec![A::AwaitLinger]));
+        let (s, actions) = on(&s, E::Lingered, Mode::Persistent).unwrap();
         assert_eq!((s, actions), (S::Idle, vec![A::Protect(false)]));
         let (s, actions) = on(&S::Draining, E::JobFinished, Mode::Persistent).unwrap();
         assert_eq!(
@@ -478,6 +525,7 @@ mod tests {
         assert_eq!(
             actions,
             [
+                A::Protect(false),
                 A::AwaitSettle,
                 A::StopListener,
                 A::RemoveRunner,
@@ -505,7 +553,7 @@ mod tests {
             );
             assert_eq!(s, S::Stopping, "{first:?}");
             // No StopListener before the job finished; the settle's end changes nothing.
-            assert_eq!(actions[0], A::AwaitSettle);
+            assert_eq!(actions[..2], [A::Protect(false), A::AwaitSettle]);
             assert_eq!(actions.last(), Some(&A::StopListener));
             assert_eq!(actions.iter().filter(|a| **a == A::StopListener).count(), 1);
         }

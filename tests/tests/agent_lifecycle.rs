@@ -588,7 +588,8 @@ async fn sigkill_in_every_state_then_a_restart_registers_once_and_kills_no_job()
     f.until_state(&instance, "busy").await;
     f.kill_agent(&instance).await;
     f.succeeded(job).await;
-    eventually("protection off", Duration::from_secs(5), || async {
+    // After the persistent runner's linger (timeouts.linger, 5 s).
+    eventually("protection off", Duration::from_secs(20), || async {
         !f.protected(&instance).await
     })
     .await;
@@ -644,7 +645,8 @@ async fn a_job_completed_hook_that_never_arrives_still_ends_the_protection() {
     std::fs::rename(&socket, &hidden).unwrap();
     f.succeeded(job).await;
     f.until_state(&instance, "idle").await;
-    eventually("protection off", Duration::from_secs(5), || async {
+    // After the persistent runner's linger (timeouts.linger, 5 s).
+    eventually("protection off", Duration::from_secs(20), || async {
         !f.protected(&instance).await
     })
     .await;
@@ -1070,7 +1072,8 @@ async fn the_runner_runs_unprivileged_and_may_only_report_its_jobs() {
     })
     .await;
     f.succeeded(job).await;
-    eventually("protection off", Duration::from_secs(5), || async {
+    // After the persistent runner's linger (timeouts.linger, 5 s).
+    eventually("protection off", Duration::from_secs(20), || async {
         !f.protected(&instance).await
     })
     .await;

@@ -46,6 +46,15 @@ impl Driver {
                     Msg::Event(Event::Settled)
                 });
             }
+            Action::AwaitLinger => {
+                let linger = self.settings.timeouts.linger;
+                self.linger_generation += 1;
+                let generation = self.linger_generation;
+                self.send_later(async move {
+                    tokio::time::sleep(linger).await;
+                    Msg::Lingered(generation)
+                });
+            }
             Action::ForgetCredential => self.forget_credential().await?,
             Action::MarkUnhealthy => self.mark_unhealthy().await?,
         }

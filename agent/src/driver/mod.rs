@@ -45,6 +45,8 @@ enum Msg {
     /// Time to start the listener again.
     Relaunch,
     ListenDeadline(u32),
+    /// `timeouts.linger` has passed since the `AwaitLinger` of this generation.
+    Lingered(u64),
     Request(Request, oneshot::Sender<Reply>),
 }
 
@@ -123,6 +125,8 @@ pub struct Driver {
     /// When the drain's terminate hook was last heartbeated (or the drain began).
     heartbeat_at: Option<tokio::time::Instant>,
     timing: Timing,
+    /// The last `AwaitLinger`'s number: only its timer counts (a job since restarts it).
+    linger_generation: u64,
 }
 
 impl Driver {
@@ -173,6 +177,7 @@ impl Driver {
             slept: None,
             heartbeat_at: None,
             timing: Timing::begin(false),
+            linger_generation: 0,
         })
     }
 
@@ -293,6 +298,11 @@ impl Driver {
                         humantime::format_duration(self.settings.timeouts.listen)
                     );
                     self.event(Event::Failed(reason)).await;
+                }
+            }
+            Msg::Lingered(generation) => {
+                if generation == self.linger_generation {
+                    self.event(Event::Lingered).await;
                 }
             }
             Msg::Request(request, reply) => self.request(request, reply).await,

@@ -178,24 +178,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     ));
     let script_dir = tempfile::tempdir()?;
     let script = script_dir.path().join("instance.sh");
-    let setup = |github_url: String| AgentSetup {
+    let setup = |github_url: String| {
+        AgentSetup {
         agent: agent.clone(),
         testbed: std::env::current_exe().unwrap_or_default(),
         packaging: AgentSetup::packaging_dir(),
         github_url,
         deployment: DEPLOYMENT.into(),
         labels: fleet.labels(),
-        // The agent heartbeats a drain's hook three times per heartbeat timeout, and lets an
-        // idle drain settle for its default 5 s (world time).
+        // The agent heartbeats a drain's hook three times per heartbeat timeout, lets an
+        // idle drain settle for its default 5 s and lingers protected for its default 5 s
+        // after a job (world time).
         extra_config: format!(
-            "mode = \"{}\"\n[timeouts]\nheartbeat = \"{}ms\"\nsettle = \"{}ms\"\n",
+            "mode = \"{}\"\n[timeouts]\nheartbeat = \"{}ms\"\nsettle = \"{}ms\"\nlinger = \"{}ms\"\n",
             fleet.runner_mode.as_str(),
             (f64::from(HOOK_HEARTBEAT_SECONDS) / 3.0 / args.time_scale * 1000.0) as u64,
+            (5.0 / args.time_scale * 1000.0).max(1.0) as u64,
             (5.0 / args.time_scale * 1000.0).max(1.0) as u64
         ),
         env: String::new(),
         runner_user: None,
         supervise: true,
+    }
     };
     let mut spec = Spec::lambdas(args.binaries.clone(), &[&fleet.group]);
     spec.function_env = vec![
