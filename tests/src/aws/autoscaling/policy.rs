@@ -5,9 +5,10 @@
 //! Warm-up, simplified: while a step policy's last scale-out is within its warm-up, a new
 //! scale-out adds only what exceeds the capacity still warming up, as AWS describes it. And
 //! while an instance is within the group's default instance warm-up after entering service,
-//! no policy scales in ("this blocks the scale-in activities for dynamic scaling until the
-//! new instances finish warming up", AWS's default instance warm-up page); a policy's own
-//! warm-up does not block scale-in here.
+//! no step policy scales in ("this blocks the scale-in activities for dynamic scaling until
+//! the new instances finish warming up", AWS's default instance warm-up page; its cooldowns
+//! page says the same of step and target tracking policies); a policy's own warm-up, and the
+//! default cooldown AWS may apply without a default warm-up, do not block scale-in here.
 
 use super::model::{Asg, AsgError, State};
 use serde::Serialize;
@@ -272,7 +273,8 @@ impl Asg {
                 _ => {}
             }
         }
-        if change < 0 && warming {
+        // Documented for step (and target tracking) policies; simple ones have cooldowns.
+        if change < 0 && warming && matches!(policy.kind, Kind::Step { .. }) {
             return Ok(Outcome::Unchanged(
                 "no scale-in while instances warm up (the group's default instance warm-up)".into(),
             ));
@@ -380,6 +382,25 @@ mod tests {
         assert!(matches!(run(&mut asg, 59), Outcome::Unchanged(why) if why.contains("warm up")));
         assert_eq!(asg.group("g").unwrap().desired, 2);
         assert_eq!(run(&mut asg, 60), Outcome::Changed { from: 2, to: 1 });
+        // A simple policy has its cooldown instead: not held back by the warm-up.
+        asg.tick(Duration::from_secs(61));
+        asg.put_policy(Policy {
+            name: "simple-in".into(),
+            arn: policy_arn("g", "simple-in"),
+            kind: Kind::Simple {
+                adjustment: -1,
+                cooldown: Some(Duration::ZERO),
+            },
+            ..step_policy(None)
+        })
+        .unwrap();
+        asg.set_desired("g", 2, Duration::from_secs(61)).unwrap();
+        asg.tick(Duration::from_secs(61));
+        assert_eq!(
+            asg.execute_policy("g", "simple-in", None, false, "t", Duration::from_secs(62))
+                .unwrap(),
+            Outcome::Changed { from: 2, to: 1 }
+        );
         // Without a default warm-up, nothing holds a scale-in back.
         let mut asg = world(2);
         asg.tick(Duration::ZERO);
