@@ -627,8 +627,10 @@ async fn wind_down(demo: &Demo, view: &mut view::View) -> anyhow::Result<()> {
     }
 }
 
-/// The group's instances (in service and warm) by lifecycle state, and its desired capacity.
-pub(crate) async fn census(demo: &Demo) -> anyhow::Result<(BTreeMap<String, usize>, i32)> {
+/// The group's instances, in service and warm, and its desired capacity.
+pub(crate) async fn members(
+    demo: &Demo,
+) -> anyhow::Result<(Vec<aws_sdk_autoscaling::types::Instance>, i32)> {
     let group = &demo.fleet.group;
     let groups = demo
         .asg
@@ -637,11 +639,7 @@ pub(crate) async fn census(demo: &Demo) -> anyhow::Result<(BTreeMap<String, usiz
         .send()
         .await?;
     let g = groups.auto_scaling_groups().first();
-    let mut states: BTreeMap<String, usize> = BTreeMap::new();
-    let mut add = |s: Option<&str>| *states.entry(s.unwrap_or("?").to_owned()).or_default() += 1;
-    for i in g.map(|g| g.instances()).unwrap_or_default() {
-        add(i.lifecycle_state().map(|s| s.as_str()));
-    }
+    let mut all = g.map(|g| g.instances().to_vec()).unwrap_or_default();
     // No warm pool (never, or deleted) answers an empty one.
     let pool = demo
         .asg
@@ -649,14 +647,23 @@ pub(crate) async fn census(demo: &Demo) -> anyhow::Result<(BTreeMap<String, usiz
         .auto_scaling_group_name(group)
         .send()
         .await?;
-    for i in pool.instances() {
-        add(i.lifecycle_state().map(|s| s.as_str()));
-    }
-    states.retain(|s, _| !s.ends_with("Terminated"));
+    all.extend(pool.instances().iter().cloned());
     Ok((
-        states,
+        all,
         g.and_then(|g| g.desired_capacity()).unwrap_or_default(),
     ))
+}
+
+/// The group's instances (in service and warm) by lifecycle state, and its desired capacity.
+pub(crate) async fn census(demo: &Demo) -> anyhow::Result<(BTreeMap<String, usize>, i32)> {
+    let (all, desired) = members(demo).await?;
+    let mut states: BTreeMap<String, usize> = BTreeMap::new();
+    for i in &all {
+        let s = i.lifecycle_state().map_or("?", |s| s.as_str());
+        *states.entry(s.to_owned()).or_default() += 1;
+    }
+    states.retain(|s, _| !s.ends_with("Terminated"));
+    Ok((states, desired))
 }
 
 /// What is still there: instances (by state), runners and the instances' secrets, by name.

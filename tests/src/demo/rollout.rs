@@ -201,31 +201,13 @@ impl Rollout {
 
 /// Instances of the group and its warm pool still launched from version 1.
 async fn old_instances(demo: &Demo) -> anyhow::Result<usize> {
-    let group = &demo.fleet.group;
-    let groups = demo
-        .asg
-        .describe_auto_scaling_groups()
-        .auto_scaling_group_names(group)
-        .send()
-        .await?;
-    let pool = demo
-        .asg
-        .describe_warm_pool()
-        .auto_scaling_group_name(group)
-        .send()
-        .await?;
-    let live = groups
-        .auto_scaling_groups()
+    let (all, _) = super::members(demo).await?;
+    Ok(all
         .iter()
-        .flat_map(|g| g.instances())
-        .map(|i| (i.lifecycle_state().map(|s| s.as_str()), i.launch_template()));
-    let warm = pool
-        .instances()
-        .iter()
-        .map(|i| (i.lifecycle_state().map(|s| s.as_str()), i.launch_template()));
-    Ok(live
-        .chain(warm)
-        .filter(|(state, _)| !state.is_some_and(|s| s.contains("Terminat")))
-        .filter(|(_, t)| t.and_then(|t| t.version()) == Some(OLD))
+        .filter(|i| {
+            !i.lifecycle_state()
+                .is_some_and(|s| s.as_str().contains("Terminat"))
+        })
+        .filter(|i| i.launch_template().and_then(|t| t.version()) == Some(OLD))
         .count())
 }
