@@ -243,11 +243,13 @@ impl Lifecycle for AutoScaling {
 impl Capacity for AutoScaling {
     async fn add_one(&self, group: &str, policy: &str) -> Result<(), PortError> {
         // The job policy is a simple one (+1): no metric value or threshold, which AWS
-        // accepts for step policies only; ExecutePolicy does not honour its cooldown.
+        // accepts for step policies only; its cooldown not honoured, said explicitly (the
+        // API reference gives no default), so that every run adds its instance.
         self.client
             .execute_policy()
             .auto_scaling_group_name(group)
             .policy_name(policy)
+            .honor_cooldown(false)
             .send()
             .await
             .map(|_| ())
