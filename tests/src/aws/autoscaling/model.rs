@@ -78,7 +78,7 @@ impl State {
         )
     }
 
-    fn warmed_ready(self) -> bool {
+    pub(crate) fn warmed_ready(self) -> bool {
         matches!(
             self,
             State::WarmedHibernated | State::WarmedStopped | State::WarmedRunning
@@ -87,6 +87,19 @@ impl State {
 
     pub fn is_gone(self) -> bool {
         matches!(self, State::Terminated | State::WarmedTerminated)
+    }
+
+    /// Terminating (in service or warm), or gone.
+    pub(crate) fn is_leaving(self) -> bool {
+        matches!(
+            self,
+            State::Terminating
+                | State::TerminatingWait
+                | State::TerminatingProceed
+                | State::WarmedTerminating
+                | State::WarmedTerminatingWait
+                | State::WarmedTerminatingProceed
+        ) || self.is_gone()
     }
 }
 
@@ -209,6 +222,16 @@ pub struct Group {
     /// while one does, dynamic scaling does not scale in (`policy.rs`).
     pub default_instance_warmup: Option<Duration>,
     pub created_at: Duration,
+}
+
+impl Group {
+    /// The size its warm pool keeps: max(min size, max prepared capacity − desired), max
+    /// prepared defaulting to the group's max; `None` without a pool.
+    pub fn warm_pool_size(&self) -> Option<u32> {
+        let pool = self.warm_pool.as_ref()?;
+        let prepared = pool.max_prepared.unwrap_or(self.max);
+        Some(prepared.saturating_sub(self.desired).max(pool.min_size))
+    }
 }
 
 #[cfg(test)]
@@ -807,16 +830,7 @@ impl Asg {
             return;
         };
         let (group, warm) = (inst.group.clone(), inst.state.is_warmed());
-        if matches!(
-            inst.state,
-            State::Terminating
-                | State::TerminatingWait
-                | State::TerminatingProceed
-                | State::WarmedTerminating
-                | State::WarmedTerminatingWait
-                | State::WarmedTerminatingProceed
-        ) || inst.state.is_gone()
-        {
+        if inst.state.is_leaving() {
             return;
         }
         if let Some(inst) = self.instances.get_mut(id) {
@@ -1269,9 +1283,8 @@ impl Asg {
                 }
             }
         }
-        if let Some(pool) = &group.warm_pool {
-            let prepared = pool.max_prepared.unwrap_or(group.max);
-            let target = prepared.saturating_sub(group.desired).max(pool.min_size) + warm_surge;
+        if let Some(target) = group.warm_pool_size() {
+            let target = target + warm_surge;
             // Trimming takes ready warm instances first, those still on their way in last.
             let mut warm: Vec<&Instance> = self
                 .instances
