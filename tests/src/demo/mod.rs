@@ -178,28 +178,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     ));
     let script_dir = tempfile::tempdir()?;
     let script = script_dir.path().join("instance.sh");
-    let setup = |github_url: String| {
-        AgentSetup {
+    // The agent heartbeats a drain's hook three times per heartbeat timeout, lets an idle
+    // drain settle for its default 5 s and lingers protected for its default 5 s after a
+    // job (world time).
+    let five_seconds_ms = (5.0 / args.time_scale * 1000.0).max(1.0) as u64;
+    let timeouts = format!(
+        "[timeouts]\nheartbeat = \"{}ms\"\nsettle = \"{five_seconds_ms}ms\"\n\
+         linger = \"{five_seconds_ms}ms\"\n",
+        (f64::from(HOOK_HEARTBEAT_SECONDS) / 3.0 / args.time_scale * 1000.0) as u64,
+    );
+    let setup = |github_url: String| AgentSetup {
         agent: agent.clone(),
         testbed: std::env::current_exe().unwrap_or_default(),
         packaging: AgentSetup::packaging_dir(),
         github_url,
         deployment: DEPLOYMENT.into(),
         labels: fleet.labels(),
-        // The agent heartbeats a drain's hook three times per heartbeat timeout, lets an
-        // idle drain settle for its default 5 s and lingers protected for its default 5 s
-        // after a job (world time).
-        extra_config: format!(
-            "mode = \"{}\"\n[timeouts]\nheartbeat = \"{}ms\"\nsettle = \"{}ms\"\nlinger = \"{}ms\"\n",
-            fleet.runner_mode.as_str(),
-            (f64::from(HOOK_HEARTBEAT_SECONDS) / 3.0 / args.time_scale * 1000.0) as u64,
-            (5.0 / args.time_scale * 1000.0).max(1.0) as u64,
-            (5.0 / args.time_scale * 1000.0).max(1.0) as u64
-        ),
+        extra_config: format!("mode = \"{}\"\n{timeouts}", fleet.runner_mode.as_str()),
         env: String::new(),
         runner_user: None,
         supervise: true,
-    }
     };
     let mut spec = Spec::lambdas(args.binaries.clone(), &[&fleet.group]);
     spec.function_env = vec![
