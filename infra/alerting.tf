@@ -1,6 +1,7 @@
 # Alerts to an SNS topic (e-mails subscribed) and any topics given: launches stuck in a
-# hook, runners that registered and went offline, an empty warm pool, Lambda errors, and
-# metrics that stopped coming.
+# hook, runners that registered and went offline, registrations without an instance, an
+# empty warm pool, GitHub's rate limit running out, Lambda errors, and metrics that stopped
+# coming.
 
 resource "aws_sns_topic" "alerts" {
   name              = "${var.name}-alerts"
@@ -27,23 +28,55 @@ locals {
       namespace   = "AWS/AutoScaling"
       metric      = "GroupPendingInstances"
       statistic   = "Minimum"
+      period      = 300
       periods     = 3
       operator    = "GreaterThanThreshold"
       threshold   = 0
       missing     = "notBreaching"
       enabled     = true
     }
-    # Registration gaps: runners registered but not listening while in service.
+    # What only GitHub knows, from the sweep's listings (every 5 minutes in a small fleet,
+    # less often as the rate limit share requires: 15-minute periods hold at least one up
+    # to about 12,000 runners at the defaults). Runners registered but not listening while
+    # in service:
     offline-runners = {
-      description = "Runners of ${var.name} offline for 15 minutes: their instances are in service but their runner does not listen"
+      description = "Runners of ${var.name} offline in every listing for 15 minutes: their instances are in service but their runner does not listen"
       namespace   = local.metric_namespace
       metric      = local.metrics.offline
       statistic   = "Minimum"
+      period      = 900
+      periods     = 1
+      operator    = "GreaterThanThreshold"
+      threshold   = 0
+      missing     = "notBreaching"
+      enabled     = true
+    }
+    # Registrations without an instance, found in every listing for 45 minutes (the sweep
+    # deletes each it finds: something keeps registering runners no instance of the group
+    # runs, or they cannot be deleted).
+    orphan-runners = {
+      description = "Every listing of ${var.name}'s runners for 45 minutes found runners with its labels but no instance in the group (the deregistration Lambda's log says which)"
+      namespace   = local.metric_namespace
+      metric      = local.metrics.orphans
+      statistic   = "Minimum"
+      period      = 900
       periods     = 3
       operator    = "GreaterThanThreshold"
       threshold   = 0
       missing     = "notBreaching"
       enabled     = true
+    }
+    github-rate-limit = {
+      description = "Less than ${var.github_rate_limit_alarm_percent}% of the GitHub rate limit ${var.name} uses is left: launches may soon wait for tokens (GitHubApiCalls says who spends it)"
+      namespace   = local.metric_namespace
+      metric      = local.metrics.rate_left
+      statistic   = "Minimum"
+      period      = 300
+      periods     = 1
+      operator    = "LessThanThreshold"
+      threshold   = var.github_rate_limit_alarm_percent
+      missing     = "notBreaching"
+      enabled     = var.github_rate_limit_alarm_percent > 0
     }
     # The agent gave up on instances: a bootstrap abandoned, or a runner that could not
     # run. One is a hiccup the group mends; several in a row repeat on every launch, e.g.
@@ -54,6 +87,7 @@ locals {
       namespace   = local.metric_namespace
       metric      = local.metrics.failed
       statistic   = "Sum"
+      period      = 300
       periods     = 1
       operator    = "GreaterThanOrEqualToThreshold"
       threshold   = 3
@@ -65,6 +99,7 @@ locals {
       namespace   = local.metric_namespace
       metric      = local.metrics.idle
       statistic   = "SampleCount"
+      period      = 300
       periods     = 2
       operator    = "LessThanThreshold"
       threshold   = 1
@@ -76,6 +111,7 @@ locals {
       namespace   = "AWS/AutoScaling"
       metric      = "WarmPoolWarmedCapacity"
       statistic   = "Maximum"
+      period      = 300
       periods     = 6
       operator    = "LessThanThreshold"
       threshold   = 1
@@ -94,7 +130,7 @@ resource "aws_cloudwatch_metric_alarm" "alert" {
   metric_name         = each.value.metric
   dimensions          = local.dimensions
   statistic           = each.value.statistic
-  period              = 300
+  period              = each.value.period
   evaluation_periods  = each.value.periods
   comparison_operator = each.value.operator
   threshold           = each.value.threshold

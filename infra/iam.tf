@@ -18,8 +18,8 @@ resource "aws_iam_role" "lambda" {
   tags               = local.tags
 }
 
-# What every function needs: its log group, its network interfaces in the VPC (the Lambda
-# service makes them with the function's role), and the GitHub credential.
+# What every function needs: its log group and its network interfaces in the VPC (the
+# Lambda service makes them with the function's role).
 data "aws_iam_policy_document" "lambda_common" {
   #checkov:skip=CKV_AWS_111:the only unconstrained writes are the network interfaces the Lambda service makes in the VPC, which EC2 cannot narrow by resource
   #checkov:skip=CKV_AWS_356:the same: ec2:CreateNetworkInterface and its kin take no narrower resource for Lambda's VPC attachment
@@ -40,17 +40,19 @@ data "aws_iam_policy_document" "lambda_common" {
     ]
     resources = ["*"] # the Lambda service's own calls: EC2 offers no narrower resource here
   }
-  # Every function but the webhook receiver, which never talks to GitHub.
-  dynamic "statement" {
-    for_each = each.key != "webhook" ? [1] : []
-    content {
-      sid       = "GitHubCredential"
-      actions   = ["secretsmanager:GetSecretValue"]
-      resources = [local.github_secret]
-    }
+}
+
+# The GitHub credential, for the functions that talk to GitHub: registration, and
+# deregistration (drains and the sweep). record_metric counts from Auto Scaling alone, and
+# the webhook receiver reads only its own secret.
+data "aws_iam_policy_document" "github_credential" {
+  statement {
+    sid       = "GitHubCredential"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [local.github_secret]
   }
   dynamic "statement" {
-    for_each = var.github_credential_kms_key_arn != "" && each.key != "webhook" ? [1] : []
+    for_each = var.github_credential_kms_key_arn != "" ? [1] : []
     content {
       sid       = "GitHubCredentialKey"
       actions   = ["kms:Decrypt"]
@@ -132,6 +134,17 @@ data "aws_iam_policy_document" "deregistration" {
     actions   = ["ssm:GetCommandInvocation"]
     resources = ["*"] # GetCommandInvocation takes no resource
   }
+  # The sweep's findings (offline and orphan runners) and GitHub's rate limit.
+  statement {
+    sid       = "Metrics"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # PutMetricData takes no resource: the namespace is the condition
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [local.metric_namespace]
+    }
+  }
 }
 
 data "aws_iam_policy_document" "record_metric" {
@@ -202,6 +215,13 @@ resource "aws_iam_role_policy" "lambda_common" {
   name     = "common"
   role     = aws_iam_role.lambda[each.key].id
   policy   = data.aws_iam_policy_document.lambda_common[each.key].json
+}
+
+resource "aws_iam_role_policy" "github_credential" {
+  for_each = toset(local.github_functions)
+  name     = "github-credential"
+  role     = aws_iam_role.lambda[each.key].id
+  policy   = data.aws_iam_policy_document.github_credential.json
 }
 
 resource "aws_iam_role_policy" "lambda" {

@@ -29,15 +29,18 @@ locals {
       environment = merge(local.common_env, {
         WARMFLEET_GROUPS        = var.name
         WARMFLEET_DRAIN_TIMEOUT = "${var.drain_timeout_seconds}s"
+        WARMFLEET_SWEEP_PERIOD  = "${local.sweep_minutes}m"
+        WARMFLEET_GITHUB_SHARE  = tostring(var.github_rate_limit_share)
       })
     }
+    # No GitHub credential: it counts from Auto Scaling alone.
     record-metric = {
       zip                  = "warmfleet-record-metric"
       timeout              = 60
       reserved_concurrency = -1
-      environment = merge(local.common_env, {
+      environment = {
         WARMFLEET_GROUPS = var.name
-      })
+      }
     }
     # No GitHub credential: it reads only the webhook secret. GitHub waits 10 s for an
     # answer.
@@ -54,6 +57,19 @@ locals {
       }
     }
   }
+}
+
+# The registration and remove tokens a group's launches and drains share while fresh
+# (control/src/tokens.rs): created empty, written by the functions. No instance may read
+# them (the instance role reads only secrets tagged with its own ARN).
+resource "aws_secretsmanager_secret" "shared_token" {
+  #checkov:skip=CKV2_AWS_57:the functions replace the token before it expires (GitHub's tokens live an hour); rotation has nothing to add
+  #checkov:skip=CKV_AWS_149:encrypted with Secrets Manager's own key, as the per-instance secrets holding the same tokens
+  for_each                = toset(["registration", "remove"])
+  name                    = "${local.secret_prefix}/${var.name}/tokens/${each.key}"
+  description             = "The ${each.key} token ${var.name}'s ${each.key == "registration" ? "launches" : "drains"} share while it has 45 minutes left"
+  recovery_window_in_days = 0
+  tags                    = local.tags
 }
 
 resource "aws_cloudwatch_log_group" "lambda" {
@@ -114,9 +130,11 @@ locals {
       hook        = local.hooks.deregistration
     }
   }
+  # The sweep paces its listings of runners in steps of its schedule (WARMFLEET_SWEEP_PERIOD).
+  sweep_minutes = 5
   schedules = {
     record-metric  = "rate(1 minute)"
-    deregistration = "rate(5 minutes)"
+    deregistration = "rate(${local.sweep_minutes} minutes)"
   }
 }
 

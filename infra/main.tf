@@ -39,11 +39,15 @@ locals {
     idle       = "IdleRunners"
     busy       = "BusyRunners"
     offline    = "OfflineRunners"
+    orphans    = "OrphanRunners"
     all_busy   = "AllRunnersBusy"
     api_calls  = "GitHubApiCalls"
+    rate_left  = "GitHubRateLimitRemainingPercent"
     queue_time = "JobQueueTime"
     failed     = "FailedInstances"
   }
+  # The functions that hold the GitHub credential.
+  github_functions = ["registration", "deregistration"]
   # The step policy the webhook receiver runs once per queued job.
   job_policy       = "warmfleet-job-queued"
   secret_prefix    = "warmfleet"

@@ -321,6 +321,28 @@ variable "drain_timeout_seconds" {
   }
 }
 
+# --- GitHub's rate limit ----------------------------------------------------------------
+
+variable "github_rate_limit_share" {
+  description = "The part of the GitHub App installation's (or token's) hourly rate limit this deployment plans to use, above 0 and at most 1: the sweep lists runners as often as half of it allows, and puts a listing off when it would leave less than the other half for launches."
+  type        = number
+  default     = 0.2
+  validation {
+    condition     = var.github_rate_limit_share > 0 && var.github_rate_limit_share <= 1
+    error_message = "github_rate_limit_share: above 0 and at most 1."
+  }
+}
+
+variable "github_rate_limit_alarm_percent" {
+  description = "Alarm when less than this per cent of the GitHub rate limit is left (as the sweep reads it every run); 0: no alarm."
+  type        = number
+  default     = 20
+  validation {
+    condition     = var.github_rate_limit_alarm_percent >= 0 && var.github_rate_limit_alarm_percent < 100
+    error_message = "github_rate_limit_alarm_percent: 0 to 99."
+  }
+}
+
 # --- Alerting -----------------------------------------------------------------------------
 
 # --- Webhook (the receiver of GitHub's workflow_job events) -------------------------------

@@ -2,6 +2,7 @@
 //! malformed value fails its init with the variable's name and what is wrong.
 //! docs/usage/control-plane.md lists every variable.
 
+use crate::budget::Budget;
 use std::time::Duration;
 use warmfleet_core::naming::Deployment;
 
@@ -75,6 +76,20 @@ fn at_least(
         });
     }
     Ok(value)
+}
+
+/// A fraction in (0, 1].
+fn share(env: &dyn Env, var: &'static str, default: f64) -> Result<f64, ConfigError> {
+    let Some(v) = optional(env, var) else {
+        return Ok(default);
+    };
+    match v.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err(ConfigError {
+            var,
+            reason: format!("{v:?} is not a fraction above 0 and at most 1, like 0.2"),
+        }),
+    }
 }
 
 fn list(env: &dyn Env, var: &'static str) -> Vec<String> {
@@ -196,17 +211,20 @@ fn groups(env: &dyn Env) -> Result<Vec<String>, ConfigError> {
     Ok(groups)
 }
 
+/// record_metric's settings: it counts from Auto Scaling alone, so it needs no GitHub
+/// credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricSettings {
-    pub common: Common,
     pub groups: Vec<String>,
+    /// Time kept back from the invocation's deadline to finish.
+    pub deadline_margin: Duration,
 }
 
 impl MetricSettings {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         Ok(MetricSettings {
-            common: Common::from_env(env)?,
             groups: groups(env)?,
+            deadline_margin: duration(env, "WARMFLEET_DEADLINE_MARGIN", Duration::from_secs(3))?,
         })
     }
 }
@@ -243,7 +261,7 @@ impl WebhookSettings {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeregistrationSettings {
     pub common: Common,
     pub groups: Vec<String>,
@@ -256,6 +274,10 @@ pub struct DeregistrationSettings {
     /// How long an instance may be registered without its runner coming online before the
     /// sweep has it replaced.
     pub registration_grace: Duration,
+    /// How often the schedule runs the sweep (its listings are paced in these steps).
+    pub sweep_period: Duration,
+    /// The deployment's part of the GitHub installation's rate limit.
+    pub budget: Budget,
 }
 
 impl DeregistrationSettings {
@@ -285,6 +307,15 @@ impl DeregistrationSettings {
                 "WARMFLEET_REGISTRATION_GRACE",
                 Duration::from_secs(15 * 60),
             )?,
+            sweep_period: at_least(
+                duration(env, "WARMFLEET_SWEEP_PERIOD", Duration::from_secs(300))?,
+                "WARMFLEET_SWEEP_PERIOD",
+                Duration::from_secs(60),
+                "EventBridge's shortest schedule",
+            )?,
+            budget: Budget {
+                share: share(env, "WARMFLEET_GITHUB_SHARE", 0.2)?,
+            },
         })
     }
 }
@@ -319,6 +350,11 @@ mod tests {
         );
         let e = MetricSettings::from_env(&BASE).unwrap_err();
         assert_eq!(e.var, "WARMFLEET_GROUPS");
+        let m = MetricSettings::from_env(&[("WARMFLEET_GROUPS", "a")]).unwrap();
+        assert_eq!(
+            (m.groups.as_slice(), m.deadline_margin),
+            (&["a".to_owned()][..], Duration::from_secs(3))
+        );
         let e = DeregistrationSettings::from_env(&[
             BASE[0],
             BASE[1],
@@ -331,6 +367,29 @@ mod tests {
             .unwrap();
         assert_eq!(d.groups, ["a", "b"]);
         assert_eq!(d.drain_delivery_timeout, Duration::from_secs(120));
+        assert_eq!(
+            (d.sweep_period, d.budget.share),
+            (Duration::from_secs(300), 0.2)
+        );
+        for bad in ["0", "1.5", "a fifth", "-0.1"] {
+            let e = DeregistrationSettings::from_env(&[
+                BASE[0],
+                BASE[1],
+                ("WARMFLEET_GROUPS", "a"),
+                ("WARMFLEET_GITHUB_SHARE", bad),
+            ])
+            .unwrap_err();
+            assert_eq!(e.var, "WARMFLEET_GITHUB_SHARE", "{bad}");
+            assert!(e.reason.contains("is not a fraction"), "{e}");
+        }
+        let e = DeregistrationSettings::from_env(&[
+            BASE[0],
+            BASE[1],
+            ("WARMFLEET_GROUPS", "a"),
+            ("WARMFLEET_SWEEP_PERIOD", "10s"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "WARMFLEET_SWEEP_PERIOD");
         let e = DeregistrationSettings::from_env(&[
             BASE[0],
             BASE[1],

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
-use warmfleet_core::github::{GithubError, JitConfig, JitRequest, Runner, RunnerToken};
+use warmfleet_core::github::{GithubError, JitConfig, JitRequest, RateLimit, Runner, RunnerToken};
 use warmfleet_core::ports::{
     Capacity, CommandState, Commands, Completion, HookResult, InstanceStatus, JobLedger, JobStage,
     Lifecycle, Metrics, PortError, RunnerRegistry, SecretStore,
@@ -166,7 +166,9 @@ impl Lifecycle for Asg {
 #[derive(Default)]
 pub struct Github {
     pub runners: Mutex<Vec<Runner>>,
+    /// Registration tokens minted.
     pub tokens: Mutex<u32>,
+    pub remove_tokens: Mutex<u32>,
     pub deleted: Mutex<Vec<u64>>,
     pub fail: Mutex<bool>,
     pub wait: Mutex<Option<std::time::Duration>>,
@@ -176,6 +178,10 @@ pub struct Github {
     pub deleted_elsewhere: Mutex<Vec<u64>>,
     /// Runners whose custom labels were removed.
     pub unlabelled: Mutex<Vec<u64>>,
+    /// What `rate_limit` answers (`None`: no limit enforced).
+    pub rate: Mutex<Option<RateLimit>>,
+    /// How many times every runner was listed.
+    pub listings: Mutex<u32>,
 }
 
 fn server_error() -> GithubError {
@@ -209,9 +215,11 @@ impl RunnerRegistry for Github {
         })
     }
     async fn remove_token(&self, _: Instant) -> Result<RunnerToken, GithubError> {
+        let mut n = self.remove_tokens.lock().unwrap();
+        *n += 1;
         Ok(RunnerToken {
-            token: "REMOVE".to_owned().into(),
-            expires_at: Utc::now(),
+            token: format!("REMOVE{n}").into(),
+            expires_at: Utc::now() + chrono::Duration::hours(1),
         })
     }
     async fn jit_config(&self, request: &JitRequest, _: Instant) -> Result<JitConfig, GithubError> {
@@ -240,6 +248,7 @@ impl RunnerRegistry for Github {
         })
     }
     async fn runners(&self, label: Option<&str>, _: Instant) -> Result<Vec<Runner>, GithubError> {
+        *self.listings.lock().unwrap() += 1;
         Ok(self
             .runners
             .lock()
@@ -287,8 +296,8 @@ impl RunnerRegistry for Github {
     fn api_calls(&self) -> u64 {
         0
     }
-    fn rate_limit_remaining(&self) -> Option<u64> {
-        Some(4999)
+    async fn rate_limit(&self, _: Instant) -> Result<Option<RateLimit>, GithubError> {
+        Ok(*self.rate.lock().unwrap())
     }
 }
 

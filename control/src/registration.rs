@@ -1,9 +1,10 @@
 //! The registration Lambda: launch lifecycle events on the `registration` hook.
 //!
 //! - Into the warm pool: nothing is registered; the hook is completed with CONTINUE.
-//! - Into service (a cold launch, or a resume from the warm pool): a fresh registration
-//!   token (persistent mode) or a JIT configuration (ephemeral mode) is written to the
-//!   instance's own secret as a new version, then the hook is completed with CONTINUE.
+//! - Into service (a cold launch, or a resume from the warm pool): a registration token
+//!   (persistent mode: the group's shared one while fresh, see `tokens`) or a JIT
+//!   configuration (ephemeral mode) is written to the instance's own secret as a new
+//!   version, then the hook is completed with CONTINUE.
 //! - The same lifecycle action again (EventBridge delivers at least once): the secret
 //!   already holds a credential for it, so nothing is minted; the hook is completed (a hook
 //!   no longer waiting is not an error).
@@ -14,6 +15,7 @@
 
 use crate::config::{Mode, RegistrationSettings};
 use crate::event::{Event, LifecycleEvent, Place, Transition};
+use crate::tokens::{shared_token, TokenKind};
 use crate::Error;
 use chrono::Utc;
 use tokio::time::Instant;
@@ -140,7 +142,14 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
     ) -> Result<Option<&'static str>, Error> {
         let (kind, credential) = match self.settings.mode {
             Mode::Persistent => {
-                let t = self.github.registration_token(until).await?;
+                let t = shared_token(
+                    &self.secrets,
+                    &self.github,
+                    &e.group,
+                    TokenKind::Registration,
+                    until,
+                )
+                .await?;
                 (
                     "registration-token",
                     RunnerCredential::RegistrationToken {
@@ -314,6 +323,47 @@ mod tests {
         };
         assert_eq!(token.expose_secret(), "REG1");
         assert_eq!(completions(&h), [HookResult::Continue]);
+    }
+
+    #[tokio::test]
+    async fn launches_share_the_groups_token_each_in_its_own_secret() {
+        let h = handler(Mode::Persistent);
+        let shared = warmfleet_core::naming::shared_token_secret_id("runners", "registration");
+        h.secrets
+            .values
+            .lock()
+            .unwrap()
+            .insert(shared, ("{}".to_owned().into(), Default::default()));
+        for (instance, action) in [
+            (
+                "i-0000000000000000a",
+                "11111111-2222-4333-8444-55555555555a",
+            ),
+            (
+                "i-0000000000000000b",
+                "11111111-2222-4333-8444-55555555555b",
+            ),
+        ] {
+            let Event::Lifecycle(mut e) = event("cold") else {
+                panic!()
+            };
+            (e.instance_id, e.token) = (instance.into(), action.into());
+            assert_eq!(
+                h.handle(Event::Lifecycle(e), soon()).await.unwrap(),
+                Outcome::Registered
+            );
+        }
+        assert_eq!(*h.github.tokens.lock().unwrap(), 1, "one token for both");
+        let values = h.secrets.values.lock().unwrap();
+        for instance in ["i-0000000000000000a", "i-0000000000000000b"] {
+            let text = &values[&format!("warmfleet/runners/{instance}")].0;
+            let RunnerCredential::RegistrationToken { token, .. } =
+                InstanceSecret::parse(text).unwrap().credential
+            else {
+                panic!()
+            };
+            assert_eq!(token.expose_secret(), "REG1", "{instance}: its own copy");
+        }
     }
 
     #[tokio::test]

@@ -78,6 +78,10 @@ pub const METRIC_OFFLINE_RUNNERS: &str = "OfflineRunners";
 pub const METRIC_ALL_RUNNERS_BUSY: &str = "AllRunnersBusy";
 pub const METRIC_GITHUB_API_CALLS: &str = "GitHubApiCalls";
 pub const METRIC_GITHUB_RATE_LIMIT_REMAINING: &str = "GitHubRateLimitRemaining";
+/// The same, in per cent of the hourly limit (what the budget alarm watches).
+pub const METRIC_GITHUB_RATE_LIMIT_PERCENT: &str = "GitHubRateLimitRemainingPercent";
+/// Runners registered for the group without an instance in it (found by the sweep).
+pub const METRIC_ORPHAN_RUNNERS: &str = "OrphanRunners";
 /// Seconds each job waited from queued to started (from the `workflow_job` webhooks).
 pub const METRIC_JOB_QUEUE_TIME: &str = "JobQueueTime";
 /// Instances the agent gave up on (1 each): a bootstrap hook abandoned, or an instance in
@@ -125,16 +129,50 @@ pub fn group_secret_prefix(asg_name: &str) -> String {
     format!("{SECRET_PREFIX}/{asg_name}/")
 }
 
-/// The instance id a per-instance secret id names, if it is one of this group's.
+/// The secret holding the registration (`kind` "registration") or remove ("remove") token
+/// the group's launches or drains share while it is fresh. The module creates both; no
+/// instance may read them (they carry no instance's tag), and the sweep, which looks for
+/// instance ids one level under the group, passes them by.
+pub fn shared_token_secret_id(asg_name: &str, kind: &str) -> String {
+    format!("{SECRET_PREFIX}/{asg_name}/tokens/{kind}")
+}
+
+/// The secret the webhook receiver checks GitHub's signatures with (the module creates it
+/// next to the group's instance secrets).
+pub fn webhook_secret_id(asg_name: &str) -> String {
+    format!("{SECRET_PREFIX}/{asg_name}/webhook")
+}
+
+/// The instance id a per-instance secret id names, if it is one of this group's: one level
+/// under the group, and an EC2 instance id (`i-...`). The group's other secrets (the
+/// webhook's, the shared tokens) live under the same prefix and are not instances'.
 pub fn instance_of_secret<'a>(asg_name: &str, secret_id: &'a str) -> Option<&'a str> {
     let rest = secret_id.strip_prefix(SECRET_PREFIX)?.strip_prefix('/')?;
     let id = rest.strip_prefix(asg_name)?.strip_prefix('/')?;
-    (!id.is_empty() && !id.contains('/')).then_some(id)
+    (id.len() > 2 && id.starts_with("i-") && !id.contains('/')).then_some(id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_token_secrets_are_no_instances_secrets() {
+        let id = shared_token_secret_id("runners", "registration");
+        assert_eq!(id, "warmfleet/runners/tokens/registration");
+        assert!(id.starts_with(&group_secret_prefix("runners")));
+        assert_eq!(instance_of_secret("runners", &id), None);
+        // Nor is the webhook's, which the sweep once took for a gone instance's.
+        assert_eq!(
+            instance_of_secret("runners", &webhook_secret_id("runners")),
+            None
+        );
+        assert_eq!(instance_of_secret("runners", "warmfleet/runners/i-"), None);
+        assert_eq!(
+            instance_of_secret("runners", &instance_secret_id("runners", "i-1")),
+            Some("i-1")
+        );
+    }
 
     #[test]
     fn labels_start_with_fleet_group_instance_and_skip_duplicates() {

@@ -1,7 +1,7 @@
 //! The narrow interfaces the domain talks through. The aws-sdk adapters implement them for
 //! real; unit tests of pure logic may implement them in memory.
 
-use crate::github::{GithubError, JitConfig, JitRequest, Runner, RunnerToken};
+use crate::github::{GithubError, JitConfig, JitRequest, RateLimit, Runner, RunnerToken};
 use async_trait::async_trait;
 use secrecy::SecretString;
 use std::time::Duration;
@@ -262,6 +262,6 @@ pub trait RunnerRegistry: Send + Sync {
     async fn remove_labels(&self, runner_id: u64, deadline: Instant) -> Result<(), GithubError>;
     /// Requests made so far.
     fn api_calls(&self) -> u64;
-    /// What GitHub last said was left of the rate limit.
-    fn rate_limit_remaining(&self) -> Option<u64>;
+    /// The rate limit as GitHub states it now, at no cost (`None`: none is enforced).
+    async fn rate_limit(&self, deadline: Instant) -> Result<Option<RateLimit>, GithubError>;
 }

@@ -10,7 +10,7 @@ import glob
 import os
 import re
 
-from test_module import ROOT, load, unquote
+from test_module import ROOT, load, locals_of, unquote
 
 SERVICES = {"autoscaling.rs": "autoscaling", "secrets.rs": "secretsmanager",
             "ssm.rs": "ssm", "cloudwatch.rs": "cloudwatch", "dynamodb.rs": "dynamodb"}
@@ -29,8 +29,7 @@ COMPONENTS = {
     "deregistration": ["control/src/deregistration/mod.rs", "control/src/deregistration/sweep.rs",
                        "control/src/runtime.rs",
                        "core/src/github/credential.rs"],
-    "record-metric": ["control/src/record_metric.rs", "control/src/runtime.rs",
-                      "core/src/github/credential.rs"],
+    "record-metric": ["control/src/record_metric.rs"],
     "webhook": ["control/src/webhook/mod.rs"],
     "runner": sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "agent/src/**/*.rs"), recursive=True)),
 }
@@ -114,8 +113,9 @@ def documents():
 
 def granted(role):
     docs = documents()
-    names = {"runner": ["agent"], "registration": ["lambda_common", "registration"],
-             "deregistration": ["lambda_common", "deregistration"],
+    names = {"runner": ["agent"],
+             "registration": ["lambda_common", "github_credential", "registration"],
+             "deregistration": ["lambda_common", "github_credential", "deregistration"],
              "record-metric": ["lambda_common", "record_metric"],
              "webhook": ["lambda_common", "webhook"]}[role]
     actions = set()
@@ -148,6 +148,15 @@ def test_every_role_grants_exactly_what_its_code_calls():
         if grants - calls:
             report.append(f"{role} may but never calls: {sorted(grants - calls)}")
     assert not report, "\n".join(report)
+
+
+def test_the_github_credential_goes_only_to_the_functions_that_read_it():
+    """iam.tf attaches the credential's policy to local.github_functions: exactly the
+    roles whose code reads the credential (the comparison above counts it for those)."""
+    attached = {unquote(f) for f in locals_of("main.tf")["github_functions"]}
+    readers = {role for role, sources in COMPONENTS.items()
+               if "core/src/github/credential.rs" in sources}
+    assert attached == readers == {"registration", "deregistration"}
 
 
 def test_the_lambdas_roles_are_the_modules_functions():

@@ -100,8 +100,10 @@ def test_hook_metric_and_secret_names_are_the_codes():
         "idle": naming["METRIC_IDLE_RUNNERS"],
         "busy": naming["METRIC_BUSY_RUNNERS"],
         "offline": naming["METRIC_OFFLINE_RUNNERS"],
+        "orphans": naming["METRIC_ORPHAN_RUNNERS"],
         "all_busy": naming["METRIC_ALL_RUNNERS_BUSY"],
         "api_calls": naming["METRIC_GITHUB_API_CALLS"],
+        "rate_left": naming["METRIC_GITHUB_RATE_LIMIT_PERCENT"],
         "queue_time": naming["METRIC_JOB_QUEUE_TIME"],
         "failed": naming["METRIC_FAILED_INSTANCES"],
     }
@@ -111,6 +113,14 @@ def test_hook_metric_and_secret_names_are_the_codes():
     # The alarms' dimension is the one record_metric publishes.
     dimensions = locals_of("scaling.tf")["dimensions"]
     assert list(dimensions) == [naming["METRIC_DIMENSION_ASG"]]
+    # The secrets next to the instances' under the group's prefix, named as the code names
+    # them (the sweep tells them apart from instances' by their names).
+    lambdas, webhook = read("infra/lambdas.tf"), read("infra/webhook.tf")
+    assert 'name                    = "${local.secret_prefix}/${var.name}/tokens/${each.key}"' in lambdas
+    assert 'for_each                = toset(["registration", "remove"])' in lambdas
+    assert 'format!("{SECRET_PREFIX}/{asg_name}/tokens/{kind}")' in read("core/src/naming.rs")
+    assert 'name        = "${local.secret_prefix}/${var.name}/webhook"' in webhook
+    assert 'format!("{SECRET_PREFIX}/{asg_name}/webhook")' in read("core/src/naming.rs")
     # The agent looks for its secret under the same prefix.
     agent = read("packaging/agent/agent.toml")
     assert f'secret_prefix = "{naming["SECRET_PREFIX"]}"' in agent
@@ -142,8 +152,8 @@ def test_each_lambda_gets_the_environment_its_code_reads():
     code = {
         "registration": common | reads("RegistrationSettings"),
         "deregistration": common | reads("DeregistrationSettings"),
-        "record-metric": common | reads("MetricSettings"),
-        # The receiver never talks to GitHub: no Common.
+        # Neither counting from Auto Scaling nor the receiver talks to GitHub: no Common.
+        "record-metric": reads("MetricSettings"),
         "webhook": reads("WebhookSettings"),
     }
     module = lambda_environment()
@@ -258,10 +268,12 @@ def test_the_agent_and_the_lambdas_get_the_same_labels():
 
 
 def test_every_component_of_a_deployment_gets_its_id():
-    """The agents (user data) and every Lambda list, count and label runners by the same
-    deployment label."""
+    """The agents (user data) and every Lambda that lists, labels or routes to runners do
+    it by the same deployment label (record_metric counts instances, not runners)."""
     assert "deployment           = local.deployment" in read("infra/runners.tf")
     module = lambda_environment()
-    assert all("WARMFLEET_DEPLOYMENT" in names for names in module.values()), module
+    assert "WARMFLEET_DEPLOYMENT" not in module["record-metric"]
+    assert all("WARMFLEET_DEPLOYMENT" in names for f, names in module.items()
+               if f != "record-metric"), module
     main = read("infra/main.tf")
     assert 'var.deployment_id != "" ? var.deployment_id : substr(sha256(' in main

@@ -5,7 +5,7 @@
 
 use crate::github::state::{JobEvent, JobRec};
 use crate::github::webhooks::{signature, workflow_job_payload};
-use crate::world::{World, WEBHOOK_FUNCTION, WEBHOOK_SECRET};
+use crate::world::{World, WEBHOOK_FUNCTION};
 use anyhow::{bail, Context};
 use serde::Serialize;
 use serde_json::Value;
@@ -160,7 +160,7 @@ impl World {
         let secrets = aws_sdk_secretsmanager::Client::new(&self.secrets_sdk);
         let secret = secrets
             .get_secret_value()
-            .secret_id(WEBHOOK_SECRET)
+            .secret_id(&self.webhook_secret)
             .send()
             .await?
             .secret_string()

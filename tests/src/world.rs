@@ -11,6 +11,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use warmfleet_core::naming;
 use warmfleet_core::ports::SecretStore;
 
 /// The organisation runners register with, and the PAT the Lambdas use.
@@ -19,9 +20,8 @@ pub(crate) const PAT: &str = "ghp_worldworldworldworldworldworldworld";
 
 /// Where the GitHub credential secret lives.
 const CREDENTIAL_SECRET: &str = "warmfleet/github";
-/// The webhook secret, the job table, and the webhook function URL's path, as the module
-/// creates them.
-pub const WEBHOOK_SECRET: &str = "warmfleet/webhook";
+/// The job table and the webhook function URL's path, as the module creates them (the
+/// webhook's secret is named for the first group, as the module names it for its group).
 pub const JOB_TABLE: &str = "warmfleet-jobs";
 pub const WEBHOOK_FUNCTION: &str = "webhook";
 
@@ -82,6 +82,12 @@ impl Spec {
         }
     }
 
+    /// The webhook receiver's secret, where the module puts it: next to the first group's
+    /// instance secrets (which the sweep must tell apart from it).
+    pub fn webhook_secret(&self) -> String {
+        naming::webhook_secret_id(self.groups.first().map_or("warmfleet", |g| g.as_str()))
+    }
+
     /// The world file: the functions and the rules.
     fn world_file(&self, github: &str) -> anyhow::Result<String> {
         let common = [
@@ -103,10 +109,7 @@ impl Spec {
             functions.push((WEBHOOK_FUNCTION, "warmfleet-webhook"));
         }
         let webhook_env = [
-            (
-                "WARMFLEET_WEBHOOK_SECRET".to_owned(),
-                WEBHOOK_SECRET.to_owned(),
-            ),
+            ("WARMFLEET_WEBHOOK_SECRET".to_owned(), self.webhook_secret()),
             ("WARMFLEET_JOB_TABLE".to_owned(), JOB_TABLE.to_owned()),
         ];
         for (name, binary) in functions {
@@ -154,6 +157,8 @@ impl Spec {
 /// The GitHub fake and the AWS world (with moto) in this process.
 pub struct World {
     pub github: String,
+    /// The webhook receiver's secret.
+    pub webhook_secret: String,
     pub aws: String,
     pub http: reqwest::Client,
     /// An SDK configuration whose endpoint is the AWS world.
@@ -184,6 +189,7 @@ async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 async fn webhook(
     github: &str,
     aws: &str,
+    secret_id: &str,
     moto: &aws_config::SdkConfig,
     http: &reqwest::Client,
 ) -> anyhow::Result<()> {
@@ -193,7 +199,7 @@ async fn webhook(
     };
     let secret = github::state::random_token("whsec_", 32);
     warmfleet_core::aws::SecretsManager::new(moto)
-        .put(WEBHOOK_SECRET, &secret.clone().into(), &[])
+        .put(secret_id, &secret.clone().into(), &[])
         .await?;
     let dynamodb = aws_sdk_dynamodb::Client::new(moto);
     dynamodb
@@ -331,11 +337,25 @@ impl World {
                 &[],
             )
             .await?;
+        // As the module: each group's shared token secrets, created without a value (the
+        // functions put the first).
+        let secrets = aws_sdk_secretsmanager::Client::new(&secrets_sdk);
+        for group in &spec.groups {
+            for kind in ["registration", "remove"] {
+                secrets
+                    .create_secret()
+                    .name(naming::shared_token_secret_id(group, kind))
+                    .send()
+                    .await
+                    .with_context(|| format!("creating {group}'s shared {kind} token secret"))?;
+            }
+        }
         if spec.webhook {
-            webhook(&github, &aws, &secrets_sdk, &http).await?;
+            webhook(&github, &aws, &spec.webhook_secret(), &secrets_sdk, &http).await?;
         }
         Ok(World {
             github,
+            webhook_secret: spec.webhook_secret(),
             sdk: sdk_config(&aws).await,
             secrets_sdk,
             aws,

@@ -7,9 +7,11 @@
 mod common;
 
 use aws_sdk_autoscaling::types::LifecycleHookSpecification;
+use aws_sdk_cloudwatch::primitives::DateTime;
 use common::control::{Function, Plane};
 use common::fast_retries;
-use serde_json::json;
+use serde_json::{json, Value};
+use std::time::Duration;
 use warmfleet_testbed::agent_setup::lifecycle_hooks;
 
 /// What SSM runs instead of `warmfleet-agent drain` until the agent exists: it records that
@@ -33,6 +35,11 @@ fn hooks() -> Vec<LifecycleHookSpecification> {
 }
 
 async fn start() -> Plane {
+    start_with(&[]).await
+}
+
+/// With the GitHub fake's own arguments.
+async fn start_with(github_args: &[&str]) -> Plane {
     let functions = [
         Function {
             name: "deregistration",
@@ -52,7 +59,7 @@ async fn start() -> Plane {
             env: &[],
         },
     ];
-    Plane::start("1", Some("exec sleep 600"), &functions, RULES, &[]).await
+    Plane::start("1", Some("exec sleep 600"), &functions, RULES, github_args).await
 }
 
 #[tokio::test]
@@ -158,4 +165,97 @@ async fn the_sweep_removes_orphans_keeps_busy_runners_and_survives_a_failing_ite
         .collect();
     assert_eq!(left, ["i-gone-2", "i-gone-busy"]);
     assert!(plane.instance_secret("runners", "i-gone-9").await.is_none());
+}
+
+#[tokio::test]
+async fn the_sweep_publishes_offline_runners_and_lists_a_thousand_in_pages_free_when_unchanged() {
+    let plane = start_with(&["--offline-after", "2s"]).await;
+    plane.aws.create("runners", 0, 5, 2, vec![]).await;
+    let ids: Vec<String> = plane
+        .aws
+        .until("runners", false, "in service", |i| {
+            i.len() == 2 && i.iter().all(|x| x.1 == "InService")
+        })
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let client = plane.github.pat_client(fast_retries()).await;
+    let t = client
+        .registration_token(common::deadline(10))
+        .await
+        .unwrap();
+    let t = secrecy::ExposeSecret::expose_secret(&t.token).to_owned();
+    // One runner listens; the other's instance is in service but its runner went silent.
+    let (_, session) = plane.github.fleet_runner(&t, &ids[0], "runners").await;
+    let url = plane.github.poll_url(&session);
+    let listener = tokio::spawn(async move {
+        loop {
+            let _ = reqwest::get(&url).await;
+        }
+    });
+    plane.github.fleet_runner(&t, &ids[1], "runners").await;
+    // A thousand runners of another pool: not this group's, but on the pages it reads.
+    for n in 0..1000 {
+        let name = format!("r-{n:04}");
+        plane
+            .github
+            .register_with(&t, &name, &["warmfleet", "elsewhere", &name], false)
+            .await;
+    }
+    // Long enough for the silent runner to show offline.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lists = |log: &[Value]| -> Vec<u64> {
+        log.iter()
+            .filter(|r| r["method"] == "GET" && r["path"] == "/orgs/acme/actions/runners")
+            .map(|r| r["status"].as_u64().unwrap())
+            .collect()
+    };
+    let before = lists(&plane.github.requests().await).len();
+
+    let summary = plane.invoke_scheduled("deregistration").await.unwrap();
+    assert_eq!(summary["listing"], "listed", "{summary:#}");
+    assert_eq!(summary["offline_runners"], 1, "{summary:#}");
+    assert_eq!(summary["orphan_runners"], 0, "{summary:#}");
+    assert_eq!(summary["runners_deleted"], 0, "{summary:#}");
+    let first = lists(&plane.github.requests().await)[before..].to_vec();
+    assert_eq!(first, [200; 11], "1,002 runners in pages of 100");
+    plane.invoke_scheduled("deregistration").await.unwrap();
+    let second = lists(&plane.github.requests().await)[before + 11..].to_vec();
+    listener.abort();
+    assert_eq!(second, [304; 11], "an unchanged list is free of rate limit");
+
+    let cw = aws_sdk_cloudwatch::Client::new(&plane.aws.config);
+    let now = std::time::SystemTime::now();
+    for (metric, check) in [
+        ("OfflineRunners", (|v: f64| v == 1.0) as fn(f64) -> bool),
+        ("OrphanRunners", |v| v == 0.0),
+        // GitHub charges neither the 304s nor reading the rate limit.
+        ("GitHubApiCalls", |v| v == 0.0),
+        ("GitHubRateLimitRemainingPercent", |v| v > 50.0 && v < 100.0),
+    ] {
+        let stats = cw
+            .get_metric_statistics()
+            .namespace("Warmfleet")
+            .metric_name(metric)
+            .dimensions(
+                aws_sdk_cloudwatch::types::Dimension::builder()
+                    .name("AutoScalingGroupName")
+                    .value("runners")
+                    .build(),
+            )
+            .start_time(DateTime::from(now - Duration::from_secs(3600)))
+            .end_time(DateTime::from(now + Duration::from_secs(3600)))
+            .period(60)
+            .statistics(aws_sdk_cloudwatch::types::Statistic::Minimum)
+            .send()
+            .await
+            .unwrap();
+        let min = stats
+            .datapoints()
+            .iter()
+            .filter_map(|d| d.minimum())
+            .fold(f64::MAX, f64::min);
+        assert!(check(min), "{metric}: {min}");
+    }
 }

@@ -1,5 +1,5 @@
 //! The record_metric Lambda, the real `warmfleet-record-metric` binary on the testbed:
-//! counts from the GitHub fake and the Auto Scaling simulator, published to CloudWatch.
+//! counts from the Auto Scaling simulator alone, published to CloudWatch, no GitHub request.
 
 #![allow(clippy::unwrap_used)] // tests fail loudly on purpose
 
@@ -8,8 +8,7 @@ mod common;
 use aws_sdk_cloudwatch::primitives::DateTime;
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use common::control::{Function, Plane};
-use common::fast_retries;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::{Duration, SystemTime};
 
 const RECORD: Function = Function {
@@ -20,29 +19,39 @@ const RECORD: Function = Function {
     env: &[("WARMFLEET_GROUPS", "runners")],
 };
 
-/// A registration token from the fake, as the registration Lambda would mint it.
-async fn token(plane: &Plane) -> String {
-    let client = plane.github.pat_client(fast_retries()).await;
-    let t = client
-        .registration_token(common::deadline(10))
+/// The largest value of `metric` for the group `runners` CloudWatch holds.
+async fn latest(cw: &aws_sdk_cloudwatch::Client, metric: &str) -> f64 {
+    let now = SystemTime::now();
+    let stats = cw
+        .get_metric_statistics()
+        .namespace("Warmfleet")
+        .metric_name(metric)
+        .dimensions(
+            Dimension::builder()
+                .name("AutoScalingGroupName")
+                .value("runners")
+                .build(),
+        )
+        .start_time(DateTime::from(now - Duration::from_secs(3600)))
+        .end_time(DateTime::from(now + Duration::from_secs(3600)))
+        .period(60)
+        .statistics(Statistic::Maximum)
+        .send()
         .await
         .unwrap();
-    secrecy::ExposeSecret::expose_secret(&t.token).to_owned()
-}
-
-/// Keeps a runner online by polling for work (at `url`), as a listener does.
-fn poll(url: String) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let _ = reqwest::get(&url).await;
-        }
-    })
+    stats
+        .datapoints()
+        .iter()
+        .filter_map(|d| d.maximum())
+        .fold(f64::MIN, f64::max)
 }
 
 #[tokio::test]
-async fn counts_idle_busy_protected_and_offline_runners_and_publishes_them() {
-    let plane = Plane::start("1", None, &[RECORD], "", &["--offline-after", "2s"]).await;
+async fn counts_in_service_instances_by_protection_and_asks_github_nothing() {
+    let plane = Plane::start("1", None, &[RECORD], "", &[]).await;
     plane.aws.create("runners", 0, 5, 4, vec![]).await;
+    // Another pool's instances: not this deployment's to count.
+    plane.aws.create("other", 0, 5, 2, vec![]).await;
     let ids: Vec<String> = plane
         .aws
         .until("runners", false, "in service", |i| {
@@ -52,105 +61,43 @@ async fn counts_idle_busy_protected_and_offline_runners_and_publishes_them() {
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    let t = token(&plane).await;
-    let (idle, busy, protected, offline) = (&ids[0], &ids[1], &ids[2], &ids[3]);
-    // Busy: it takes a job only it can run.
-    let (_, busy_session) = plane.github.fleet_runner(&t, busy, "runners").await;
-    let job = plane.github.enqueue(&[busy.as_str()], 600.0).await;
-    let message = plane.github.poll(&busy_session).await;
-    assert_eq!(message["job"]["id"], job);
-    let (_, s1) = plane.github.fleet_runner(&t, idle, "runners").await;
-    let (_, s2) = plane.github.fleet_runner(&t, protected, "runners").await;
-    let pollers = [
-        poll(plane.github.poll_url(&s1)),
-        poll(plane.github.poll_url(&s2)),
-        poll(plane.github.poll_url(&busy_session)),
-    ];
-    plane.github.fleet_runner(&t, offline, "runners").await;
-    // Another pool's runner: not this group's.
-    plane.github.fleet_runner(&t, "i-elsewhere", "other").await;
+    // Two run a job: their agents protect them.
     plane
         .aws
         .asg
         .set_instance_protection()
         .auto_scaling_group_name("runners")
-        .instance_ids(protected)
+        .set_instance_ids(Some(ids[..2].to_vec()))
         .protected_from_scale_in(true)
         .send()
         .await
         .unwrap();
-    // Long enough for the silent runner to show offline.
-    tokio::time::sleep(Duration::from_secs(3)).await;
 
     let counts = plane.invoke_scheduled("record-metric").await.unwrap();
-    for p in pollers {
-        p.abort();
-    }
-    assert_eq!(
-        counts,
-        json!({"runners": {"idle": 1, "busy": 2, "offline": 1}})
-    );
-
+    assert_eq!(counts, json!({"runners": {"idle": 2, "busy": 2}}));
     let cw = aws_sdk_cloudwatch::Client::new(&plane.aws.config);
-    let now = SystemTime::now();
     for (metric, want) in [
-        ("IdleRunners", 1.0),
+        ("IdleRunners", 2.0),
         ("BusyRunners", 2.0),
-        ("OfflineRunners", 1.0),
+        ("AllRunnersBusy", 0.0),
     ] {
-        let stats = cw
-            .get_metric_statistics()
-            .namespace("Warmfleet")
-            .metric_name(metric)
-            .dimensions(
-                Dimension::builder()
-                    .name("AutoScalingGroupName")
-                    .value("runners")
-                    .build(),
-            )
-            .start_time(DateTime::from(now - Duration::from_secs(3600)))
-            .end_time(DateTime::from(now + Duration::from_secs(3600)))
-            .period(60)
-            .statistics(Statistic::Maximum)
-            .send()
-            .await
-            .unwrap();
-        let max = stats
-            .datapoints()
-            .iter()
-            .filter_map(|d| d.maximum())
-            .fold(f64::MIN, f64::max);
-        assert_eq!(max, want, "{metric}");
+        assert_eq!(latest(&cw, metric).await, want, "{metric}");
     }
-}
+    let asked = plane.github.requests().await;
+    assert!(asked.is_empty(), "record_metric asked GitHub: {asked:?}");
 
-#[tokio::test]
-async fn a_thousand_runners_take_ten_list_requests_and_none_cost_rate_limit_when_unchanged() {
-    let plane = Plane::start("1", None, &[RECORD], "", &[]).await;
-    plane.aws.create("runners", 0, 1, 0, vec![]).await;
-    let t = token(&plane).await;
-    for n in 0..1000 {
-        let name = format!("r-{n:04}");
-        plane
-            .github
-            .register_with(&t, &name, &["warmfleet", "runners", &name], false)
-            .await;
-    }
-    let lists = |log: &[Value]| -> Vec<u64> {
-        log.iter()
-            .filter(|r| r["method"] == "GET" && r["path"] == "/orgs/acme/actions/runners")
-            .map(|r| r["status"].as_u64().unwrap())
-            .collect()
-    };
-    plane.invoke_scheduled("record-metric").await.unwrap();
-    let first = lists(&plane.github.requests().await);
-    assert_eq!(first.len(), 10, "{first:?}");
-    assert!(first.iter().all(|s| *s == 200));
-    plane.invoke_scheduled("record-metric").await.unwrap();
-    let both = lists(&plane.github.requests().await);
-    assert_eq!(
-        &both[10..],
-        [304; 10],
-        "an unchanged list is answered 304, free of rate limit"
-    );
+    // Every runner busy: the scale-out signal of an idle target of 0.
+    plane
+        .aws
+        .asg
+        .set_instance_protection()
+        .auto_scaling_group_name("runners")
+        .set_instance_ids(Some(ids[2..].to_vec()))
+        .protected_from_scale_in(true)
+        .send()
+        .await
+        .unwrap();
+    let counts = plane.invoke_scheduled("record-metric").await.unwrap();
+    assert_eq!(counts, json!({"runners": {"idle": 0, "busy": 4}}));
+    assert_eq!(latest(&cw, "AllRunnersBusy").await, 1.0);
 }

@@ -418,3 +418,42 @@ async fn a_rate_limit_past_the_deadline_keeps_the_launch_for_the_events_retry() 
     assert_eq!(first["LifecycleAction"]["instance"], instance.as_str());
     token(&plane, &instance).await;
 }
+
+#[tokio::test]
+async fn launches_share_the_groups_token_and_each_instance_holds_its_own_copy() {
+    let plane = start().await;
+    // As the module creates it: a secret without a value yet.
+    plane
+        .secrets
+        .create_secret()
+        .name("warmfleet/runners/tokens/registration")
+        .send()
+        .await
+        .unwrap();
+    plane.aws.create("runners", 0, 3, 1, vec![hook()]).await;
+    let first = plane.aws.sole_in_service("runners").await;
+    plane.aws.set_desired("runners", 3).await;
+    let instances = plane
+        .aws
+        .until("runners", false, "in service", |i| {
+            i.len() == 3 && i.iter().all(|x| x.1 == "InService")
+        })
+        .await;
+    assert!(instances.iter().any(|(id, _)| *id == first));
+    let shared = token(&plane, &first).await;
+    for (instance, _) in &instances {
+        assert_eq!(token(&plane, instance).await, shared, "{instance}");
+        // Each registers its runner with its copy.
+        registers(&plane, instance).await;
+    }
+    assert_eq!(plane.github.count("POST", "/registration-token").await, 1);
+    let stored = plane
+        .secrets
+        .get_secret_value()
+        .secret_id("warmfleet/runners/tokens/registration")
+        .send()
+        .await
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
+    assert_eq!(stored["token"], shared.as_str());
+}

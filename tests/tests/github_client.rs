@@ -293,6 +293,24 @@ async fn the_fakes_own_rate_limit_is_enforced_and_read_by_the_client() {
     }
     let err = client.registration_token(deadline(2)).await.unwrap_err();
     assert!(matches!(err, GithubError::RateLimited { .. }), "{err}");
+    // Reading the limit is free, even when it is spent: GitHub charges nothing for it.
+    let rate = client.rate_limit(deadline(10)).await.unwrap().unwrap();
+    assert_eq!((rate.limit, rate.remaining), (3, 0));
+    assert!(rate.reset > chrono::Utc::now().timestamp());
+    assert_eq!(client.api_calls(), 4, "three tokens and the refused one");
+}
+
+#[tokio::test]
+async fn a_server_without_rate_limits_says_so_and_costs_nothing_to_ask() {
+    let gh = Github::start(&[]);
+    let client = gh.pat_client(fast_retries()).await;
+    // GitHub Enterprise Server with rate limiting off answers 404 here.
+    gh.fault(json!({ "path": "/rate_limit", "status": 404, "count": 1 }))
+        .await;
+    assert_eq!(client.rate_limit(deadline(10)).await.unwrap(), None);
+    let rate = client.rate_limit(deadline(10)).await.unwrap().unwrap();
+    assert_eq!((rate.limit, rate.remaining), (5000, 5000));
+    assert_eq!(client.api_calls(), 0);
 }
 
 #[tokio::test]

@@ -8,10 +8,11 @@ use warmfleet_control::deregistration::Deregistration;
 use warmfleet_control::event::Event;
 use warmfleet_control::runtime;
 use warmfleet_control::Error as HandlerError;
-use warmfleet_core::aws::{AutoScaling, SecretsManager, Ssm};
+use warmfleet_core::aws::{AutoScaling, CloudWatch, SecretsManager, Ssm};
 use warmfleet_core::github::Reloading;
 
-type Handler = Deregistration<SecretsManager, AutoScaling, Ssm, Reloading<SecretsManager>>;
+type Handler =
+    Deregistration<SecretsManager, AutoScaling, Ssm, Reloading<SecretsManager>, CloudWatch>;
 
 async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let deadline = runtime::deadline(event.context.deadline);
@@ -41,6 +42,7 @@ async fn main() -> Result<(), Error> {
             lifecycle: AutoScaling::new(&aws),
             commands: Ssm::new(&aws),
             github,
+            metrics: CloudWatch::new(&aws),
             settings,
         })
     })

@@ -1,4 +1,5 @@
-//! `warmfleet-record-metric`: publishes idle, busy and offline runner counts every minute.
+//! `warmfleet-record-metric`: publishes idle and busy runner counts every minute, from
+//! Auto Scaling alone (no GitHub request).
 
 use anyhow::Context;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
@@ -7,10 +8,9 @@ use warmfleet_control::config::{MetricSettings, ProcessEnv};
 use warmfleet_control::record_metric::RecordMetric;
 use warmfleet_control::runtime;
 use warmfleet_control::Error as HandlerError;
-use warmfleet_core::aws::{AutoScaling, CloudWatch, SecretsManager};
-use warmfleet_core::github::Reloading;
+use warmfleet_core::aws::{AutoScaling, CloudWatch};
 
-type Handler = RecordMetric<AutoScaling, Reloading<SecretsManager>, CloudWatch>;
+type Handler = RecordMetric<AutoScaling, CloudWatch>;
 
 async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let counts = handler
@@ -26,10 +26,8 @@ async fn main() -> Result<(), Error> {
     let handler = runtime::init(async {
         let settings = MetricSettings::from_env(&ProcessEnv).context("configuration")?;
         let aws = warmfleet_core::aws::load_config().await;
-        let github = runtime::github(&settings.common, SecretsManager::new(&aws)).await?;
         anyhow::Ok(RecordMetric {
             lifecycle: AutoScaling::new(&aws),
-            github,
             metrics: CloudWatch::new(&aws),
             settings,
         })

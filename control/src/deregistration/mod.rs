@@ -26,8 +26,10 @@
 
 mod sweep;
 
+use crate::budget::Listing;
 use crate::config::DeregistrationSettings;
 use crate::event::{Event, Place, Transition};
+use crate::tokens::{shared_token, TokenKind};
 use crate::Error;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -38,7 +40,7 @@ use warmfleet_core::instance_secret::{InstanceSecret, RemoveToken};
 use warmfleet_core::naming::{instance_secret_id, DRAIN_COMMENT, HOOK_DEREGISTRATION};
 use warmfleet_core::patience;
 use warmfleet_core::ports::{
-    CommandState, Commands, HookResult, Lifecycle, RunnerRegistry, SecretStore,
+    CommandState, Commands, HookResult, Lifecycle, Metrics, RunnerRegistry, SecretStore,
 };
 
 /// What a terminate event led to.
@@ -73,6 +75,12 @@ pub struct Summary {
     pub drains_sent: u32,
     pub removed_without_drain: u32,
     pub marked_unhealthy: u32,
+    /// Whether every runner was listed this time (GitHub's side of the reconciliation).
+    pub listing: Listing,
+    /// Runners offline while their instance is in service (when listed).
+    pub offline_runners: u32,
+    /// Runners of the group without an instance in it (when listed; deleted unless busy).
+    pub orphan_runners: u32,
     /// Error kind (service and operation) → how many.
     pub errors: BTreeMap<String, u32>,
 }
@@ -89,15 +97,20 @@ impl Summary {
     }
 }
 
-pub struct Deregistration<S, L, C, G> {
+pub struct Deregistration<S, L, C, G, M> {
     pub secrets: S,
     pub lifecycle: L,
     pub commands: C,
     pub github: G,
+    /// Where the sweep publishes what only GitHub knows (offline and orphan runners) and
+    /// what is left of GitHub's rate limit.
+    pub metrics: M,
     pub settings: DeregistrationSettings,
 }
 
-impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistration<S, L, C, G> {
+impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
+    Deregistration<S, L, C, G, M>
+{
     fn until(&self, deadline: Instant) -> Instant {
         deadline
             .checked_sub(self.settings.common.deadline_margin)
@@ -280,7 +293,8 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
         // A JIT runner is removed with the registration's own credentials: no token needed.
         if let Some(value) = secret.as_mut() {
             if value.credential.persistent() {
-                let t = self.github.remove_token(until).await?;
+                let t = shared_token(&self.secrets, &self.github, group, TokenKind::Remove, until)
+                    .await?;
                 value.remove_token = Some(RemoveToken {
                     token: t.token,
                     expires_at: t.expires_at,

@@ -2,70 +2,130 @@
 //! every item on its own (see the module above).
 
 use super::{Deregistration, Outcome, Summary};
+use crate::budget::Listing;
 use crate::Error;
 use std::collections::{BTreeMap, BTreeSet};
 use tokio::time::Instant;
 use tracing::{info, warn};
 use warmfleet_core::github::{GithubError, Runner, RunnerStatus};
 use warmfleet_core::instance_secret::InstanceSecret;
-use warmfleet_core::naming::{group_secret_prefix, instance_of_secret, HOOK_DEREGISTRATION};
+use warmfleet_core::naming::{
+    group_secret_prefix, instance_of_secret, HOOK_DEREGISTRATION, METRIC_GITHUB_API_CALLS,
+    METRIC_GITHUB_RATE_LIMIT_PERCENT, METRIC_GITHUB_RATE_LIMIT_REMAINING, METRIC_OFFLINE_RUNNERS,
+    METRIC_ORPHAN_RUNNERS,
+};
 use warmfleet_core::patience;
-use warmfleet_core::ports::{CommandState, Commands, Lifecycle, RunnerRegistry, SecretStore};
+use warmfleet_core::ports::{
+    CommandState, Commands, Lifecycle, Metrics, RunnerRegistry, SecretStore,
+};
 
-impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistration<S, L, C, G> {
-    /// The scheduled sweep over every group.
+impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
+    Deregistration<S, L, C, G, M>
+{
+    /// The scheduled sweep over every group. The hooks are seen to on every sweep; what
+    /// needs every runner listed (GitHub's side of the reconciliation, and the offline and
+    /// orphan counts) on those the budget paces (see `budget`).
     pub async fn sweep(&self, deadline: Instant) -> Result<Summary, Error> {
         let until = self.until(deadline);
         let mut summary = Summary::default();
-        // Every runner (the same pages a label filter would read): a drained runner has
-        // lost its labels, and only its name still ties it to its instance.
-        let all = self.github.runners(None, until).await?;
-        // Another deployment's runners may carry the same group name: only this one's are
-        // looked at (by its own label).
-        let fleet = self.settings.common.deployment.label();
         let groups = &self.settings.groups;
         let in_groups = patience::until(until, || self.lifecycle.instances(groups)).await?;
+        let mut pools = Vec::new();
         for group in groups {
-            let warm = match patience::until(until, || self.lifecycle.warm_pool(group)).await {
-                Ok(w) => w,
-                Err(e) => {
-                    summary.failed("warm pool", &e.into());
-                    continue;
-                }
-            };
+            match patience::until(until, || self.lifecycle.warm_pool(group)).await {
+                Ok(w) => pools.push((group, w)),
+                Err(e) => summary.failed("warm pool", &e.into()),
+            }
+        }
+        let fleet = in_groups.len() + pools.iter().map(|(_, w)| w.len()).sum::<usize>();
+        let calls_before = self.github.api_calls();
+        let rate = match self.github.rate_limit(until).await {
+            Ok(rate) => rate,
+            Err(e) => {
+                summary.failed("rate limit", &e.into());
+                None
+            }
+        };
+        let budget = self.settings.budget;
+        let period = self.settings.sweep_period;
+        let interval = budget.listing_interval(fleet, rate.map(|r| r.limit), period);
+        summary.listing = budget.listing(
+            chrono::Utc::now().timestamp(),
+            period,
+            interval,
+            fleet,
+            rate,
+        );
+        // Every runner (the same pages a label filter would read): a drained runner has
+        // lost its labels, and only its name still ties it to its instance.
+        let all = match summary.listing {
+            Listing::Listed => Some(self.github.runners(None, until).await?),
+            Listing::NotDue | Listing::Deferred => None,
+        };
+        // Another deployment's runners may carry the same group name: only this one's are
+        // looked at (by its own label).
+        let label = self.settings.common.deployment.label();
+        let mut found = Vec::new();
+        for (group, warm) in &pools {
             let instances: BTreeMap<&str, &str> = in_groups
                 .iter()
-                .filter(|i| &i.group == group)
+                .filter(|i| &i.group == *group)
                 .chain(warm.iter())
                 .map(|i| (i.instance_id.as_str(), i.lifecycle_state.as_str()))
                 .collect();
-            let mine: Vec<&Runner> = all
-                .iter()
-                .filter(|r| r.has_label(&fleet) && r.has_label(group))
-                .collect();
-            self.sweep_runners(&mine, &instances, until, &mut summary)
-                .await;
-            self.sweep_secrets(group, &instances, &mine, &all, until, &mut summary)
-                .await;
+            if let Some(all) = &all {
+                let mine: Vec<&Runner> = all
+                    .iter()
+                    .filter(|r| r.has_label(&label) && r.has_label(group))
+                    .collect();
+                let offline = offline_in_service(&mine, &instances);
+                let orphans = self
+                    .sweep_runners(&mine, &instances, until, &mut summary)
+                    .await;
+                summary.offline_runners += offline;
+                summary.orphan_runners += orphans;
+                found.push((*group, offline, orphans));
+                self.sweep_secrets(group, &instances, &mine, all, until, &mut summary)
+                    .await;
+            }
             self.sweep_terminating(group, &instances, until, deadline, &mut summary)
                 .await;
         }
-        info!(?summary, "sweep done");
+        let calls = self.github.api_calls() - calls_before;
+        for (group, _) in &pools {
+            let mut values = vec![(METRIC_GITHUB_API_CALLS, calls as f64)];
+            if let Some(&(_, offline, orphans)) = found.iter().find(|f| f.0 == *group) {
+                values.push((METRIC_OFFLINE_RUNNERS, f64::from(offline)));
+                values.push((METRIC_ORPHAN_RUNNERS, f64::from(orphans)));
+            }
+            if let Some(r) = rate {
+                values.push((METRIC_GITHUB_RATE_LIMIT_REMAINING, r.remaining as f64));
+                let percent = 100.0 * r.remaining as f64 / r.limit.max(1) as f64;
+                values.push((METRIC_GITHUB_RATE_LIMIT_PERCENT, percent));
+            }
+            if let Err(e) = patience::until(until, || self.metrics.publish(group, &values)).await {
+                summary.failed("publish", &e.into());
+            }
+        }
+        info!(?summary, github_calls = calls, "sweep done");
         Ok(summary)
     }
 
-    /// Runners whose instance has left the group (or never was in it) are deleted.
+    /// Runners whose instance has left the group (or never was in it) are deleted; how
+    /// many there were.
     async fn sweep_runners(
         &self,
         runners: &[&Runner],
         instances: &BTreeMap<&str, &str>,
         until: Instant,
         summary: &mut Summary,
-    ) {
+    ) -> u32 {
+        let mut orphans = 0;
         for r in runners
             .iter()
             .filter(|r| !instances.contains_key(r.name.as_str()))
         {
+            orphans += 1;
             if r.busy {
                 summary.busy_runners_kept += 1;
                 continue;
@@ -79,6 +139,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
                 Err(e) => summary.failed("delete runner", &e.into()),
             }
         }
+        orphans
     }
 
     /// Secrets of gone instances are deleted, after any runner still named for the
@@ -303,6 +364,17 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry> Deregistratio
             }
         }
     }
+}
+
+/// Runners GitHub shows offline (and not busy) while their instance is in service: its
+/// runner does not listen.
+fn offline_in_service(runners: &[&Runner], instances: &BTreeMap<&str, &str>) -> u32 {
+    let offline = runners.iter().filter(|r| {
+        r.status == RunnerStatus::Offline
+            && !r.busy
+            && instances.get(r.name.as_str()) == Some(&"InService")
+    });
+    offline.count() as u32
 }
 
 /// Whether a warm pool instance has finished its way in (hibernated, stopped or running in

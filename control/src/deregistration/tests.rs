@@ -5,10 +5,12 @@ use crate::config::Common;
 use crate::fakes;
 use chrono::Utc;
 use std::time::Duration;
+use warmfleet_core::github::RateLimit;
 use warmfleet_core::instance_secret::RunnerCredential;
 use warmfleet_core::ports::InstanceStatus;
 
-type Handler = Deregistration<fakes::Secrets, fakes::Asg, fakes::Ssm, fakes::Github>;
+type Handler =
+    Deregistration<fakes::Secrets, fakes::Asg, fakes::Ssm, fakes::Github, fakes::Cloudwatch>;
 
 const I: &str = "i-1234567890abcdef0";
 
@@ -18,6 +20,7 @@ fn handler() -> Handler {
         lifecycle: fakes::Asg::default(),
         commands: fakes::Ssm::default(),
         github: fakes::Github::default(),
+        metrics: fakes::Cloudwatch::default(),
         settings: DeregistrationSettings {
             common: Common {
                 github_url: "https://github.com/acme".into(),
@@ -31,6 +34,8 @@ fn handler() -> Handler {
             drain_timeout: Duration::from_secs(3600),
             drain_delivery_timeout: Duration::from_secs(120),
             registration_grace: Duration::from_secs(900),
+            sweep_period: Duration::from_secs(300),
+            budget: crate::budget::Budget { share: 0.2 },
         },
     }
 }
@@ -339,6 +344,96 @@ async fn the_sweep_reconciles_both_ways_and_survives_a_failing_item() {
     assert_eq!(s.drains_sent, 1, "the lost drain is sent again");
     assert_eq!(s.marked_unhealthy, 1);
     assert_eq!(*h.lifecycle.unhealthy.lock().unwrap(), ["i-stuck"]);
+    assert_eq!((s.listing, s.orphan_runners), (Listing::Listed, 4));
+}
+
+fn published(h: &Handler) -> Vec<(String, Vec<(String, f64)>)> {
+    h.metrics.published.lock().unwrap().clone()
+}
+
+#[tokio::test]
+async fn the_sweep_publishes_offline_and_orphan_runners_and_what_is_left_of_the_rate_limit() {
+    let h = handler();
+    at(&h, "i-live", "InService");
+    at(&h, "i-silent", "InService");
+    at(&h, "i-booting", "Pending:Wait");
+    let offline = |id, name| {
+        let mut r = runner(id, name, false);
+        r.status = RunnerStatus::Offline;
+        r
+    };
+    *h.github.runners.lock().unwrap() = vec![
+        runner(1, "i-live", false),
+        offline(2, "i-silent"),
+        // Not in service yet: its runner is not expected to listen.
+        offline(3, "i-booting"),
+        runner(4, "i-orphan", false),
+    ];
+    *h.github.rate.lock().unwrap() = Some(RateLimit {
+        limit: 5000,
+        remaining: 4000,
+        reset: 0,
+    });
+    let s = h.sweep(soon()).await.unwrap();
+    assert_eq!(
+        (s.listing, s.offline_runners, s.orphan_runners),
+        (Listing::Listed, 1, 1),
+        "{s:?}"
+    );
+    let values = |pairs: &[(&str, f64)]| -> Vec<(String, f64)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+    };
+    assert_eq!(
+        published(&h),
+        [(
+            "runners".to_owned(),
+            values(&[
+                ("GitHubApiCalls", 0.0),
+                ("OfflineRunners", 1.0),
+                ("OrphanRunners", 1.0),
+                ("GitHubRateLimitRemaining", 4000.0),
+                ("GitHubRateLimitRemainingPercent", 80.0),
+            ])
+        )]
+    );
+}
+
+#[tokio::test]
+async fn a_sweep_short_of_rate_limit_sees_to_the_hooks_and_leaves_github_alone() {
+    let h = handler();
+    at(&h, "i-lost-drain", "Terminating:Wait");
+    registered(&h, "i-lost-drain", Duration::ZERO);
+    registered(&h, "i-gone", Duration::ZERO);
+    h.commands
+        .reachable
+        .lock()
+        .unwrap()
+        .push("i-lost-drain".to_owned());
+    *h.github.runners.lock().unwrap() = vec![
+        runner(1, "i-lost-drain", false),
+        runner(2, "i-orphan", false),
+    ];
+    // A page would leave less than half the deployment's share (5000 × 0.2 / 2) until the
+    // window resets: launches keep it.
+    *h.github.rate.lock().unwrap() = Some(RateLimit {
+        limit: 5000,
+        remaining: 500,
+        reset: 0,
+    });
+    let s = h.sweep(soon()).await.unwrap();
+    assert_eq!(s.listing, Listing::Deferred, "{s:?}");
+    assert_eq!(*h.github.listings.lock().unwrap(), 0);
+    assert_eq!(s.drains_sent, 1, "the hooks are seen to all the same");
+    assert!(h.github.deleted.lock().unwrap().is_empty());
+    assert_eq!(
+        s.secrets_deleted, 0,
+        "its leftover runners are looked for first"
+    );
+    let p = published(&h);
+    assert!(!p[0].1.iter().any(|(k, _)| k == "OfflineRunners"), "{p:?}");
+    assert!(p[0]
+        .1
+        .contains(&("GitHubRateLimitRemainingPercent".to_owned(), 10.0)));
 }
 
 /// A runner of deployment `deployment` (its own label), in the group `runners`.

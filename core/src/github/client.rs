@@ -1,7 +1,7 @@
 //! `GithubClient`: the runner operations, over octocrab, with retries and rate-limit waits.
 
 use super::retry::rate_limit_wait;
-use super::types::{JitConfig, JitRequest, Runner, RunnerLabel, RunnerToken};
+use super::types::{JitConfig, JitRequest, RateLimit, Runner, RunnerLabel, RunnerToken};
 use super::{GithubCredential, GithubError, GithubTarget, RetryPolicy, Scope};
 use http::header::{ETAG, IF_NONE_MATCH, LINK};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 
 /// GitHub lists at most this many runners per page.
 const PER_PAGE: u32 = 100;
+const RATE_LIMIT_PATH: &str = "/rate_limit";
 
 /// A client for one runner scope (organisation, repository or enterprise).
 ///
@@ -141,14 +142,37 @@ impl GithubClient {
         &self.target
     }
 
-    /// How many HTTP requests this client has sent to GitHub (retries included; the
-    /// installation-token requests octocrab makes on its own excluded).
+    /// How many requests GitHub charged this client's rate limit for (retries included; 304s
+    /// and `GET /rate_limit` are free; the installation-token requests octocrab makes on its
+    /// own excluded).
     pub fn api_calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
     }
 
     fn runners_path(&self) -> String {
         format!("{}/actions/runners", self.target.scope.api_prefix())
+    }
+
+    /// The primary rate limit of this credential, as `GET /rate_limit` says (a request
+    /// GitHub does not charge); `None` where the server enforces none (GitHub Enterprise
+    /// Server with rate limiting off answers 404).
+    pub async fn rate_limit(&self, deadline: Instant) -> Result<Option<RateLimit>, GithubError> {
+        #[derive(serde::Deserialize)]
+        struct Resources {
+            core: RateLimit,
+        }
+        #[derive(serde::Deserialize)]
+        struct Status {
+            resources: Resources,
+        }
+        match self
+            .json::<Status>(Method::GET, RATE_LIMIT_PATH, None, deadline)
+            .await
+        {
+            Ok(status) => Ok(Some(status.resources.core)),
+            Err(GithubError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// A registration token for `config.sh` (lives one hour).
@@ -325,7 +349,6 @@ impl GithubClient {
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            self.calls.fetch_add(1, Ordering::Relaxed);
             let reply = match self
                 .attempt(&method, path, body, if_none_match.clone())
                 .await
@@ -354,6 +377,11 @@ impl GithubClient {
                 }
             };
             debug!(%method, path, status = reply.status.as_u16(), attempts, "GitHub answered");
+            // Counted as GitHub charges them: neither reading the rate limit nor a 304 to a
+            // conditional request costs any.
+            if path != RATE_LIMIT_PATH && reply.status != StatusCode::NOT_MODIFIED {
+                self.calls.fetch_add(1, Ordering::Relaxed);
+            }
             if let Some(left) = reply
                 .headers
                 .get("x-ratelimit-remaining")
@@ -563,8 +591,8 @@ impl crate::ports::RunnerRegistry for GithubClient {
         GithubClient::api_calls(self)
     }
 
-    fn rate_limit_remaining(&self) -> Option<u64> {
-        GithubClient::rate_limit_remaining(self)
+    async fn rate_limit(&self, deadline: Instant) -> Result<Option<RateLimit>, GithubError> {
+        GithubClient::rate_limit(self, deadline).await
     }
 }
 

@@ -21,4 +21,4 @@ pub use error::GithubError;
 pub use reload::Reloading;
 pub use retry::RetryPolicy;
 pub use target::{GithubTarget, Scope};
-pub use types::{JitConfig, JitRequest, Runner, RunnerLabel, RunnerStatus, RunnerToken};
+pub use types::{JitConfig, JitRequest, RateLimit, Runner, RunnerLabel, RunnerStatus, RunnerToken};

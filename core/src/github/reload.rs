@@ -4,7 +4,7 @@
 //! cold start (record_metric runs every minute and keeps its function warm for hours).
 
 use super::{GithubClient, GithubCredential, GithubError, GithubTarget, RetryPolicy};
-use super::{JitConfig, JitRequest, Runner, RunnerToken};
+use super::{JitConfig, JitRequest, RateLimit, Runner, RunnerToken};
 use crate::ports::{RunnerRegistry, SecretStore};
 use async_trait::async_trait;
 use std::future::Future;
@@ -183,7 +183,8 @@ impl<S: SecretStore> RunnerRegistry for Reloading<S> {
         self.retired_calls.load(Ordering::Relaxed) + self.now().api_calls()
     }
 
-    fn rate_limit_remaining(&self) -> Option<u64> {
-        self.now().rate_limit_remaining()
+    async fn rate_limit(&self, deadline: Instant) -> Result<Option<RateLimit>, GithubError> {
+        self.with_reload(deadline, |c| async move { c.rate_limit(deadline).await })
+            .await
     }
 }

@@ -56,6 +56,16 @@ pub struct RunnerToken {
     pub expires_at: DateTime<Utc>,
 }
 
+/// The caller's primary rate limit as `GET /rate_limit` tells it (the `core` resource):
+/// requests per hour, what is left of this window, and when it resets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct RateLimit {
+    pub limit: u64,
+    pub remaining: u64,
+    /// When the window resets, in seconds since the epoch.
+    pub reset: i64,
+}
+
 /// What `generate-jitconfig` needs.
 #[derive(Debug, Clone, Serialize)]
 pub struct JitRequest {

@@ -707,7 +707,6 @@ fn describe_runner(r: &serde_json::Value) -> String {
 
 /// The names of the group's per-instance secrets still in Secrets Manager.
 async fn instance_secrets(demo: &Demo) -> anyhow::Result<Vec<String>> {
-    let prefix = naming::group_secret_prefix(&demo.fleet.group);
     let mut pages = demo.secrets.list_secrets().into_paginator().send();
     let mut names = Vec::new();
     while let Some(page) = pages.next().await {
@@ -716,7 +715,7 @@ async fn instance_secrets(demo: &Demo) -> anyhow::Result<Vec<String>> {
                 .secret_list()
                 .iter()
                 .filter_map(|s| s.name())
-                .filter(|n| n.starts_with(&prefix))
+                .filter(|n| naming::instance_of_secret(&demo.fleet.group, n).is_some())
                 .map(str::to_owned),
         );
     }

@@ -216,7 +216,15 @@ pub(crate) async fn gate(
         }
     };
     let key = caller.rate_key();
-    let (remaining, reset) = match gate.spend(&key, at) {
+    // GitHub charges nothing for reading the limit, and answers it when the limit is spent.
+    let charged = path != "/rate_limit";
+    let spent = if charged {
+        gate.spend(&key, at)
+    } else {
+        let (_, remaining, reset) = rate_status(gate, &caller);
+        Ok((remaining, reset))
+    };
+    let (remaining, reset) = match spent {
         Ok(r) => r,
         Err(reset) => {
             let mut resp = ApiError::new(
@@ -232,13 +240,9 @@ pub(crate) async fn gate(
     let kind = caller.kind();
     req.extensions_mut().insert(caller);
     let mut resp = next.run(req).await;
-    // GitHub charges neither a 304 to an authorised conditional request nor `/rate_limit`.
-    let free = resp.status() == StatusCode::NOT_MODIFIED && kind != "anonymous";
-    let remaining = if free || path == "/rate_limit" {
-        gate.refund(&key)
-    } else {
-        remaining
-    };
+    // Nor a 304 to an authorised conditional request.
+    let free = charged && resp.status() == StatusCode::NOT_MODIFIED && kind != "anonymous";
+    let remaining = if free { gate.refund(&key) } else { remaining };
     rate_headers(&mut resp, gate.limit, remaining, reset);
     log(kind, resp.status());
     resp
