@@ -40,13 +40,14 @@ test: contract-deps py-deps infra-deps checkov-deps provider-schema system-deps 
 	WARMFLEET_TESTBED=target/debug/warmfleet-testbed timeout 10m $(VENV)/bin/pytest -q tests/python cloud-init packaging/ami
 	timeout 5m $(INFRA_VENV)/bin/pytest -q infra/tests
 
-## Benchmarks (the dist profile: what ships): the Lambda binaries (target/bench/control.json) and the
-## agent (target/bench/agent.json).
+## Benchmarks (the dist profile: what ships): the Lambda binaries (target/bench/control.json), the
+## agent (target/bench/agent.json), and the control plane at fleet scale (target/bench/scale.json).
 bench: py-deps
 	$(CARGO) build --profile dist -p warmfleet-control -p warmfleet-testbed -p warmfleet-agent
 	python3 packaging/lambda/zip.py --out target/bench/zips $(addprefix target/dist/,$(LAMBDAS))
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/dist/warmfleet-testbed bench-control --lambdas target/dist --zips target/bench/zips --out target/bench/control.json
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/dist/warmfleet-testbed bench-agent --binaries target/dist --out target/bench/agent.json
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" target/dist/warmfleet-testbed bench-scale --lambdas target/dist --out target/bench/scale.json
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -30,13 +30,15 @@ pub struct Kind {
     duration_ms_max: f64,
     /// The group's desired capacity these deliveries added.
     capacity_added: i64,
+    /// The AWS world's API calls they made, per delivery (DynamoDB is moto's: not counted).
+    pub aws_calls_per_delivery: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct WebhookBench {
     init_ms: Option<f64>,
     peak_rss_kib: Option<u64>,
-    kinds: Vec<Kind>,
+    pub kinds: Vec<Kind>,
 }
 
 /// The kinds of delivery measured.
@@ -172,6 +174,7 @@ impl World {
         for plan in [Plan::New, Plan::Again, Plan::Started, Plan::Forged] {
             let (what, n) = plan.describe();
             let before = self.desired().await?;
+            let calls_before: BTreeMap<String, u64> = self.aws_control("calls").await?;
             let mut statuses = BTreeMap::new();
             for i in 0..n {
                 let (event, guid) = plan.delivery(i);
@@ -191,7 +194,14 @@ impl World {
                 .collect();
             seen = mine.len();
             durations.sort_by(f64::total_cmp);
+            let calls = crate::bench_scale::since(&calls_before, &self.aws_control("calls").await?);
+            let aws_calls_per_delivery = calls
+                .into_iter()
+                .filter(|(_, c)| *c > 0)
+                .map(|(op, c)| (op, c as f64 / n as f64))
+                .collect();
             kinds.push(Kind {
+                aws_calls_per_delivery,
                 what,
                 deliveries: n,
                 statuses,

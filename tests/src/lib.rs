@@ -4,7 +4,8 @@
 //!   runner), with test controls, fault injection and a request log.
 //! - `runner`: a fake GitHub Actions runner with the real one's layout, flags and exit codes.
 //! - `agent_setup`: how an instance runs the real agent.
-//! - `bench`, `bench_agent`: benchmarks of the Lambdas and the agent.
+//! - `bench`, `bench_agent`, `bench_scale`: benchmarks of the Lambdas, the agent, and the
+//!   control plane at fleet scale.
 //! - `world`: all of it in one process, with the Lambdas (the demo's and benchmarks' world).
 //! - `demo`: the README's main job, run on these parts.
 
@@ -12,6 +13,7 @@ pub mod agent_setup;
 pub mod aws;
 pub mod bench;
 pub mod bench_agent;
+pub mod bench_scale;
 pub mod bench_webhook;
 pub mod demo;
 pub mod github;

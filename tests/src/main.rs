@@ -37,6 +37,10 @@ enum Command {
     BenchControl(warmfleet_testbed::bench::BenchArgs),
     /// Benchmark the agent: resume overhead, idle memory and CPU (target/bench/agent.json).
     BenchAgent(warmfleet_testbed::bench_agent::BenchAgentArgs),
+    /// Benchmark the control plane at fleet scale: GitHub requests an hour, AWS calls a
+    /// minute, each function's duration and memory at 1,000 to 50,000 runners
+    /// (target/bench/scale.json).
+    BenchScale(warmfleet_testbed::bench_scale::BenchScaleArgs),
 }
 
 #[derive(clap::Args)]
@@ -254,6 +258,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
                 },
                 world_file: args.world,
                 seed: args.seed,
+                bare_instances: false,
             };
             aws::serve(config, shutdown, |addr| {
                 println!("warmfleet-testbed aws listening on http://{addr}");
@@ -265,6 +270,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Demo(args) => demo::run(args).await,
         Command::BenchControl(args) => warmfleet_testbed::bench::run(args).await,
         Command::BenchAgent(args) => warmfleet_testbed::bench_agent::run(args).await,
+        Command::BenchScale(args) => warmfleet_testbed::bench_scale::run(args).await,
     }
 }
 

@@ -57,6 +57,8 @@ pub struct Spec {
     pub keep_dir: Option<PathBuf>,
     /// The functions' `RUST_LOG`.
     pub function_log: &'static str,
+    /// Instances are records only (no root, IMDS or process): the scale benchmark's.
+    pub bare_instances: bool,
 }
 
 impl Spec {
@@ -79,6 +81,7 @@ impl Spec {
             github: Settings::default(),
             keep_dir: None,
             function_log: "warn",
+            bare_instances: false,
         }
     }
 
@@ -303,6 +306,7 @@ impl World {
             moto: aws::MotoMode::Auto,
             world_file: Some(world_file),
             seed: spec.seed,
+            bare_instances: spec.bare_instances,
         };
         let aws_task = tokio::spawn(aws::serve(config, shutdown.clone(), move |a| {
             let _ = tx.send(a);

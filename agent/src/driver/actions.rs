@@ -121,12 +121,12 @@ impl Driver {
             self.save();
         }
         let (identity, asg, _) = self.aws()?;
-        let protect = asg.set_protection(&identity.group, &identity.instance_id, on);
-        bounded(
-            self.settings.timeouts.call,
-            "SetInstanceProtection",
-            protect,
-        )
+        // Throttled at scale (every job protects and unprotects its instance), tried again
+        // with backoff and jitter: a running job's instance must not look idle, nor be
+        // scaled in.
+        insist(self.settings.timeouts.call, "SetInstanceProtection", || {
+            asg.set_protection(&identity.group, &identity.instance_id, on)
+        })
         .await?;
         info!(instance_id = %identity.instance_id, protected = on, "scale-in protection");
         self.record.protected = on;

@@ -16,7 +16,8 @@ use warmfleet_core::ports::{PortError, SecretStore};
 const CREDENTIAL_POLL: Duration = Duration::from_millis(250);
 
 /// How long the agent insists on an Auto Scaling call whose loss would leave the instance
-/// in service with no runner (replacing it, marking it unhealthy).
+/// in service with no runner (replacing it, marking it unhealthy) or misjudged by the
+/// scaling (its protection: a busy instance that looks idle, an idle one never scaled in).
 const INSIST: Duration = Duration::from_secs(30);
 
 /// Such a call, tried again while AWS throttles or fails in a way a retry can help

@@ -10,6 +10,7 @@
 //! Lifecycle events go onto the event bus, where rules send them to functions.
 
 pub mod autoscaling;
+pub mod calls;
 pub mod cloudwatch;
 pub mod ec2;
 pub mod eventbridge;
@@ -26,9 +27,9 @@ use autoscaling::api::{self, Timestamps};
 use autoscaling::model::{Asg, Effect, Place, PoolState};
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use ec2::instances::{Driver, InstanceInfo};
 use eventbridge::{Dispatch, Events};
@@ -68,6 +69,9 @@ pub struct Config {
     pub world_file: Option<PathBuf>,
     /// Seeds the world's randomness (event faults, ids) for repeatable runs.
     pub seed: Option<u64>,
+    /// Instances are records only: no root directory, IMDS or process each (the scale
+    /// benchmark's tens of thousands; a port each would run out of file descriptors).
+    pub bare_instances: bool,
 }
 
 /// Where Secrets Manager comes from.
@@ -117,6 +121,8 @@ struct World {
     stamps: Timestamps,
     effects: Mutex<Vec<Recorded>>,
     requests: AtomicU64,
+    /// API calls by operation, and throttling asked for.
+    calls: calls::Calls,
     driver: mpsc::UnboundedSender<Effect>,
     instances: Arc<Mutex<BTreeMap<String, InstanceInfo>>>,
     endpoints: Endpoints,

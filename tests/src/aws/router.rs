@@ -59,6 +59,7 @@ pub async fn serve(
         let driver = Driver::new(
             dir.clone(),
             config.instance_command.clone(),
+            config.bare_instances,
             instance_env,
             Arc::new(Metadata(weak.clone())),
         );
@@ -90,6 +91,7 @@ pub async fn serve(
             },
             effects: Mutex::new(Vec::new()),
             requests: AtomicU64::new(0),
+            calls: calls::Calls::default(),
             driver: driver_tx,
             instances,
             endpoints,
@@ -156,6 +158,8 @@ pub async fn serve(
         .route("/_testbed/aws/invocations", get(invocation_list))
         .route("/_testbed/aws/deliveries", get(delivery_list))
         .route("/_testbed/aws/rules", get(rule_list))
+        .route("/_testbed/aws/calls", get(call_counts))
+        .route("/_testbed/aws/faults/throttle", put(set_throttle))
         .route(
             "/_testbed/aws/faults/events",
             get(event_faults).put(set_event_faults),
@@ -177,6 +181,24 @@ pub async fn serve(
         m.stop().await;
     }
     served
+}
+
+/// The API calls served so far, `service:Operation` → count.
+async fn call_counts(State(world): State<Arc<World>>) -> Json<BTreeMap<String, u64>> {
+    Json(world.calls.counts())
+}
+
+#[derive(serde::Deserialize)]
+struct Throttle {
+    /// `service:Operation`, e.g. `autoscaling:SetInstanceProtection`.
+    operation: String,
+    count: u32,
+}
+
+/// Throttles the next `count` calls of an operation.
+async fn set_throttle(State(world): State<Arc<World>>, Json(t): Json<Throttle>) -> StatusCode {
+    world.calls.throttle(&t.operation, t.count);
+    StatusCode::NO_CONTENT
 }
 
 async fn endpoint_list(State(world): State<Arc<World>>) -> Json<Endpoints> {
@@ -395,6 +417,10 @@ fn cloudwatch_operation(
     input: Result<Value, JsonError>,
 ) -> Response {
     let id = request_id(world);
+    if world.calls.arrive("cloudwatch", op) {
+        let e = JsonError::new("Throttling", calls::RATE_EXCEEDED);
+        return cloudwatch::wire::error(protocol, &e, &id);
+    }
     let input = match input {
         Ok(i) => i,
         Err(e) => return cloudwatch::wire::error(protocol, &e, &id),
@@ -452,6 +478,10 @@ fn json_operation(world: &Arc<World>, target: &str, body: &[u8]) -> Response {
             }
         }
     };
+    if world.calls.arrive(service, op) {
+        let e = JsonError::new("ThrottlingException", calls::RATE_EXCEEDED);
+        return protocol::json::error("1.1", &e);
+    }
     world.tick();
     let now = world.clock.now();
     let (version, result) = match service {
@@ -512,6 +542,14 @@ async fn dispatch(State(world): State<Arc<World>>, headers: HeaderMap, body: Byt
             &request_id,
         );
     };
+    if world.calls.arrive("autoscaling", &action) {
+        let e = QueryError {
+            status: StatusCode::BAD_REQUEST,
+            code: "Throttling",
+            message: calls::RATE_EXCEEDED.into(),
+        };
+        return protocol::query::error(api::NAMESPACE, &e, &request_id);
+    }
     world.tick();
     let now = world.clock.now();
     let alarms: Vec<api::AlarmRef> = lock(&world.cloudwatch)

@@ -262,18 +262,19 @@ async fn list_runners(
     let (total, runners) = {
         let world = shared.world();
         let at = now();
-        let all: Vec<Value> = world
-            .runners
-            .values()
-            .filter(|r| r.scope == scope)
-            .filter(|r| q.name.as_ref().is_none_or(|n| r.name == *n))
-            .map(|r| runner_json_with(r, r.online(at, &world.settings)))
-            .collect();
-        let total = all.len();
-        let page_items: Vec<Value> = all
-            .into_iter()
+        // Only the page's runners are rendered: a page of 100 costs the same at 50,000.
+        let matching = || {
+            world
+                .runners
+                .values()
+                .filter(|r| r.scope == scope)
+                .filter(|r| q.name.as_ref().is_none_or(|n| r.name == *n))
+        };
+        let total = matching().count();
+        let page_items: Vec<Value> = matching()
             .skip((page - 1) * per_page)
             .take(per_page)
+            .map(|r| runner_json_with(r, r.online(at, &world.settings)))
             .collect();
         (total, page_items)
     };

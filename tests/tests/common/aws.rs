@@ -211,16 +211,23 @@ impl Aws {
     }
 
     /// The instance's process record (root, IMDS URL, pid, running/hibernated/stopped).
+    /// The world starts an instance's process just after the instance enters its state, so
+    /// the record may take a moment to appear.
     pub async fn instance(&self, id: &str) -> Value {
-        let all: Vec<Value> = reqwest::get(format!("{}/_testbed/aws/instances", self.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        all.into_iter()
-            .find(|i| i["id"] == id)
-            .unwrap_or_else(|| panic!("no process record for {id}"))
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            let all: Vec<Value> = reqwest::get(format!("{}/_testbed/aws/instances", self.url))
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if let Some(found) = all.into_iter().find(|i| i["id"] == id) {
+                return found;
+            }
+            assert!(Instant::now() < until, "no process record for {id}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn effects(&self) -> Vec<Value> {

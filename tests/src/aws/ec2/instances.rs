@@ -125,6 +125,8 @@ pub struct InstanceInfo {
 pub struct Driver {
     dir: PathBuf,
     command: Option<String>,
+    /// Records only: no root, IMDS or process.
+    bare: bool,
     /// Environment of every instance process (endpoints, region, test credentials).
     env: Vec<(String, String)>,
     source: Arc<dyn MetadataSource>,
@@ -139,12 +141,14 @@ impl Driver {
     pub fn new(
         dir: PathBuf,
         command: Option<String>,
+        bare: bool,
         env: Vec<(String, String)>,
         source: Arc<dyn MetadataSource>,
     ) -> Self {
         Driver {
             dir,
             command,
+            bare,
             env,
             source,
             info: Arc::new(Mutex::new(BTreeMap::new())),
@@ -187,6 +191,20 @@ impl Driver {
 
     async fn start(&mut self, id: &str) -> anyhow::Result<()> {
         let root = self.dir.join("instances").join(id);
+        if self.bare {
+            let info = InstanceInfo {
+                id: id.to_owned(),
+                root,
+                imds: String::new(),
+                pid: None,
+                process: "running",
+            };
+            self.info
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.to_owned(), info);
+            return Ok(());
+        }
         std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

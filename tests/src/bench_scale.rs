@@ -1,0 +1,413 @@
+//! `warmfleet-testbed bench-scale`: the control plane at fleet scale (not a test), written
+//! to `target/bench/scale.json` and printed as a table.
+//!
+//! For each fleet size the AWS world holds that many instances in service (the group is
+//! created at that size; no process runs in them: test set-up, as the issue allows) and the
+//! GitHub fake as many runners, registered through its runner protocol under the
+//! instances' names; a tenth of the instances are protected (running a job). Then the real
+//! Lambda binaries run on the world: record_metric three times, the sweep twice (its first
+//! listing reads every page anew, the worst case of a fleet whose every page changed; the
+//! second finds them unchanged), and twenty launches through the registration function
+//! with the group's shared token secret. What they cost is read from the fakes: GitHub
+//! requests as GitHub charges them (neither 304s nor `GET /rate_limit`), the AWS world's
+//! calls per operation. From those, the sweep's pacing (`budget`) and the job stream, it
+//! computes the deployment's GitHub requests an hour and AWS calls a minute.
+//!
+//! Not counted by the world: moto's Secrets Manager and DynamoDB calls; the report gives
+//! them from the code (`per_job_from_code`, `per_sweep_from_code`).
+
+use crate::bench::peak_rss_kib;
+use crate::world::{Spec, World, ORG, PAT};
+use anyhow::{bail, Context};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::time::Instant;
+use warmfleet_control::budget::Budget;
+use warmfleet_core::github::{GithubClient, GithubCredential, GithubTarget, RetryPolicy};
+
+const GROUP: &str = "scale";
+/// The module's sweep schedule and default share of the rate limit.
+const SWEEP_PERIOD: Duration = Duration::from_secs(300);
+const SHARE: f64 = 0.2;
+/// A shared token is handed out while it has 45 of its 60 minutes left: a new one every
+/// 15 minutes, per kind (registration, remove), while launches and drains go on.
+const TOKENS_PER_HOUR_PER_KIND: f64 = 4.0;
+const LAUNCHES: usize = 20;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchScaleArgs {
+    /// Where the Lambda binaries are (`target/dist` after `cargo build --profile dist`).
+    #[arg(long, default_value = "target/dist")]
+    pub lambdas: PathBuf,
+    /// Fleet sizes: runners and instances.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
+    pub runners: Vec<usize>,
+    /// Job starts a minute for every 10,000 runners (the job stream the figures assume).
+    #[arg(long, default_value_t = 1000)]
+    pub jobs_per_minute_per_10k: usize,
+    /// The JSON report.
+    #[arg(long, default_value = "target/bench/scale.json")]
+    pub out: PathBuf,
+}
+
+/// One invocation: its duration, GitHub requests charged, AWS calls by operation.
+#[derive(Debug, Serialize)]
+struct Invocation {
+    duration_ms: f64,
+    github_charged: u64,
+    aws_calls: BTreeMap<String, u64>,
+    response: Value,
+}
+
+#[derive(Debug, Serialize)]
+struct FunctionFigures {
+    init_ms: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    invocations: Vec<Invocation>,
+}
+
+#[derive(Debug, Serialize)]
+struct Size {
+    runners: usize,
+    jobs_per_minute: f64,
+    setup_seconds: f64,
+    record_metric: FunctionFigures,
+    sweep: FunctionFigures,
+    registration: FunctionFigures,
+    /// How often the sweep lists every runner at the module's defaults.
+    sweep_listing_interval_s: u64,
+    github_per_hour: BTreeMap<&'static str, f64>,
+    aws_per_minute: BTreeMap<String, f64>,
+}
+
+/// `after` less `before`, per key.
+pub(crate) fn since(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+impl World {
+    /// GitHub requests charged so far (the fake's request log, as GitHub charges).
+    async fn github_charged(&self) -> anyhow::Result<u64> {
+        let log: Vec<Value> = self.github_control("requests").await?;
+        Ok(log
+            .iter()
+            .filter(|r| r["status"] != 304 && r["path"] != "/rate_limit")
+            .count() as u64)
+    }
+
+    async fn invoke_measured(&self, function: &str, event: &Value) -> anyhow::Result<Invocation> {
+        let (gh, aws) = (
+            self.github_charged().await?,
+            self.aws_control::<BTreeMap<String, u64>>("calls").await?,
+        );
+        let resp = self
+            .http
+            .post(format!(
+                "{}/2015-03-31/functions/{function}/invocations",
+                self.aws
+            ))
+            .json(event)
+            .send()
+            .await?;
+        let failed = resp.headers().contains_key("x-amz-function-error");
+        let response: Value = resp.json().await?;
+        if failed {
+            bail!("{function} failed: {response}");
+        }
+        let calls: Vec<Value> = self.aws_control("invocations").await?;
+        let last = calls
+            .iter()
+            .rev()
+            .find(|c| c["function"] == function)
+            .context("no invocation")?;
+        Ok(Invocation {
+            duration_ms: last["duration_ms"].as_f64().unwrap_or_default(),
+            github_charged: self.github_charged().await? - gh,
+            aws_calls: since(&aws, &self.aws_control("calls").await?),
+            response,
+        })
+    }
+
+    async fn figures(&self, function: &str, events: &[Value]) -> anyhow::Result<FunctionFigures> {
+        let mut invocations = vec![];
+        for e in events {
+            invocations.push(self.invoke_measured(function, e).await?);
+        }
+        let calls: Vec<Value> = self.aws_control("invocations").await?;
+        let mine = calls.iter().filter(|c| c["function"] == function);
+        Ok(FunctionFigures {
+            init_ms: mine.clone().find_map(|c| c["init_ms"].as_f64()),
+            peak_rss_kib: mine
+                .filter_map(|c| c["pid"].as_u64())
+                .filter_map(peak_rss_kib)
+                .max(),
+            invocations,
+        })
+    }
+
+    /// The group at `n` instances in service, a tenth of them protected; a runner for each,
+    /// registered through the fake's runner protocol under its instance's name.
+    async fn fleet(&self, n: usize) -> anyhow::Result<()> {
+        let asg = aws_sdk_autoscaling::Client::new(&self.sdk);
+        asg.create_auto_scaling_group()
+            .auto_scaling_group_name(GROUP)
+            .min_size(0)
+            .max_size(n as i32)
+            .desired_capacity(n as i32)
+            .send()
+            .await?;
+        let until = Instant::now() + Duration::from_secs(600);
+        let ids = loop {
+            let out = asg
+                .describe_auto_scaling_groups()
+                .auto_scaling_group_names(GROUP)
+                .send()
+                .await?;
+            let instances = out
+                .auto_scaling_groups()
+                .first()
+                .map(|g| g.instances().to_vec())
+                .unwrap_or_default();
+            let ids: Vec<String> = instances
+                .iter()
+                .filter(|i| i.lifecycle_state().map(|s| s.as_str()) == Some("InService"))
+                .filter_map(|i| i.instance_id().map(str::to_owned))
+                .collect();
+            if ids.len() == n {
+                break ids;
+            }
+            if Instant::now() > until {
+                bail!("{} of {n} instances in service after 10 minutes", ids.len());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        for batch in ids.iter().step_by(10).collect::<Vec<_>>().chunks(50) {
+            asg.set_instance_protection()
+                .auto_scaling_group_name(GROUP)
+                .set_instance_ids(Some(batch.iter().map(|s| (*s).clone()).collect()))
+                .protected_from_scale_in(true)
+                .send()
+                .await?;
+        }
+        let target = GithubTarget::parse(&format!("{}/{ORG}", self.github), None)?;
+        let client = GithubClient::connect(
+            target,
+            &GithubCredential::Token(PAT.to_owned().into()),
+            RetryPolicy::default(),
+            Instant::now() + Duration::from_secs(10),
+        )
+        .await?;
+        let token = client
+            .registration_token(Instant::now() + Duration::from_secs(10))
+            .await?;
+        let token = secrecy::ExposeSecret::expose_secret(&token.token).to_owned();
+        let mut tasks = tokio::task::JoinSet::new();
+        for chunk in ids.chunks(ids.len().div_ceil(8).max(1)) {
+            let (http, url, token) = (self.http.clone(), self.github.clone(), token.clone());
+            let names = chunk.to_vec();
+            tasks.spawn(async move {
+                for name in names {
+                    let resp = http
+                        .post(format!("{url}/_runner/register"))
+                        .json(&json!({"url": format!("{url}/{ORG}"), "token": token,
+                            "name": name, "labels": ["warmfleet", GROUP, name], "runner_group": null,
+                            "replace": false, "ephemeral": false, "no_default_labels": true,
+                            "version": crate::runner::VERSION}))
+                        .send()
+                        .await?;
+                    if !resp.status().is_success() {
+                        bail!("registering {name}: {}", resp.status());
+                    }
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        Ok(())
+    }
+}
+
+fn scheduled() -> Value {
+    json!({"version": "0", "id": "00000000-0000-4000-8000-00000000beef", "detail-type": "Scheduled Event",
+        "source": "aws.events", "account": "123456789012", "time": "2026-12-02T12:00:00Z", "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/scale"], "detail": {}})
+}
+
+/// A cold launch into the group of an instance the world does not know: the credential is
+/// stored; completing the hook finds nothing waiting, which the function accepts.
+fn launch(n: usize) -> Value {
+    json!({"version": "0", "id": format!("00000000-0000-4000-8000-{n:012}"),
+        "detail-type": "EC2 Instance-launch Lifecycle Action", "source": "aws.autoscaling",
+        "account": "123456789012", "time": "2026-12-02T12:00:00Z", "region": "us-east-1", "resources": [],
+        "detail": {"LifecycleActionToken": format!("00000000-0000-4000-8000-{n:012}"), "AutoScalingGroupName": GROUP,
+            "LifecycleHookName": "registration", "EC2InstanceId": format!("i-0launch{n:011x}"),
+            "LifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING", "Origin": "EC2", "Destination": "AutoScalingGroup"}})
+}
+
+/// Each per-minute figure of `calls` (one invocation's), `times` a minute.
+fn add(per_minute: &mut BTreeMap<String, f64>, calls: &BTreeMap<String, u64>, times: f64) {
+    for (op, n) in calls {
+        *per_minute.entry(op.clone()).or_default() += *n as f64 * times;
+    }
+}
+
+/// The webhook receiver's AWS calls per job (a `queued` and an `in_progress` delivery),
+/// measured once through its function URL.
+async fn webhook_per_job(args: &BenchScaleArgs) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut spec = Spec::lambdas(args.lambdas.clone(), &[crate::bench_webhook::GROUP]);
+    spec.webhook = true;
+    let world = World::start(&spec).await?;
+    let result = async {
+        world.webhook_group().await?;
+        let bench = world.bench_webhook().await?;
+        let mut per_job = BTreeMap::new();
+        // The first kind is a new job queued, the third its start (bench_webhook's order).
+        for kind in [&bench.kinds[0], &bench.kinds[2]] {
+            for (op, n) in &kind.aws_calls_per_delivery {
+                *per_job.entry(op.clone()).or_default() += n;
+            }
+        }
+        anyhow::Ok(per_job)
+    }
+    .await;
+    world.stop().await;
+    result
+}
+
+pub async fn run(args: BenchScaleArgs) -> anyhow::Result<i32> {
+    eprintln!("==> the webhook receiver's calls per job");
+    let webhook = webhook_per_job(&args).await?;
+    let budget = Budget { share: SHARE };
+    let mut sizes = vec![];
+    for &n in &args.runners {
+        eprintln!("==> {n} runners");
+        let started = Instant::now();
+        let mut spec = Spec::lambdas(args.lambdas.clone(), &[GROUP]);
+        // Every sweep lists here (its pacing is computed below, at the module's schedule).
+        spec.function_env.push((
+            "deregistration",
+            "WARMFLEET_SWEEP_PERIOD".into(),
+            "1h".into(),
+        ));
+        spec.function_timeout = 900.0;
+        spec.bare_instances = true;
+        let world = World::start(&spec).await?;
+        let result = async {
+            world.fleet(n).await?;
+            let setup_seconds = started.elapsed().as_secs_f64();
+            eprintln!("    set up in {setup_seconds:.0} s");
+            let record_metric = world
+                .figures("record-metric", &[scheduled(), scheduled(), scheduled()])
+                .await?;
+            let sweep = world
+                .figures("deregistration", &[scheduled(), scheduled()])
+                .await?;
+            let launches: Vec<Value> = (0..LAUNCHES).map(launch).collect();
+            let registration = world.figures("registration", &launches).await?;
+            let interval = budget.listing_interval(n, Some(5000), SWEEP_PERIOD);
+            let listings_per_hour = 3600.0 / interval.as_secs_f64();
+            let jobs_per_minute = n as f64 / 10_000.0 * args.jobs_per_minute_per_10k as f64;
+            let github_per_hour = BTreeMap::from([
+                (
+                    "record_metric",
+                    record_metric.invocations[0].github_charged as f64 * 60.0,
+                ),
+                (
+                    "sweep listings (every page changed)",
+                    sweep.invocations[0].github_charged as f64 * listings_per_hour,
+                ),
+                (
+                    "registration and remove tokens",
+                    2.0 * TOKENS_PER_HOUR_PER_KIND,
+                ),
+                ("webhook receiver", 0.0),
+            ]);
+            let mut aws_per_minute = BTreeMap::new();
+            add(
+                &mut aws_per_minute,
+                &record_metric.invocations[1].aws_calls,
+                1.0,
+            );
+            add(
+                &mut aws_per_minute,
+                &sweep.invocations[1].aws_calls,
+                60.0 / SWEEP_PERIOD.as_secs_f64(),
+            );
+            // Each job: the agent protects its instance and lifts it after (2 calls).
+            *aws_per_minute
+                .entry("autoscaling:SetInstanceProtection".into())
+                .or_default() += 2.0 * jobs_per_minute;
+            for (op, per_job) in &webhook {
+                *aws_per_minute.entry(op.clone()).or_default() += per_job * jobs_per_minute;
+            }
+            anyhow::Ok(Size {
+                runners: n,
+                jobs_per_minute,
+                setup_seconds,
+                record_metric,
+                sweep,
+                registration,
+                sweep_listing_interval_s: interval.as_secs(),
+                github_per_hour,
+                aws_per_minute,
+            })
+        }
+        .await;
+        world.stop().await;
+        let size = result?;
+        print_size(&size);
+        sizes.push(size);
+    }
+    let report = json!({
+        "lambdas": args.lambdas,
+        "share": SHARE,
+        "sweep_period_s": SWEEP_PERIOD.as_secs(),
+        "webhook_aws_calls_per_job": webhook,
+        "per_job_from_code": {
+            "autoscaling:SetInstanceProtection": 2,
+            "dynamodb:UpdateItem (webhook ledger: queued, in_progress)": 4,
+        },
+        "per_sweep_from_code": {
+            "secretsmanager:ListSecrets": "one per 100 instance secrets, on sweeps that list",
+            "secretsmanager:GetSecretValue": "one per instance the terminate hook holds",
+        },
+        "sizes": sizes,
+    });
+    crate::bench::write_report(&args.out, &report)?;
+    Ok(0)
+}
+
+fn print_size(s: &Size) {
+    let p50 = |f: &FunctionFigures| {
+        let mut d: Vec<f64> = f.invocations.iter().map(|i| i.duration_ms).collect();
+        d.sort_by(f64::total_cmp);
+        d.get(d.len() / 2).copied().unwrap_or_default()
+    };
+    eprintln!(
+        "    record_metric {:.0} ms ({} KiB peak), sweep cold {:.0} ms / warm {:.0} ms ({} KiB), listing every {} s",
+        p50(&s.record_metric),
+        s.record_metric.peak_rss_kib.unwrap_or_default(),
+        s.sweep.invocations[0].duration_ms,
+        s.sweep.invocations[1].duration_ms,
+        s.sweep.peak_rss_kib.unwrap_or_default(),
+        s.sweep_listing_interval_s,
+    );
+    let total: f64 = s.github_per_hour.values().sum();
+    eprintln!(
+        "    GitHub requests an hour: {total:.0} {:?}",
+        s.github_per_hour
+    );
+    eprintln!("    AWS calls a minute: {:?}", s.aws_per_minute);
+}
