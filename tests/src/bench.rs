@@ -100,6 +100,35 @@ impl World {
         Ok(())
     }
 
+    /// Invokes a function through the Invoke API: whether it failed, and its answer.
+    pub(crate) async fn invoke(
+        &self,
+        function: &str,
+        event: &Value,
+    ) -> anyhow::Result<(bool, Value)> {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/2015-03-31/functions/{function}/invocations",
+                self.aws
+            ))
+            .json(event)
+            .send()
+            .await?;
+        let failed = resp.headers().contains_key("x-amz-function-error");
+        Ok((failed, resp.json().await?))
+    }
+
+    /// The world's record of a function's last invocation (duration, init, pid).
+    pub(crate) async fn last_invocation(&self, function: &str) -> anyhow::Result<Value> {
+        let calls: Vec<Value> = self.aws_control("invocations").await?;
+        calls
+            .into_iter()
+            .rev()
+            .find(|c| c["function"] == function)
+            .context("no invocation")
+    }
+
     /// Invokes a function `times` times with `event`; what each cost.
     async fn measure(
         &self,
@@ -119,31 +148,10 @@ impl World {
         };
         for _ in 0..times {
             let before = self.github_requests().await?;
-            let resp = self
-                .http
-                .post(format!(
-                    "{}/2015-03-31/functions/{function}/invocations",
-                    self.aws
-                ))
-                .json(event)
-                .send()
-                .await?;
-            let failed = resp.headers().contains_key("x-amz-function-error");
-            let body: Value = resp.json().await?;
+            let (failed, body) = self.invoke(function, event).await?;
             run.github_requests
                 .push(self.github_requests().await? - before);
-            let calls: Vec<Value> = self
-                .http
-                .get(format!("{}/_testbed/aws/invocations", self.aws))
-                .send()
-                .await?
-                .json()
-                .await?;
-            let last = calls
-                .iter()
-                .rev()
-                .find(|c| c["function"] == function)
-                .context("no invocation")?;
+            let last = self.last_invocation(function).await?;
             run.duration_ms
                 .push(last["duration_ms"].as_f64().unwrap_or_default());
             if let Some(init) = last["init_ms"].as_f64() {

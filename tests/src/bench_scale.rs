@@ -18,7 +18,7 @@
 
 use crate::bench::peak_rss_kib;
 use crate::world::{Spec, World, ORG, PAT};
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -110,26 +110,11 @@ impl World {
             self.github_charged().await?,
             self.aws_control::<BTreeMap<String, u64>>("calls").await?,
         );
-        let resp = self
-            .http
-            .post(format!(
-                "{}/2015-03-31/functions/{function}/invocations",
-                self.aws
-            ))
-            .json(event)
-            .send()
-            .await?;
-        let failed = resp.headers().contains_key("x-amz-function-error");
-        let response: Value = resp.json().await?;
+        let (failed, response) = self.invoke(function, event).await?;
         if failed {
             bail!("{function} failed: {response}");
         }
-        let calls: Vec<Value> = self.aws_control("invocations").await?;
-        let last = calls
-            .iter()
-            .rev()
-            .find(|c| c["function"] == function)
-            .context("no invocation")?;
+        let last = self.last_invocation(function).await?;
         Ok(Invocation {
             duration_ms: last["duration_ms"].as_f64().unwrap_or_default(),
             github_charged: self.github_charged().await? - gh,

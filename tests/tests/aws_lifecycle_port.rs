@@ -26,16 +26,7 @@ async fn hooks_complete_once_and_repeats_are_not_errors() {
         .0
         .clone();
 
-    let config = load_config()
-        .await
-        .into_builder()
-        .endpoint_url(&aws.url)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_autoscaling::config::SharedCredentialsProvider::new(
-            aws_sdk_autoscaling::config::Credentials::new("testbed", "testbed", None, None, "test"),
-        ))
-        .build();
-    let port = AutoScaling::new(&config);
+    let port = port(&aws).await;
 
     let status = port.instance(&id).await.unwrap().unwrap();
     assert_eq!(

@@ -7,7 +7,7 @@
 mod common;
 
 use aws_sdk_autoscaling::types::LifecycleHookSpecification;
-use aws_sdk_cloudwatch::primitives::DateTime;
+use aws_sdk_cloudwatch::types::Statistic;
 use common::control::{Function, Plane};
 use common::fast_retries;
 use serde_json::{json, Value};
@@ -225,8 +225,6 @@ async fn the_sweep_publishes_offline_runners_and_lists_a_thousand_in_pages_free_
     listener.abort();
     assert_eq!(second, [304; 11], "an unchanged list is free of rate limit");
 
-    let cw = aws_sdk_cloudwatch::Client::new(&plane.aws.config);
-    let now = std::time::SystemTime::now();
     for (metric, check) in [
         ("OfflineRunners", (|v: f64| v == 1.0) as fn(f64) -> bool),
         ("OrphanRunners", |v| v == 0.0),
@@ -234,28 +232,8 @@ async fn the_sweep_publishes_offline_runners_and_lists_a_thousand_in_pages_free_
         ("GitHubApiCalls", |v| v == 0.0),
         ("GitHubRateLimitRemainingPercent", |v| v > 50.0 && v < 100.0),
     ] {
-        let stats = cw
-            .get_metric_statistics()
-            .namespace("Warmfleet")
-            .metric_name(metric)
-            .dimensions(
-                aws_sdk_cloudwatch::types::Dimension::builder()
-                    .name("AutoScalingGroupName")
-                    .value("runners")
-                    .build(),
-            )
-            .start_time(DateTime::from(now - Duration::from_secs(3600)))
-            .end_time(DateTime::from(now + Duration::from_secs(3600)))
-            .period(60)
-            .statistics(aws_sdk_cloudwatch::types::Statistic::Minimum)
-            .send()
-            .await
-            .unwrap();
-        let min = stats
-            .datapoints()
-            .iter()
-            .filter_map(|d| d.minimum())
-            .fold(f64::MAX, f64::min);
+        let values = plane.metric("runners", metric, Statistic::Minimum).await;
+        let min = values.into_iter().fold(f64::MAX, f64::min);
         assert!(check(min), "{metric}: {min}");
     }
 }

@@ -5,11 +5,9 @@
 
 mod common;
 
-use aws_sdk_cloudwatch::primitives::DateTime;
-use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+use aws_sdk_cloudwatch::types::Statistic;
 use common::control::{Function, Plane};
 use serde_json::json;
-use std::time::{Duration, SystemTime};
 
 const RECORD: Function = Function {
     name: "record-metric",
@@ -20,30 +18,9 @@ const RECORD: Function = Function {
 };
 
 /// The largest value of `metric` for the group `runners` CloudWatch holds.
-async fn latest(cw: &aws_sdk_cloudwatch::Client, metric: &str) -> f64 {
-    let now = SystemTime::now();
-    let stats = cw
-        .get_metric_statistics()
-        .namespace("Warmfleet")
-        .metric_name(metric)
-        .dimensions(
-            Dimension::builder()
-                .name("AutoScalingGroupName")
-                .value("runners")
-                .build(),
-        )
-        .start_time(DateTime::from(now - Duration::from_secs(3600)))
-        .end_time(DateTime::from(now + Duration::from_secs(3600)))
-        .period(60)
-        .statistics(Statistic::Maximum)
-        .send()
-        .await
-        .unwrap();
-    stats
-        .datapoints()
-        .iter()
-        .filter_map(|d| d.maximum())
-        .fold(f64::MIN, f64::max)
+async fn latest(plane: &Plane, metric: &str) -> f64 {
+    let values = plane.metric("runners", metric, Statistic::Maximum).await;
+    values.into_iter().fold(f64::MIN, f64::max)
 }
 
 #[tokio::test]
@@ -75,13 +52,12 @@ async fn counts_in_service_instances_by_protection_and_asks_github_nothing() {
 
     let counts = plane.invoke_scheduled("record-metric").await.unwrap();
     assert_eq!(counts, json!({"runners": {"idle": 2, "busy": 2}}));
-    let cw = aws_sdk_cloudwatch::Client::new(&plane.aws.config);
     for (metric, want) in [
         ("IdleRunners", 2.0),
         ("BusyRunners", 2.0),
         ("AllRunnersBusy", 0.0),
     ] {
-        assert_eq!(latest(&cw, metric).await, want, "{metric}");
+        assert_eq!(latest(&plane, metric).await, want, "{metric}");
     }
     let asked = plane.github.requests().await;
     assert!(asked.is_empty(), "record_metric asked GitHub: {asked:?}");
@@ -99,5 +75,5 @@ async fn counts_in_service_instances_by_protection_and_asks_github_nothing() {
         .unwrap();
     let counts = plane.invoke_scheduled("record-metric").await.unwrap();
     assert_eq!(counts, json!({"runners": {"idle": 0, "busy": 4}}));
-    assert_eq!(latest(&cw, "AllRunnersBusy").await, 1.0);
+    assert_eq!(latest(&plane, "AllRunnersBusy").await, 1.0);
 }

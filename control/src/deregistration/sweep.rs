@@ -7,7 +7,7 @@ use crate::Error;
 use std::collections::{BTreeMap, BTreeSet};
 use tokio::time::Instant;
 use tracing::{info, warn};
-use warmfleet_core::github::{GithubError, Runner, RunnerStatus};
+use warmfleet_core::github::{GithubError, RateLimit, Runner, RunnerStatus};
 use warmfleet_core::instance_secret::InstanceSecret;
 use warmfleet_core::naming::{
     group_secret_prefix, instance_of_secret, HOOK_DEREGISTRATION, METRIC_GITHUB_API_CALLS,
@@ -39,23 +39,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
         }
         let fleet = in_groups.len() + pools.iter().map(|(_, w)| w.len()).sum::<usize>();
         let calls_before = self.github.api_calls();
-        let rate = match self.github.rate_limit(until).await {
-            Ok(rate) => rate,
-            Err(e) => {
-                summary.failed("rate limit", &e.into());
-                None
-            }
-        };
-        let budget = self.settings.budget;
-        let period = self.settings.sweep_period;
-        let interval = budget.listing_interval(fleet, rate.map(|r| r.limit), period);
-        summary.listing = budget.listing(
-            chrono::Utc::now().timestamp(),
-            period,
-            interval,
-            fleet,
-            rate,
-        );
+        let rate = self.paced(fleet, until, &mut summary).await;
         // Every runner (the same pages a label filter would read): a drained runner has
         // lost its labels, and only its name still ties it to its instance.
         let all = match summary.listing {
@@ -93,22 +77,60 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
         }
         let calls = self.github.api_calls() - calls_before;
         for (group, _) in &pools {
-            let mut values = vec![(METRIC_GITHUB_API_CALLS, calls as f64)];
-            if let Some(&(_, offline, orphans)) = found.iter().find(|f| f.0 == *group) {
-                values.push((METRIC_OFFLINE_RUNNERS, f64::from(offline)));
-                values.push((METRIC_ORPHAN_RUNNERS, f64::from(orphans)));
-            }
-            if let Some(r) = rate {
-                values.push((METRIC_GITHUB_RATE_LIMIT_REMAINING, r.remaining as f64));
-                let percent = 100.0 * r.remaining as f64 / r.limit.max(1) as f64;
-                values.push((METRIC_GITHUB_RATE_LIMIT_PERCENT, percent));
-            }
-            if let Err(e) = patience::until(until, || self.metrics.publish(group, &values)).await {
-                summary.failed("publish", &e.into());
-            }
+            let counts = found.iter().find(|f| f.0 == *group).map(|f| (f.1, f.2));
+            self.publish(group, counts, calls, rate, until, &mut summary)
+                .await;
         }
         info!(?summary, github_calls = calls, "sweep done");
         Ok(summary)
+    }
+
+    /// Reads GitHub's rate limit (free) and decides, by the budget, whether this sweep lists
+    /// every runner of a fleet of `fleet` instances.
+    async fn paced(
+        &self,
+        fleet: usize,
+        until: Instant,
+        summary: &mut Summary,
+    ) -> Option<RateLimit> {
+        let rate = match self.github.rate_limit(until).await {
+            Ok(rate) => rate,
+            Err(e) => {
+                summary.failed("rate limit", &e.into());
+                None
+            }
+        };
+        let (budget, period) = (self.settings.budget, self.settings.sweep_period);
+        let interval = budget.listing_interval(fleet, rate.map(|r| r.limit), period);
+        let now = chrono::Utc::now().timestamp();
+        summary.listing = budget.listing(now, period, interval, fleet, rate);
+        rate
+    }
+
+    /// Publishes a group's findings: GitHub requests made, the offline and orphan runners
+    /// (when listed), what is left of the rate limit (when known).
+    async fn publish(
+        &self,
+        group: &str,
+        counts: Option<(u32, u32)>,
+        calls: u64,
+        rate: Option<RateLimit>,
+        until: Instant,
+        summary: &mut Summary,
+    ) {
+        let mut values = vec![(METRIC_GITHUB_API_CALLS, calls as f64)];
+        if let Some((offline, orphans)) = counts {
+            values.push((METRIC_OFFLINE_RUNNERS, f64::from(offline)));
+            values.push((METRIC_ORPHAN_RUNNERS, f64::from(orphans)));
+        }
+        if let Some(r) = rate {
+            values.push((METRIC_GITHUB_RATE_LIMIT_REMAINING, r.remaining as f64));
+            let percent = 100.0 * r.remaining as f64 / r.limit.max(1) as f64;
+            values.push((METRIC_GITHUB_RATE_LIMIT_PERCENT, percent));
+        }
+        if let Err(e) = patience::until(until, || self.metrics.publish(group, &values)).await {
+            summary.failed("publish", &e.into());
+        }
     }
 
     /// Runners whose instance has left the group (or never was in it) are deleted; how

@@ -40,6 +40,44 @@ pub struct Function<'a> {
 pub const CREDENTIAL_SECRET: &str = "warmfleet/github";
 
 impl Plane {
+    /// A `Warmfleet` metric of `group` as CloudWatch holds it: each minute's `statistic`
+    /// over the last hour.
+    pub async fn metric(
+        &self,
+        group: &str,
+        metric: &str,
+        statistic: aws_sdk_cloudwatch::types::Statistic,
+    ) -> Vec<f64> {
+        use aws_sdk_cloudwatch::primitives::DateTime;
+        use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+        let now = std::time::SystemTime::now();
+        let stats = aws_sdk_cloudwatch::Client::new(&self.aws.config)
+            .get_metric_statistics()
+            .namespace("Warmfleet")
+            .metric_name(metric)
+            .dimensions(
+                Dimension::builder()
+                    .name("AutoScalingGroupName")
+                    .value(group)
+                    .build(),
+            )
+            .start_time(DateTime::from(now - Duration::from_secs(3600)))
+            .end_time(DateTime::from(now + Duration::from_secs(3600)))
+            .period(60)
+            .statistics(statistic.clone())
+            .send()
+            .await
+            .unwrap();
+        stats
+            .datapoints()
+            .iter()
+            .filter_map(|d| match statistic {
+                Statistic::Minimum => d.minimum(),
+                _ => d.maximum(),
+            })
+            .collect()
+    }
+
     /// Starts the world with these functions and rules; `github_args` go to the GitHub fake.
     pub async fn start(
         time_scale: &str,
