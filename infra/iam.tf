@@ -163,6 +163,15 @@ data "aws_iam_policy_document" "record_metric" {
     actions   = ["autoscaling:DescribeAutoScalingGroups"]
     resources = ["*"] # Describe calls take no resource
   }
+  # The idle runners, for the webhook receiver to claim before adding instances.
+  dynamic "statement" {
+    for_each = var.webhook_claims_idle_runners ? [1] : []
+    content {
+      sid       = "IdleRunners"
+      actions   = ["dynamodb:UpdateItem"]
+      resources = [aws_dynamodb_table.jobs.arn]
+    }
+  }
 }
 
 data "aws_iam_policy_document" "webhook" {

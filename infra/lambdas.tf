@@ -33,14 +33,16 @@ locals {
         WARMFLEET_GITHUB_SHARE  = tostring(var.github_rate_limit_share)
       })
     }
-    # No GitHub credential: it counts from Auto Scaling alone.
+    # No GitHub credential: it counts from Auto Scaling alone (and, with
+    # webhook_claims_idle_runners, notes the idle runners for the receiver to claim).
     record-metric = {
       zip                  = "warmfleet-record-metric"
       timeout              = 60
       reserved_concurrency = -1
-      environment = {
-        WARMFLEET_GROUPS = var.name
-      }
+      environment = merge(
+        { WARMFLEET_GROUPS = var.name },
+        var.webhook_claims_idle_runners ? { WARMFLEET_JOB_TABLE = aws_dynamodb_table.jobs.name } : {},
+      )
     }
     # No GitHub credential: it reads only the webhook secret. GitHub waits 10 s for an
     # answer.

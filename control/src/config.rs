@@ -216,6 +216,8 @@ fn groups(env: &dyn Env) -> Result<Vec<String>, ConfigError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricSettings {
     pub groups: Vec<String>,
+    /// The job table, where the webhook receiver claims idle runners (none: not noted).
+    pub job_table: Option<String>,
     /// Time kept back from the invocation's deadline to finish.
     pub deadline_margin: Duration,
 }
@@ -224,6 +226,7 @@ impl MetricSettings {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         Ok(MetricSettings {
             groups: groups(env)?,
+            job_table: optional(env, "WARMFLEET_JOB_TABLE"),
             deadline_margin: duration(env, "WARMFLEET_DEADLINE_MARGIN", Duration::from_secs(3))?,
         })
     }

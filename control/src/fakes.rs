@@ -406,6 +406,8 @@ pub type Recorded = (JobStage, String, bool);
 #[derive(Default)]
 pub struct Ledger {
     pub jobs: Mutex<BTreeMap<u64, Vec<Recorded>>>,
+    /// Each group's idle runners left to claim.
+    pub idle: Mutex<BTreeMap<String, u32>>,
 }
 
 #[async_trait]
@@ -441,5 +443,19 @@ impl JobLedger for Ledger {
             seen.retain(|s| s.0 != stage);
         }
         Ok(())
+    }
+    async fn set_idle(&self, group: &str, idle: u32) -> Result<(), PortError> {
+        self.idle.lock().unwrap().insert(group.to_owned(), idle);
+        Ok(())
+    }
+    async fn claim_idle(&self, group: &str) -> Result<bool, PortError> {
+        let mut idle = self.idle.lock().unwrap();
+        match idle.get_mut(group) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }

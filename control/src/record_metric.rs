@@ -14,10 +14,10 @@ use crate::config::MetricSettings;
 use crate::Error;
 use std::collections::BTreeMap;
 use tokio::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 use warmfleet_core::naming::{METRIC_ALL_RUNNERS_BUSY, METRIC_BUSY_RUNNERS, METRIC_IDLE_RUNNERS};
 use warmfleet_core::patience;
-use warmfleet_core::ports::{InstanceStatus, Lifecycle, Metrics};
+use warmfleet_core::ports::{InstanceStatus, JobLedger, Lifecycle, Metrics};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
@@ -49,13 +49,15 @@ pub fn count<'a>(instances: impl IntoIterator<Item = &'a InstanceStatus>) -> Cou
     c
 }
 
-pub struct RecordMetric<L, M> {
+pub struct RecordMetric<L, M, D> {
     pub lifecycle: L,
     pub metrics: M,
+    /// Where the webhook receiver claims idle runners (the job table), when there is one.
+    pub ledger: Option<D>,
     pub settings: MetricSettings,
 }
 
-impl<L: Lifecycle, M: Metrics> RecordMetric<L, M> {
+impl<L: Lifecycle, M: Metrics, D: JobLedger> RecordMetric<L, M, D> {
     pub async fn handle(&self, deadline: Instant) -> Result<BTreeMap<String, Counts>, Error> {
         let until = deadline
             .checked_sub(self.settings.deadline_margin)
@@ -71,6 +73,13 @@ impl<L: Lifecycle, M: Metrics> RecordMetric<L, M> {
                 (METRIC_ALL_RUNNERS_BUSY, f64::from(u8::from(c.all_busy()))),
             ];
             patience::until(until, || self.metrics.publish(group, &values)).await?;
+            if let Some(ledger) = &self.ledger {
+                // The scaling alarms do not need it: a failure costs the receiver's claims
+                // for a minute (it adds instances instead), never the metrics.
+                if let Err(e) = patience::until(until, || ledger.set_idle(group, c.idle)).await {
+                    warn!(group, error = %e, "noting the idle runners for the receiver failed");
+                }
+            }
             info!(group, idle = c.idle, busy = c.busy, "published");
             out.insert(group.clone(), c);
         }
@@ -93,12 +102,14 @@ mod tests {
         }
     }
 
-    fn handler(groups: &[&str]) -> RecordMetric<fakes::Asg, fakes::Cloudwatch> {
+    fn handler(groups: &[&str]) -> RecordMetric<fakes::Asg, fakes::Cloudwatch, fakes::Ledger> {
         RecordMetric {
             lifecycle: fakes::Asg::default(),
             metrics: fakes::Cloudwatch::default(),
+            ledger: Some(fakes::Ledger::default()),
             settings: MetricSettings {
                 groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+                job_table: Some("jobs".into()),
                 deadline_margin: Duration::from_millis(100),
             },
         }
@@ -127,6 +138,9 @@ mod tests {
         assert_eq!(out["a"], Counts { idle: 1, busy: 2 });
         assert_eq!(out["b"], Counts { idle: 1, busy: 0 });
         assert_eq!(out.len(), 2);
+        // The webhook receiver claims these before adding instances.
+        let noted = h.ledger.as_ref().unwrap().idle.lock().unwrap().clone();
+        assert_eq!(noted, [("a".to_owned(), 1), ("b".to_owned(), 1)].into());
         assert_eq!(*h.lifecycle.describes.lock().unwrap(), 1);
         let published = h.metrics.published.lock().unwrap();
         assert_eq!(published.len(), 2, "one PutMetricData per group");

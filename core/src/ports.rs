@@ -174,6 +174,14 @@ pub trait JobLedger: Send + Sync {
 
     /// Undoes a record whose action then failed, so that any later delivery acts again.
     async fn forget(&self, job_id: u64, stage: JobStage) -> Result<(), PortError>;
+
+    /// Notes how many of `group`'s runners are idle (record_metric, every minute): the
+    /// queued jobs of the coming minute claim them before any adds an instance.
+    async fn set_idle(&self, group: &str, idle: u32) -> Result<(), PortError>;
+
+    /// Claims one of `group`'s idle runners for a queued job (atomically, across function
+    /// instances); `false` when none is left to claim.
+    async fn claim_idle(&self, group: &str) -> Result<bool, PortError>;
 }
 
 /// Where a command sent to an instance has got to.

@@ -59,6 +59,8 @@ pub struct Spec {
     pub function_log: &'static str,
     /// Instances are records only (no root, IMDS or process): the scale benchmark's.
     pub bare_instances: bool,
+    /// record_metric notes the idle runners for the webhook receiver to claim.
+    pub claim_idle: bool,
 }
 
 impl Spec {
@@ -82,6 +84,7 @@ impl Spec {
             keep_dir: None,
             function_log: "warn",
             bare_instances: false,
+            claim_idle: false,
         }
     }
 
@@ -124,7 +127,11 @@ impl Spec {
                 );
             }
             let mine = self.function_env.iter().filter(|(f, _, _)| *f == name);
-            let own = webhook_env.iter().filter(|_| name == WEBHOOK_FUNCTION);
+            // record_metric notes the idle runners where the receiver claims them.
+            let own = webhook_env.iter().filter(|(k, _)| {
+                name == WEBHOOK_FUNCTION
+                    || (self.claim_idle && name == "record-metric" && k == "WARMFLEET_JOB_TABLE")
+            });
             let vars: toml::Table = common
                 .iter()
                 .chain(own)

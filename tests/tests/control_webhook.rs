@@ -34,10 +34,26 @@ const WEBHOOK: Function = Function {
     ],
 };
 
+/// record_metric, noting the idle runners in the same job table.
+const RECORD: Function = Function {
+    name: "record-metric",
+    binary: "warmfleet-record-metric",
+    timeout: 10.0,
+    retries: 0,
+    env: &[
+        ("WARMFLEET_GROUPS", "runners"),
+        ("WARMFLEET_JOB_TABLE", "jobs"),
+    ],
+};
+
 /// The receiver's world as the module makes it: the group with its job policy, the webhook
 /// secret, the job table.
 async fn plane(max: i32) -> Plane {
-    let plane = Plane::start("1", None, &[WEBHOOK], "", &[]).await;
+    plane_with(&[WEBHOOK], max).await
+}
+
+async fn plane_with(functions: &[Function<'_>], max: i32) -> Plane {
+    let plane = Plane::start("1", None, functions, "", &[]).await;
     plane.aws.create("runners", 0, max, 0, vec![]).await;
     plane
         .aws
@@ -140,6 +156,41 @@ async fn desired(plane: &Plane) -> i32 {
         .await
         .unwrap();
     out.auto_scaling_groups()[0].desired_capacity().unwrap()
+}
+
+#[tokio::test]
+async fn a_job_an_idle_runner_takes_adds_no_instance_and_the_next_one_does() {
+    let plane = plane_with(&[WEBHOOK, RECORD], 5).await;
+    plane.aws.set_desired("runners", 1).await;
+    plane.aws.sole_in_service("runners").await;
+    // Before any count, nothing can be claimed: the first job adds its instance.
+    let (status, answer) =
+        deliver(&plane, "workflow_job", &queued(501, &["runners"]), SECRET).await;
+    assert_eq!((status, desired(&plane).await), (200, 2), "{answer}");
+    plane
+        .aws
+        .until("runners", false, "both in service", |i| {
+            i.len() == 2 && i.iter().all(|x| x.1 == "InService")
+        })
+        .await;
+    let counts = plane.invoke_scheduled("record-metric").await.unwrap();
+    assert_eq!(counts["runners"]["idle"], 2, "{counts}");
+    for job in [502, 503] {
+        let (status, answer) =
+            deliver(&plane, "workflow_job", &queued(job, &["runners"]), SECRET).await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(
+            answer["ok"].as_str().unwrap().contains("idle runner"),
+            "{answer}"
+        );
+    }
+    assert_eq!(desired(&plane).await, 2, "the two idle runners take them");
+    deliver(&plane, "workflow_job", &queued(504, &["runners"]), SECRET).await;
+    assert_eq!(
+        desired(&plane).await,
+        3,
+        "none left to claim: an instance for it"
+    );
 }
 
 #[tokio::test]

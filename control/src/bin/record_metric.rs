@@ -8,9 +8,9 @@ use warmfleet_control::config::{MetricSettings, ProcessEnv};
 use warmfleet_control::record_metric::RecordMetric;
 use warmfleet_control::runtime;
 use warmfleet_control::Error as HandlerError;
-use warmfleet_core::aws::{AutoScaling, CloudWatch};
+use warmfleet_core::aws::{AutoScaling, CloudWatch, JobTable};
 
-type Handler = RecordMetric<AutoScaling, CloudWatch>;
+type Handler = RecordMetric<AutoScaling, CloudWatch, JobTable>;
 
 async fn handle(handler: &Handler, event: LambdaEvent<Value>) -> Result<Value, HandlerError> {
     let counts = handler
@@ -29,6 +29,10 @@ async fn main() -> Result<(), Error> {
         anyhow::Ok(RecordMetric {
             lifecycle: AutoScaling::new(&aws),
             metrics: CloudWatch::new(&aws),
+            ledger: settings
+                .job_table
+                .as_deref()
+                .map(|t| JobTable::new(&aws, t)),
             settings,
         })
     })

@@ -223,6 +223,13 @@ impl<S: SecretStore, C: Capacity, L: JobLedger, M: Metrics> Webhook<S, C, L, M> 
     async fn carry_out(&self, action: Action, until: Instant) -> Result<String, PortError> {
         match action {
             Action::AddOne { group } => {
+                // An idle runner takes the job: no instance for it (one claim per idle
+                // runner record_metric counted; a failed claim errs towards capacity).
+                match patience::until(until, || self.ledger.claim_idle(&group)).await {
+                    Ok(true) => return Ok(format!("an idle runner of {group} takes it")),
+                    Ok(false) => {}
+                    Err(e) => warn!(group, error = %e, "claiming an idle runner failed"),
+                }
                 patience::until(until, || self.capacity.add_one(&group, POLICY_JOB_QUEUED)).await?;
                 Ok(format!("one instance added to {group}"))
             }

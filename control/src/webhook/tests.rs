@@ -87,6 +87,24 @@ async fn a_queued_job_adds_one_instance_to_its_group_once() {
 }
 
 #[tokio::test]
+async fn a_queued_job_an_idle_runner_can_take_adds_no_instance() {
+    let r = receiver();
+    r.ledger.idle.lock().unwrap().insert("small".into(), 1);
+    let first = delivery("workflow_job", QUEUED, Some(SECRET));
+    assert_eq!(send(&r, &first).await, 200);
+    assert!(executed(&r).is_empty(), "the idle runner takes it");
+    assert_eq!(r.ledger.idle.lock().unwrap()["small"], 0);
+    // The next job finds none left to claim: an instance for it.
+    let next = QUEUED.replace("\"id\": 31000000001", "\"id\": 31000000002");
+    assert_ne!(next, QUEUED, "a job of its own");
+    assert_eq!(
+        send(&r, &delivery("workflow_job", &next, Some(SECRET))).await,
+        200
+    );
+    assert_eq!(executed(&r).len(), 1);
+}
+
+#[tokio::test]
 async fn forged_unsigned_oversized_and_non_post_deliveries_touch_nothing() {
     let r = receiver();
     let forged = delivery("workflow_job", QUEUED, Some("not the secret"));

@@ -12,6 +12,8 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const SERVICE: &str = "DynamoDB";
+/// The item holding each group's idle runners (`idle_<group>`): GitHub's job ids start at 1.
+const FLEET_ITEM: u64 = 0;
 /// How long a job's record is kept: far longer than any redelivery or job.
 const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -147,5 +149,53 @@ impl JobLedger for JobTable {
         let (at, by, _) = attributes(stage);
         self.update_existing(job_id, format!("REMOVE {at}, {by}"), None)
             .await
+    }
+
+    async fn set_idle(&self, group: &str, idle: u32) -> Result<(), PortError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("job_id", AttributeValue::N(FLEET_ITEM.to_string()))
+            .update_expression("SET #idle = :idle")
+            .expression_attribute_names("#idle", format!("idle_{group}"))
+            .expression_attribute_values(":idle", AttributeValue::N(idle.to_string()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                sdk_error(
+                    SERVICE,
+                    "UpdateItem",
+                    format!("{}/idle_{group}", self.table),
+                    &e,
+                )
+            })
+    }
+
+    async fn claim_idle(&self, group: &str) -> Result<bool, PortError> {
+        let sent = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("job_id", AttributeValue::N(FLEET_ITEM.to_string()))
+            .update_expression("SET #idle = #idle - :one")
+            .condition_expression("#idle > :none")
+            .expression_attribute_names("#idle", format!("idle_{group}"))
+            .expression_attribute_values(":one", AttributeValue::N("1".into()))
+            .expression_attribute_values(":none", AttributeValue::N("0".into()))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                Ok(false)
+            }
+            Err(e) => Err(sdk_error(
+                SERVICE,
+                "UpdateItem",
+                format!("{}/idle_{group}", self.table),
+                &e,
+            )),
+        }
     }
 }

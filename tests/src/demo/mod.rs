@@ -228,6 +228,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
             .push((function, "WARMFLEET_DEPLOYMENT".into(), DEPLOYMENT.into()));
     }
     spec.webhook = fleet.webhook;
+    spec.claim_idle = fleet.webhook && fleet.claim_idle;
     spec.lifecycle_rules = true;
     spec.schedules = true;
     spec.instance_command = Some(format!("sh {}", script.display()));

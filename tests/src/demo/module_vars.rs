@@ -56,6 +56,7 @@ const SHAPING: &[&str] = &[
     "warm_pool_reuse_on_scale_in",
     "spot",
     "instance_types",
+    "webhook_claims_idle_runners",
 ];
 
 /// The fleet `base` (its testbed settings and workload) shaped by the module's inputs in
@@ -132,6 +133,7 @@ fn shape(given: &Map<String, Value>, mut fleet: Fleet) -> anyhow::Result<(Fleet,
         n => Some(u32::try_from(n).context("warm_pool_max_prepared: -1 or 0 or more")?),
     };
     fleet.warm_pool.reuse_on_scale_in = flag("warm_pool_reuse_on_scale_in")?;
+    fleet.claim_idle = flag("webhook_claims_idle_runners")?;
     fleet.check()?;
     Ok((fleet, ignored))
 }

@@ -84,6 +84,9 @@ pub struct Fleet {
     /// GitHub's `workflow_job` webhooks reach the receiver, which adds one instance per
     /// queued job at once; off, only the idle-runner alarms scale out.
     pub webhook: bool,
+    /// The receiver claims the idle runners record_metric counted before adding instances
+    /// (the module's `webhook_claims_idle_runners`).
+    pub claim_idle: bool,
     pub warm_pool: WarmPool,
     /// A rollout of a new launch template version while the workload runs (`rollout.rs`).
     pub refresh: Refresh,
@@ -169,6 +172,7 @@ impl Default for Fleet {
             resume_delay: Duration::from_secs(5),
             hibernate_delay: Duration::from_secs(10),
             webhook: true,
+            claim_idle: false,
             warm_pool: WarmPool::default(),
             refresh: Refresh::default(),
             workload: Workload::default(),
