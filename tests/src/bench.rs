@@ -170,20 +170,21 @@ impl World {
     }
 }
 
-fn scheduled() -> Value {
+/// A scheduled event, as EventBridge delivers one.
+pub(crate) fn scheduled() -> Value {
     json!({"version": "0", "id": "00000000-0000-4000-8000-00000000beef", "detail-type": "Scheduled Event",
         "source": "aws.events", "account": "123456789012", "time": "2026-11-28T12:00:00Z", "region": "us-east-1",
         "resources": ["arn:aws:events:us-east-1:123456789012:rule/bench"], "detail": {}})
 }
 
-/// A cold launch of an instance the simulator does not know: the credential is minted and
-/// stored; completing the hook finds nothing waiting, which the function accepts.
-fn launch(n: usize) -> Value {
+/// A cold launch into `group` of an instance the simulator does not know: the credential is
+/// minted and stored; completing the hook finds nothing waiting, which the function accepts.
+pub(crate) fn launch(group: &str, n: usize) -> Value {
     json!({"version": "0", "id": format!("00000000-0000-4000-8000-{n:012}"),
         "detail-type": "EC2 Instance-launch Lifecycle Action", "source": "aws.autoscaling",
         "account": "123456789012", "time": "2026-11-28T12:00:00Z", "region": "us-east-1", "resources": [],
-        "detail": {"LifecycleActionToken": format!("00000000-0000-4000-8000-{n:012}"), "AutoScalingGroupName": "bench",
-            "LifecycleHookName": "registration", "EC2InstanceId": format!("i-launch{n:09}"),
+        "detail": {"LifecycleActionToken": format!("00000000-0000-4000-8000-{n:012}"), "AutoScalingGroupName": group,
+            "LifecycleHookName": "registration", "EC2InstanceId": format!("i-0launch{n:011x}"),
             "LifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING", "Origin": "EC2", "Destination": "AutoScalingGroup"}})
 }
 
@@ -246,10 +247,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
                     .await?,
             );
             let mut registration = world
-                .measure("registration", "launch, launch, repeat", &launch(1), 1)
+                .measure(
+                    "registration",
+                    "launch, launch, repeat",
+                    &launch("bench", 1),
+                    1,
+                )
                 .await?;
             let again = world
-                .measure("registration", "launch, then its repeat", &launch(2), 2)
+                .measure(
+                    "registration",
+                    "launch, then its repeat",
+                    &launch("bench", 2),
+                    2,
+                )
                 .await?;
             registration.duration_ms.extend(again.duration_ms);
             registration.github_requests.extend(again.github_requests);

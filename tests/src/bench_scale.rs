@@ -14,9 +14,11 @@
 //! computes the deployment's GitHub requests an hour and AWS calls a minute.
 //!
 //! Not counted by the world: moto's Secrets Manager and DynamoDB calls; the report gives
-//! them from the code (`per_job_from_code`, `per_sweep_from_code`).
+//! them from the code (`per_job_from_code`, `per_minute_from_code`, `per_sweep_from_code`).
+//! The receiver's `ExecutePolicy` is counted only for the jobs of a minute beyond the idle
+//! runners record_metric counted: the others claim one (measured per job with none idle).
 
-use crate::bench::peak_rss_kib;
+use crate::bench::{launch, peak_rss_kib, scheduled};
 use crate::world::{Spec, World, ORG, PAT};
 use anyhow::bail;
 use serde::Serialize;
@@ -224,23 +226,6 @@ impl World {
     }
 }
 
-fn scheduled() -> Value {
-    json!({"version": "0", "id": "00000000-0000-4000-8000-00000000beef", "detail-type": "Scheduled Event",
-        "source": "aws.events", "account": "123456789012", "time": "2026-12-02T12:00:00Z", "region": "us-east-1",
-        "resources": ["arn:aws:events:us-east-1:123456789012:rule/scale"], "detail": {}})
-}
-
-/// A cold launch into the group of an instance the world does not know: the credential is
-/// stored; completing the hook finds nothing waiting, which the function accepts.
-fn launch(n: usize) -> Value {
-    json!({"version": "0", "id": format!("00000000-0000-4000-8000-{n:012}"),
-        "detail-type": "EC2 Instance-launch Lifecycle Action", "source": "aws.autoscaling",
-        "account": "123456789012", "time": "2026-12-02T12:00:00Z", "region": "us-east-1", "resources": [],
-        "detail": {"LifecycleActionToken": format!("00000000-0000-4000-8000-{n:012}"), "AutoScalingGroupName": GROUP,
-            "LifecycleHookName": "registration", "EC2InstanceId": format!("i-0launch{n:011x}"),
-            "LifecycleTransition": "autoscaling:EC2_INSTANCE_LAUNCHING", "Origin": "EC2", "Destination": "AutoScalingGroup"}})
-}
-
 /// Each per-minute figure of `calls` (one invocation's), `times` a minute.
 fn add(per_minute: &mut BTreeMap<String, f64>, calls: &BTreeMap<String, u64>, times: f64) {
     for (op, n) in calls {
@@ -299,7 +284,7 @@ pub async fn run(args: BenchScaleArgs) -> anyhow::Result<i32> {
             let sweep = world
                 .figures("deregistration", &[scheduled(), scheduled()])
                 .await?;
-            let launches: Vec<Value> = (0..LAUNCHES).map(launch).collect();
+            let launches: Vec<Value> = (0..LAUNCHES).map(|n| launch(GROUP, n)).collect();
             let registration = world.figures("registration", &launches).await?;
             let interval = budget.listing_interval(n, Some(5000), SWEEP_PERIOD);
             let listings_per_hour = 3600.0 / interval.as_secs_f64();
@@ -334,8 +319,19 @@ pub async fn run(args: BenchScaleArgs) -> anyhow::Result<i32> {
             *aws_per_minute
                 .entry("autoscaling:SetInstanceProtection".into())
                 .or_default() += 2.0 * jobs_per_minute;
+            // The receiver's instance per queued job only for the jobs beyond the idle
+            // runners record_metric counted (the rest claim one); its other calls per job.
+            let idle = record_metric.invocations[1].response[GROUP]["idle"]
+                .as_f64()
+                .unwrap_or_default();
+            let beyond_idle = (jobs_per_minute - idle).max(0.0);
             for (op, per_job) in &webhook {
-                *aws_per_minute.entry(op.clone()).or_default() += per_job * jobs_per_minute;
+                let jobs = if op == "autoscaling:ExecutePolicy" {
+                    beyond_idle
+                } else {
+                    jobs_per_minute
+                };
+                *aws_per_minute.entry(op.clone()).or_default() += per_job * jobs;
             }
             anyhow::Ok(Size {
                 runners: n,
@@ -360,9 +356,13 @@ pub async fn run(args: BenchScaleArgs) -> anyhow::Result<i32> {
         "share": SHARE,
         "sweep_period_s": SWEEP_PERIOD.as_secs(),
         "webhook_aws_calls_per_job": webhook,
+        "assumes": "webhook_claims_idle_runners on: ExecutePolicy only for a minute's jobs beyond the idle runners (off, the module's default: one per job)",
         "per_job_from_code": {
             "autoscaling:SetInstanceProtection": 2,
-            "dynamodb:UpdateItem (webhook ledger: queued, in_progress)": 4,
+            "dynamodb:UpdateItem (webhook ledger: queued, in_progress; the idle claim)": 5,
+        },
+        "per_minute_from_code": {
+            "dynamodb:UpdateItem (record_metric notes each group's idle runners)": 1,
         },
         "per_sweep_from_code": {
             "secretsmanager:ListSecrets": "one per 100 instance secrets, on sweeps that list",
