@@ -8,6 +8,7 @@ use super::sdk_error;
 use crate::ports::{JobLedger, JobStage, PortError};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -52,18 +53,7 @@ impl JobTable {
             .set_expression_attribute_values(yes.map(|v| [(":yes".to_owned(), v)].into()))
             .send()
             .await;
-        match sent {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(())
-            }
-            Err(e) => Err(sdk_error(
-                SERVICE,
-                "UpdateItem",
-                format!("{}/{job_id}", self.table),
-                &e,
-            )),
-        }
+        applied(sent, format!("{}/{job_id}", self.table)).map(|_| ())
     }
 }
 
@@ -87,6 +77,21 @@ fn acts(stage: JobStage) -> &'static str {
             "attribute_not_exists(started_at) \
              OR (started_by = :delivery AND attribute_not_exists(started_done))"
         }
+    }
+}
+
+/// An `UpdateItem` with a condition: `true` when it was applied, `false` when its condition
+/// did not hold; any other failure names `item`.
+fn applied<T, R: std::fmt::Debug>(
+    sent: Result<T, SdkError<UpdateItemError, R>>,
+    item: String,
+) -> Result<bool, PortError> {
+    match sent {
+        Ok(_) => Ok(true),
+        Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+            Ok(false)
+        }
+        Err(e) => Err(sdk_error(SERVICE, "UpdateItem", item, &e)),
     }
 }
 
@@ -121,18 +126,7 @@ impl JobLedger for JobTable {
             .expression_attribute_values(":expires", AttributeValue::N(epoch_seconds(now + KEEP)))
             .send()
             .await;
-        match sent {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error(
-                SERVICE,
-                "UpdateItem",
-                format!("{}/{job_id}", self.table),
-                &e,
-            )),
-        }
+        applied(sent, format!("{}/{job_id}", self.table))
     }
 
     async fn done(&self, job_id: u64, stage: JobStage) -> Result<(), PortError> {
@@ -185,17 +179,6 @@ impl JobLedger for JobTable {
             .expression_attribute_values(":none", AttributeValue::N("0".into()))
             .send()
             .await;
-        match sent {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                Ok(false)
-            }
-            Err(e) => Err(sdk_error(
-                SERVICE,
-                "UpdateItem",
-                format!("{}/idle_{group}", self.table),
-                &e,
-            )),
-        }
+        applied(sent, format!("{}/idle_{group}", self.table))
     }
 }
