@@ -15,8 +15,9 @@
 //!
 //! Not counted by the world: moto's Secrets Manager and DynamoDB calls; the report gives
 //! them from the code (`per_job_from_code`, `per_minute_from_code`, `per_sweep_from_code`).
-//! The receiver's `ExecutePolicy` is counted only for the jobs of a minute beyond the idle
-//! runners record_metric counted: the others claim one (measured per job with none idle).
+//! The receiver's `ExecutePolicy` is counted once per job (the module's default); with
+//! `webhook_claims_idle_runners` only for the jobs of a minute beyond the idle runners
+//! record_metric counted, given beside it.
 
 use crate::bench::{launch, peak_rss_kib, scheduled};
 use crate::world::{Spec, World, ORG, PAT};
@@ -82,7 +83,10 @@ struct Size {
     /// How often the sweep lists every runner at the module's defaults.
     sweep_listing_interval_s: u64,
     github_per_hour: BTreeMap<&'static str, f64>,
+    /// At the module's defaults (`webhook_claims_idle_runners` off).
     aws_per_minute: BTreeMap<String, f64>,
+    /// The receiver's `ExecutePolicy` a minute with `webhook_claims_idle_runners` on.
+    execute_policy_per_minute_with_claims: f64,
 }
 
 /// `after` less `before`, per key.
@@ -319,20 +323,18 @@ pub async fn run(args: BenchScaleArgs) -> anyhow::Result<i32> {
             *aws_per_minute
                 .entry("autoscaling:SetInstanceProtection".into())
                 .or_default() += 2.0 * jobs_per_minute;
-            // The receiver's instance per queued job only for the jobs beyond the idle
-            // runners record_metric counted (the rest claim one); its other calls per job.
+            // The receiver's calls per queued job, as the module's default has it (an
+            // instance for every job); with claims, `ExecutePolicy` only for the jobs beyond
+            // the idle runners record_metric counted.
+            for (op, per_job) in &webhook {
+                *aws_per_minute.entry(op.clone()).or_default() += per_job * jobs_per_minute;
+            }
             let idle = record_metric.invocations[1].response[GROUP]["idle"]
                 .as_f64()
                 .unwrap_or_default();
-            let beyond_idle = (jobs_per_minute - idle).max(0.0);
-            for (op, per_job) in &webhook {
-                let jobs = if op == "autoscaling:ExecutePolicy" {
-                    beyond_idle
-                } else {
-                    jobs_per_minute
-                };
-                *aws_per_minute.entry(op.clone()).or_default() += per_job * jobs;
-            }
+            let execute_policy_per_minute_with_claims = webhook
+                .get("autoscaling:ExecutePolicy")
+                .map_or(0.0, |per_job| per_job * (jobs_per_minute - idle).max(0.0));
             anyhow::Ok(Size {
                 runners: n,
                 jobs_per_minute,
@@ -343,6 +345,7 @@ pub async fn run(args: BenchScaleArgs) -> anyhow::Result<i32> {
                 sweep_listing_interval_s: interval.as_secs(),
                 github_per_hour,
                 aws_per_minute,
+                execute_policy_per_minute_with_claims,
             })
         }
         .await;
@@ -356,7 +359,6 @@ pub async fn run(args: BenchScaleArgs) -> anyhow::Result<i32> {
         "share": SHARE,
         "sweep_period_s": SWEEP_PERIOD.as_secs(),
         "webhook_aws_calls_per_job": webhook,
-        "assumes": "webhook_claims_idle_runners on: ExecutePolicy only for a minute's jobs beyond the idle runners (off, the module's default: one per job)",
         "per_job_from_code": {
             "autoscaling:SetInstanceProtection": 2,
             "dynamodb:UpdateItem (webhook ledger: queued, in_progress; the idle claim)": 5,
@@ -394,5 +396,8 @@ fn print_size(s: &Size) {
         "    GitHub requests an hour: {total:.0} {:?}",
         s.github_per_hour
     );
-    eprintln!("    AWS calls a minute: {:?}", s.aws_per_minute);
+    eprintln!(
+        "    AWS calls a minute: {:?} (ExecutePolicy with claims: {:.0})",
+        s.aws_per_minute, s.execute_policy_per_minute_with_claims
+    );
 }

@@ -89,19 +89,24 @@ async fn a_queued_job_adds_one_instance_to_its_group_once() {
 #[tokio::test]
 async fn a_queued_job_an_idle_runner_can_take_adds_no_instance() {
     let r = receiver();
-    r.ledger.idle.lock().unwrap().insert("small".into(), 1);
+    r.ledger.idle.lock().unwrap().insert("small".into(), 2);
     let first = delivery("workflow_job", QUEUED, Some(SECRET));
     assert_eq!(send(&r, &first).await, 200);
-    assert!(executed(&r).is_empty(), "the idle runner takes it");
+    assert!(executed(&r).is_empty(), "an idle runner takes it");
+    // The same news again (a redelivery) claims no second runner.
+    assert_eq!(send(&r, &first).await, 200);
+    assert_eq!(r.ledger.idle.lock().unwrap()["small"], 1);
+    // The next job takes the other idle runner; the one after finds none: an instance.
+    for (id, added) in [(31000000002u64, 0), (31000000003, 1)] {
+        let job = QUEUED.replace("\"id\": 31000000001", &format!("\"id\": {id}"));
+        assert_ne!(job, QUEUED, "a job of its own");
+        assert_eq!(
+            send(&r, &delivery("workflow_job", &job, Some(SECRET))).await,
+            200
+        );
+        assert_eq!(executed(&r).len(), added, "job {id}");
+    }
     assert_eq!(r.ledger.idle.lock().unwrap()["small"], 0);
-    // The next job finds none left to claim: an instance for it.
-    let next = QUEUED.replace("\"id\": 31000000001", "\"id\": 31000000002");
-    assert_ne!(next, QUEUED, "a job of its own");
-    assert_eq!(
-        send(&r, &delivery("workflow_job", &next, Some(SECRET))).await,
-        200
-    );
-    assert_eq!(executed(&r).len(), 1);
 }
 
 #[tokio::test]
