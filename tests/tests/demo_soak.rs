@@ -22,7 +22,11 @@ fn two_hundred_jobs_under_chaos_all_succeed_and_nothing_is_left_behind() {
          [workload]\npattern = \"workday\"\njobs = 200\nlength = \"45m\"\njob_duration = \"20s\"\n",
     )
     .expect("the fleet file");
+    // The world is kept: a job that did not succeed is shown with its instance's log.
+    let world = dir.path().join("world");
     let run = DemoRun::run(&[
+        "--keep".as_ref(),
+        world.as_os_str(),
         "--chaos".as_ref(),
         "--seed".as_ref(),
         "11".as_ref(),
@@ -34,9 +38,10 @@ fn two_hundred_jobs_under_chaos_all_succeed_and_nothing_is_left_behind() {
     let n = |path: &str| run.n(path);
     let (stdout, text) = (&run.stdout, &run.text);
     let context = format!(
-        "report:\n{text}\nsteps:\n{}\nlog tail:\n{}",
+        "report:\n{text}\nsteps:\n{}\nlog tail:\n{}\n{}",
         steps(stdout),
-        tail(stdout, 40)
+        tail(stdout, 40),
+        unsuccessful(&world)
     );
     assert_eq!(n("/jobs/total"), 200, "{context}");
     assert_eq!(n("/jobs/succeeded"), 200, "{context}");
@@ -79,6 +84,38 @@ fn two_hundred_jobs_under_chaos_all_succeed_and_nothing_is_left_behind() {
         "{context}"
     );
     assert!(run.status.success(), "exit {:?}: {context}", run.status);
+}
+
+/// Every job that did not succeed, with the end of its instance's log (the agent and the
+/// runner) and what the deregistration Lambda did with that instance: what a failure needs
+/// to be understood from CI's output alone.
+fn unsuccessful(world: &std::path::Path) -> String {
+    let Ok(text) = std::fs::read_to_string(world.join("jobs.json")) else {
+        return "(no jobs.json kept)".into();
+    };
+    let jobs: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+    let mut out = String::new();
+    for job in jobs.iter().filter(|j| j["outcome"] != "succeeded") {
+        out.push_str(&format!("\n==> job not succeeded: {job}\n"));
+        let Some(instance) = job["runner_name"].as_str() else {
+            continue;
+        };
+        let console = world.join("instances").join(instance).join("console.log");
+        let log = std::fs::read_to_string(&console).unwrap_or_default();
+        out.push_str(&format!(
+            "--- {} (tail)\n{}\n",
+            console.display(),
+            tail(&log, 60)
+        ));
+        let lambda =
+            std::fs::read_to_string(world.join("lambda/deregistration.log")).unwrap_or_default();
+        let about: Vec<&str> = lambda.lines().filter(|l| l.contains(instance)).collect();
+        out.push_str(&format!(
+            "--- deregistration on {instance}\n{}\n",
+            about.join("\n")
+        ));
+    }
+    out
 }
 
 /// The demo's own lines (`==> ...`): what it did, and what it found left at the end.
