@@ -392,6 +392,19 @@ impl CloudWatch {
                 None => now,
                 v => time(v).ok_or_else(|| invalid("Timestamp is not a timestamp"))?,
             };
+            // Standard resolution (the default) keeps a minute's data under the minute's
+            // start; high resolution (1) keeps the second, for alarms with periods under a
+            // minute.
+            let at = match d.get("StorageResolution").map(|v| number(Some(v))) {
+                None | Some(Some(60.0)) => (at / 60.0).floor() * 60.0,
+                Some(Some(1.0)) => at,
+                Some(_) => {
+                    return Err(invalid(format!(
+                        "The parameter MetricData.member.{}.StorageResolution must be 1 or 60",
+                        i + 1
+                    )))
+                }
+            };
             if at < now - 14.0 * 86400.0 || at > now + 2.0 * 3600.0 {
                 return Err(invalid(format!(
                     "The parameter MetricData.member.{}.Timestamp must specify a time no more than two weeks in the past and no more than two hours in the future (world time)",
@@ -922,6 +935,48 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_ten_second_alarm_sees_high_resolution_data_within_seconds_and_standard_data_by_the_minute()
+    {
+        let mut cw = CloudWatch::default();
+        let input = json!({"AlarmName": "high", "Namespace": "wf", "MetricName": "Idle", "Statistic": "Minimum",
+            "Period": 10, "EvaluationPeriods": 1, "Threshold": 1.0,
+            "ComparisonOperator": "GreaterThanThreshold", "TreatMissingData": "notBreaching",
+            "AlarmActions": ["arn:aws:autoscaling:us-east-1:123456789012:scalingPolicy:x:autoScalingGroupName/g:policyName/in"]});
+        cw.handle("PutMetricAlarm", &input, 0.0).unwrap();
+        let put = |cw: &mut CloudWatch, at: f64, resolution: Option<u32>| {
+            let mut datum = json!({"MetricName": "Idle", "Value": 3.0});
+            if let Some(r) = resolution {
+                datum["StorageResolution"] = json!(r);
+            }
+            cw.handle(
+                "PutMetricData",
+                &json!({"Namespace": "wf", "MetricData": [datum]}),
+                at,
+            )
+            .unwrap();
+        };
+        cw.evaluate(60.0);
+        // High resolution, at 75: the period [70, 80) breaches, evaluated at 80; the next
+        // period has no data (not breaching): one action, then OK.
+        put(&mut cw, 75.0, Some(1));
+        assert_eq!(cw.evaluate(79.0).len(), 0);
+        assert_eq!(cw.evaluate(80.0).len(), 1);
+        assert_eq!(cw.alarms().next().unwrap().state, "ALARM");
+        assert_eq!(cw.evaluate(90.0).len(), 0);
+        assert_eq!(cw.alarms().next().unwrap().state, "OK");
+        // Standard resolution, at 135: stored under the minute (120), a period the alarm
+        // evaluated before the data came; it never acts on it.
+        assert_eq!(cw.evaluate(135.0).len(), 0);
+        put(&mut cw, 135.0, None);
+        assert_eq!(cw.evaluate(200.0).len(), 0);
+        assert_eq!(cw.alarms().next().unwrap().state, "OK");
+        let e = cw
+            .handle("PutMetricData", &json!({"Namespace": "wf", "MetricData": [{"MetricName": "Idle", "Value": 1, "StorageResolution": 5}]}), 210.0)
+            .unwrap_err();
+        assert!(e.message.contains("StorageResolution"), "{}", e.message);
     }
 
     #[test]
