@@ -142,7 +142,7 @@ resource "aws_autoscaling_group" "runners" {
     content {
       pool_state                  = "Hibernated"
       min_size                    = var.warm_pool_min_size
-      max_group_prepared_capacity = var.warm_pool_max_prepared
+      max_group_prepared_capacity = coalesce(var.warm_pool_max_prepared, var.max_size + var.warm_pool_min_size)
       instance_reuse_policy {
         reuse_on_scale_in = var.warm_pool_reuse_on_scale_in
       }

@@ -77,6 +77,10 @@ resource "aws_cloudwatch_metric_alarm" "idle_runners_low" {
   tags               = local.tags
 }
 
+# One minute above the target: a 10-second period on record_metric's latest count (a
+# high-resolution metric), so the scale-in acts within seconds of the count rather than
+# on the minute after it; the next period holds no count (not breaching), so it acts
+# once a minute at most. More minutes: that many one-minute periods.
 resource "aws_cloudwatch_metric_alarm" "idle_runners_high" {
   alarm_name          = "${var.name}-idle-runners-high"
   alarm_description   = "More than ${var.idle_runners_target} idle runners: scale in"
@@ -84,7 +88,7 @@ resource "aws_cloudwatch_metric_alarm" "idle_runners_high" {
   metric_name         = local.metrics.idle
   dimensions          = local.dimensions
   statistic           = "Minimum"
-  period              = 60
+  period              = var.scale_in_evaluation_periods == 1 ? 10 : 60
   evaluation_periods  = var.scale_in_evaluation_periods
   comparison_operator = "GreaterThanThreshold"
   threshold           = var.idle_runners_target

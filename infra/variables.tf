@@ -272,9 +272,13 @@ variable "warm_pool_min_size" {
 }
 
 variable "warm_pool_max_prepared" {
-  description = "Instances in service and in the pool together at most; -1: max_size."
+  description = "Instances in service and in the pool together at most. null (the default): max_size + warm_pool_min_size, so that an instance a scale-in returns to the pool fits beside the hibernated ones instead of pushing a ready one out; -1: max_size (AWS's own default)."
   type        = number
-  default     = -1
+  default     = null
+  validation {
+    condition     = var.warm_pool_max_prepared == null || try(var.warm_pool_max_prepared >= -1, false)
+    error_message = "warm_pool_max_prepared: null, -1, or 0 or more."
+  }
 }
 
 variable "warm_pool_reuse_on_scale_in" {

@@ -130,6 +130,55 @@ async fn metric_data_lands_from_cbor_json_and_query_clients() {
     assert!(err.is_invalid_parameter_value_exception(), "{err:?}");
 }
 
+/// The product's adapter (record_metric's, the sweep's, the agent's) publishes its counts at
+/// high resolution: stamped to the second, as a 10-second scale-in alarm needs them; standard
+/// data would be filed under its minute's start.
+#[tokio::test]
+async fn the_adapters_counts_are_stamped_to_the_second() {
+    use warmfleet_core::ports::Metrics;
+    let aws = Aws::start(None, "1").await;
+    let cw = aws_sdk_cloudwatch::Client::new(&aws.config);
+    let metrics = warmfleet_core::aws::CloudWatch::new(&aws.config);
+    let unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let before = SystemTime::now();
+    metrics.publish("g", &[("IdleRunners", 3.0)]).await.unwrap();
+    let after = SystemTime::now();
+    let data = cw
+        .get_metric_data()
+        .metric_data_queries(
+            aws_sdk_cloudwatch::types::MetricDataQuery::builder()
+                .id("idle")
+                .metric_stat(
+                    aws_sdk_cloudwatch::types::MetricStat::builder()
+                        .metric(
+                            aws_sdk_cloudwatch::types::Metric::builder()
+                                .namespace("Warmfleet")
+                                .metric_name("IdleRunners")
+                                .dimensions(dimension())
+                                .build(),
+                        )
+                        .period(1)
+                        .stat("Maximum")
+                        .build(),
+                )
+                .build(),
+        )
+        .start_time(DateTime::from(before - Duration::from_secs(120)))
+        .end_time(DateTime::from(after + Duration::from_secs(60)))
+        .send()
+        .await
+        .unwrap();
+    let result = &data.metric_data_results()[0];
+    assert_eq!(result.values(), [3.0], "{result:?}");
+    let at = result.timestamps()[0].secs();
+    assert!(
+        (unix(before)..=unix(after)).contains(&at),
+        "stamped {at}, published between {} and {}: {result:?}",
+        unix(before),
+        unix(after)
+    );
+}
+
 /// An alarm on IdleRunners < 1 for 2 of 2 minutes, of group `group`.
 async fn alarm(
     cw: &aws_sdk_cloudwatch::Client,

@@ -46,12 +46,17 @@ impl CloudWatch {
 #[async_trait]
 impl Metrics for CloudWatch {
     async fn publish(&self, group: &str, values: &[(&str, f64)]) -> Result<(), PortError> {
+        // High resolution: the scale-in alarm may evaluate 10-second periods, acting within
+        // seconds of the count instead of a minute later (infra/scaling.tf); standard data
+        // would be filed under its minute's start, a period such an alarm has already
+        // evaluated.
         let data = values
             .iter()
             .map(|(name, value)| {
                 datum(group, name)
                     .value(*value)
                     .unit(StandardUnit::Count)
+                    .storage_resolution(1)
                     .build()
             })
             .collect();

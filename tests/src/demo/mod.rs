@@ -439,7 +439,7 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
             .put_warm_pool()
             .auto_scaling_group_name(&f.group)
             .min_size(f.warm_pool_min() as i32)
-            .set_max_group_prepared_capacity(f.warm_pool.max_prepared_capacity.map(|n| n as i32))
+            .max_group_prepared_capacity(f.warm_pool_max_prepared() as i32)
             .pool_state(match f.warm_pool.pool_state {
                 PoolState::Hibernated => WarmPoolState::Hibernated,
                 PoolState::Stopped => WarmPoolState::Stopped,
@@ -519,7 +519,7 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
                  stat: Statistic,
                  op: ComparisonOperator,
                  threshold: f64,
-                 periods: u32,
+                 (period, periods): (i32, u32),
                  action: Option<String>| {
         demo.cloudwatch
             .put_metric_alarm()
@@ -533,7 +533,7 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
                     .build(),
             )
             .statistic(stat)
-            .period(60)
+            .period(period)
             .evaluation_periods(periods as i32)
             .threshold(threshold)
             .comparison_operator(op)
@@ -549,7 +549,7 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
             Statistic::Maximum,
             ComparisonOperator::GreaterThanOrEqualToThreshold,
             1.0,
-            f.scale_out_evaluation_periods,
+            (60, f.scale_out_evaluation_periods),
             out.policy_arn,
         )
         .await?;
@@ -560,7 +560,7 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
             Statistic::Minimum,
             ComparisonOperator::LessThanThreshold,
             target,
-            f.scale_out_evaluation_periods,
+            (60, f.scale_out_evaluation_periods),
             out.policy_arn,
         )
         .await?;
@@ -571,7 +571,7 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
         Statistic::Minimum,
         ComparisonOperator::GreaterThanThreshold,
         target,
-        f.scale_in_periods(),
+        f.scale_in_alarm_periods(),
         inn.policy_arn,
     )
     .await?;

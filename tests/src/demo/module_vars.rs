@@ -128,9 +128,12 @@ fn shape(given: &Map<String, Value>, mut fleet: Fleet) -> anyhow::Result<(Fleet,
     let mixed = flag("spot")? || strings("instance_types")?.len() > 1;
     fleet.warm_pool.enabled = flag("warm_pool")? && !mixed;
     fleet.warm_pool.min_size = Some(count("warm_pool_min_size")?);
-    fleet.warm_pool.max_prepared_capacity = match number("warm_pool_max_prepared")? {
-        -1 => None,
-        n => Some(u32::try_from(n).context("warm_pool_max_prepared: -1 or 0 or more")?),
+    fleet.warm_pool.max_prepared_capacity = match &inputs["warm_pool_max_prepared"] {
+        Value::Null => None,
+        _ => match number("warm_pool_max_prepared")? {
+            -1 => Some(fleet.max_size),
+            n => Some(u32::try_from(n).context("warm_pool_max_prepared: null, -1, or 0 or more")?),
+        },
     };
     fleet.warm_pool.reuse_on_scale_in = flag("warm_pool_reuse_on_scale_in")?;
     fleet.claim_idle = flag("webhook_claims_idle_runners")?;
@@ -181,6 +184,11 @@ mod tests {
         assert!(f.warm_pool.enabled && f.warm_pool.reuse_on_scale_in);
         assert_eq!(f.warm_pool.min_size, Some(1));
         assert_eq!(f.warm_pool.max_prepared_capacity, None);
+        assert_eq!(
+            f.warm_pool_max_prepared(),
+            f.max_size + 1,
+            "max_size + the pool's min"
+        );
         assert!(f.refresh.instance_refresh);
         assert_eq!(f.refresh.max_healthy_percentage, 110);
         assert_eq!(ignored, ["ami_id", "subnet_ids"]);
@@ -203,6 +211,16 @@ mod tests {
         // linux is among the default labels already (GitHub compares without case).
         assert_eq!(f.labels(), ["self-hosted", "Linux", "X64", "jit"]);
         assert_eq!(f.warm_pool.max_prepared_capacity, Some(6));
+        let (f, _) = shape(
+            &given(json!({"name": "aws", "max_size": 5, "warm_pool_max_prepared": -1})),
+            Fleet::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            f.warm_pool_max_prepared(),
+            5,
+            "-1 is AWS's default, max_size"
+        );
         let (f, _) = shape(
             &given(json!({"name": "bare", "runner_default_labels": false,
                           "runner_labels": ["linux"]})),

@@ -123,7 +123,9 @@ pub struct WarmPool {
     pub enabled: bool,
     /// Warm instances kept at least; default the idle target + 1.
     pub min_size: Option<u32>,
-    /// Instances in service and warm together at most; default the group's max size.
+    /// Instances in service and warm together at most; default (as the module's) the
+    /// group's max size plus the pool's minimum, so that an instance a scale-in returns
+    /// fits beside the ready ones.
     pub max_prepared_capacity: Option<u32>,
     pub pool_state: PoolState,
     /// Scale-in returns an instance to the pool instead of terminating it.
@@ -271,6 +273,24 @@ impl Fleet {
     pub fn scale_in_periods(&self) -> u32 {
         self.scale_in_evaluation_periods
             .unwrap_or(if self.webhook { 1 } else { 3 })
+    }
+
+    /// The scale-in alarm's period (seconds) and evaluation periods, as the module sets
+    /// them: one minute above the target is one 10-second period on the latest count (a
+    /// high-resolution alarm acts within seconds of record_metric's count, not a minute
+    /// later); more minutes are that many one-minute periods.
+    pub fn scale_in_alarm_periods(&self) -> (i32, u32) {
+        match self.scale_in_periods() {
+            1 => (10, 1),
+            n => (60, n),
+        }
+    }
+
+    /// Instances in service and warm together at most (see the field).
+    pub fn warm_pool_max_prepared(&self) -> u32 {
+        self.warm_pool
+            .max_prepared_capacity
+            .unwrap_or(self.max_size + self.warm_pool_min())
     }
 
     /// Warm instances kept at least.
