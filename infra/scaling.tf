@@ -79,8 +79,10 @@ resource "aws_cloudwatch_metric_alarm" "idle_runners_low" {
 
 # One minute above the target: a 10-second period on record_metric's latest count (a
 # high-resolution metric), so the scale-in acts within seconds of the count rather than
-# on the minute after it; the next period holds no count (not breaching), so it acts
-# once a minute at most. More minutes: that many one-minute periods.
+# on the minute after it. It acts once a minute at most: the periods between two counts
+# hold none (not breaching; CloudWatch may instead look back to the last count), and an
+# alarm that stays in ALARM repeats its Auto Scaling action once a minute. More minutes:
+# that many one-minute periods.
 resource "aws_cloudwatch_metric_alarm" "idle_runners_high" {
   alarm_name          = "${var.name}-idle-runners-high"
   alarm_description   = "More than ${var.idle_runners_target} idle runners: scale in"

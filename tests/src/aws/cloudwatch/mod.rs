@@ -8,7 +8,9 @@
 //! as named; `missing` and `ignore` leave them out, and with no datapoint at all the alarm
 //! goes to INSUFFICIENT_DATA (`missing`) or stays as it is (`ignore`). The alarm is in ALARM
 //! when at least `DatapointsToAlarm` periods breach, else OK. Actions run when the state
-//! changes, and Auto Scaling actions again at every evaluation while it stays, as AWS does.
+//! changes, and Auto Scaling actions again once a minute while it stays, as AWS does ("the
+//! alarm continues to invoke the action once per minute that the alarm remains in the new
+//! state": for a one-minute period, every evaluation; for a 10-second one, every sixth).
 //! Timestamps are world time (see `Timestamps`): a client that stamps its own data under a
 //! `--time-scale` should leave `Timestamp` out, so the receipt time counts.
 
@@ -132,6 +134,8 @@ pub struct Alarm {
     reason: String,
     reason_data: Option<String>,
     state_updated: f64,
+    /// When the actions last ran (Auto Scaling actions repeat once a minute).
+    actions_ran: f64,
     config_updated: f64,
     next_evaluation: f64,
 }
@@ -652,6 +656,7 @@ impl CloudWatch {
                 }),
             reason_data: old.as_ref().and_then(|o| o.reason_data.clone()),
             state_updated: old.as_ref().map_or(now, |o| o.state_updated),
+            actions_ran: old.as_ref().map_or(f64::NEG_INFINITY, |o| o.actions_ran),
             config_updated: now,
             next_evaluation: ((now / interval).floor() + 1.0) * interval,
             name: name.clone(),
@@ -737,7 +742,8 @@ impl CloudWatch {
             a.reason_data = data;
             a.state_updated = now;
         }
-        if !a.actions_enabled {
+        // A state that stays repeats its Auto Scaling actions once a minute.
+        if !a.actions_enabled || (!changed && now - a.actions_ran < 60.0) {
             return vec![];
         }
         let arns = match state {
@@ -745,7 +751,8 @@ impl CloudWatch {
             "ALARM" => &a.alarm_actions,
             _ => &a.insufficient_actions,
         };
-        arns.iter()
+        let runs: Vec<ActionRun> = arns
+            .iter()
             .filter(|arn| changed || arn.starts_with("arn:aws:autoscaling:"))
             .map(|arn| ActionRun {
                 alarm: a.name.clone(),
@@ -754,7 +761,11 @@ impl CloudWatch {
                 metric_value: latest,
                 threshold: a.threshold,
             })
-            .collect()
+            .collect();
+        if !runs.is_empty() {
+            a.actions_ran = now;
+        }
+        runs
     }
 
     /// Records what became of an action.
@@ -977,6 +988,36 @@ mod tests {
             .handle("PutMetricData", &json!({"Namespace": "wf", "MetricData": [{"MetricName": "Idle", "Value": 1, "StorageResolution": 5}]}), 210.0)
             .unwrap_err();
         assert!(e.message.contains("StorageResolution"), "{}", e.message);
+        // While it stays in ALARM (a breaching count in every period), its Auto Scaling
+        // action repeats once a minute, not at every 10-second evaluation.
+        let stays = json!({"AlarmName": "stays", "Namespace": "wf", "MetricName": "Idle", "Statistic": "Minimum",
+            "Period": 10, "EvaluationPeriods": 1, "Threshold": 1.0,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "AlarmActions": ["arn:aws:autoscaling:us-east-1:123456789012:scalingPolicy:x:autoScalingGroupName/g:policyName/in"]});
+        cw.handle("PutMetricAlarm", &stays, 300.0).unwrap();
+        let mut runs = vec![];
+        for t in (300..=360).step_by(10) {
+            put(&mut cw, f64::from(t) + 5.0, Some(1));
+            let n = cw
+                .evaluate(f64::from(t) + 10.0)
+                .iter()
+                .filter(|r| r.alarm == "stays")
+                .count();
+            runs.push((t + 10, n));
+        }
+        assert_eq!(
+            runs,
+            [
+                (310, 1),
+                (320, 0),
+                (330, 0),
+                (340, 0),
+                (350, 0),
+                (360, 0),
+                (370, 1)
+            ],
+            "into ALARM at 310, again a minute later"
+        );
     }
 
     #[test]
