@@ -27,6 +27,26 @@ fn datum(value: f64) -> MetricDatum {
         .build()
 }
 
+/// A GetMetricData query, `idle`: group g's IdleRunners, Maximum over `period` seconds.
+fn idle_query(period: i32) -> aws_sdk_cloudwatch::types::MetricDataQuery {
+    aws_sdk_cloudwatch::types::MetricDataQuery::builder()
+        .id("idle")
+        .metric_stat(
+            aws_sdk_cloudwatch::types::MetricStat::builder()
+                .metric(
+                    aws_sdk_cloudwatch::types::Metric::builder()
+                        .namespace("Warmfleet")
+                        .metric_name("IdleRunners")
+                        .dimensions(dimension())
+                        .build(),
+                )
+                .period(period)
+                .stat("Maximum")
+                .build(),
+        )
+        .build()
+}
+
 fn dimension() -> Dimension {
     Dimension::builder()
         .name("AutoScalingGroupName")
@@ -91,24 +111,7 @@ async fn metric_data_lands_from_cbor_json_and_query_clients() {
 
     let data = cw
         .get_metric_data()
-        .metric_data_queries(
-            aws_sdk_cloudwatch::types::MetricDataQuery::builder()
-                .id("idle")
-                .metric_stat(
-                    aws_sdk_cloudwatch::types::MetricStat::builder()
-                        .metric(
-                            aws_sdk_cloudwatch::types::Metric::builder()
-                                .namespace("Warmfleet")
-                                .metric_name("IdleRunners")
-                                .dimensions(dimension())
-                                .build(),
-                        )
-                        .period(60)
-                        .stat("Maximum")
-                        .build(),
-                )
-                .build(),
-        )
+        .metric_data_queries(idle_query(60))
         .start_time(DateTime::from(now - Duration::from_secs(600)))
         .end_time(DateTime::from(now + Duration::from_secs(600)))
         .send()
@@ -145,24 +148,7 @@ async fn the_adapters_counts_are_stamped_to_the_second() {
     let after = SystemTime::now();
     let data = cw
         .get_metric_data()
-        .metric_data_queries(
-            aws_sdk_cloudwatch::types::MetricDataQuery::builder()
-                .id("idle")
-                .metric_stat(
-                    aws_sdk_cloudwatch::types::MetricStat::builder()
-                        .metric(
-                            aws_sdk_cloudwatch::types::Metric::builder()
-                                .namespace("Warmfleet")
-                                .metric_name("IdleRunners")
-                                .dimensions(dimension())
-                                .build(),
-                        )
-                        .period(1)
-                        .stat("Maximum")
-                        .build(),
-                )
-                .build(),
-        )
+        .metric_data_queries(idle_query(1))
         .start_time(DateTime::from(before - Duration::from_secs(120)))
         .end_time(DateTime::from(after + Duration::from_secs(60)))
         .send()
