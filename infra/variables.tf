@@ -254,7 +254,7 @@ variable "scale_out_evaluation_periods" {
 }
 
 variable "scale_in_evaluation_periods" {
-  description = "Minutes above the target before scaling in (with the webhook added at GitHub, 1 is what docs/usage/choosing-settings.md measures)."
+  description = "Minutes above the target before scaling in (with the webhook added at GitHub, 1 is what docs/usage/choosing-settings.md measures). With 1, the scale-in alarm judges 10-second periods on record_metric's high-resolution count (a high-resolution alarm), acting within seconds of the count; with more, one-minute periods."
   type        = number
   default     = 10
 }
@@ -276,8 +276,8 @@ variable "warm_pool_max_prepared" {
   type        = number
   default     = null
   validation {
-    condition     = var.warm_pool_max_prepared == null || try(var.warm_pool_max_prepared >= -1, false)
-    error_message = "warm_pool_max_prepared: null, -1, or 0 or more."
+    condition     = var.warm_pool_max_prepared == null || try(var.warm_pool_max_prepared >= -1 && floor(var.warm_pool_max_prepared) == var.warm_pool_max_prepared, false)
+    error_message = "warm_pool_max_prepared: null, -1, or a whole number 0 or more."
   }
 }
 

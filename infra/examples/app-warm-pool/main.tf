@@ -1,6 +1,6 @@
 # A GitHub App's credential ({"app_id": 123456, "private_key": "-----BEGIN ..."}, in a
-# secret encrypted with a customer-managed key) and a warm pool of three hibernated
-# instances, so that scale-outs resume in seconds.
+# secret encrypted with a customer-managed key) and a warm pool of at least three
+# hibernated instances (up to max_size + 3 - desired), so that scale-outs resume in seconds.
 
 provider "aws" {
   region = "us-east-1"

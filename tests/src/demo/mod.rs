@@ -537,7 +537,8 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
             .evaluation_periods(periods as i32)
             .threshold(threshold)
             .comparison_operator(op)
-            .treat_missing_data("missing")
+            // As the module: a period without a count is not breaching.
+            .treat_missing_data("notBreaching")
             .set_alarm_actions(action.map(|a| vec![a]))
             .send()
     };

@@ -359,8 +359,11 @@ impl CloudWatch {
                         format!("Alarm {name} does not exist"),
                     ));
                 }
+                // Actions run on a change of state only: setting the state an alarm is in
+                // already runs nothing (its repeats belong to its evaluations).
+                let same = self.alarms.get(name).is_some_and(|a| a.state == state);
                 let runs = self.set_state(name, state, reason, data, None, now);
-                return Ok((json!({}), runs));
+                return Ok((json!({}), if same { vec![] } else { runs }));
             }
             other => {
                 return Err(JsonError::new(
@@ -1018,6 +1021,17 @@ mod tests {
             ],
             "into ALARM at 310, again a minute later"
         );
+    }
+
+    #[test]
+    fn set_alarm_state_runs_actions_only_when_the_state_changes() {
+        let mut cw = CloudWatch::default();
+        alarm(&mut cw, "missing");
+        let set = json!({"AlarmName": "low", "StateValue": "ALARM", "StateReason": "test"});
+        let (_, runs) = cw.handle("SetAlarmState", &set, 1.0).unwrap();
+        assert_eq!(runs.len(), 1, "into ALARM: its action");
+        let (_, runs) = cw.handle("SetAlarmState", &set, 100.0).unwrap();
+        assert!(runs.is_empty(), "already in ALARM: nothing");
     }
 
     #[test]
