@@ -94,6 +94,8 @@ fn unsuccessful(world: &std::path::Path) -> String {
         return "(no jobs.json kept)".into();
     };
     let jobs: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_default();
+    let lambda =
+        std::fs::read_to_string(world.join("lambda/deregistration.log")).unwrap_or_default();
     let mut out = String::new();
     for job in jobs.iter().filter(|j| j["outcome"] != "succeeded") {
         out.push_str(&format!("\n==> job not succeeded: {job}\n"));
@@ -107,8 +109,6 @@ fn unsuccessful(world: &std::path::Path) -> String {
             console.display(),
             tail(&log, 60)
         ));
-        let lambda =
-            std::fs::read_to_string(world.join("lambda/deregistration.log")).unwrap_or_default();
         let about: Vec<&str> = lambda.lines().filter(|l| l.contains(instance)).collect();
         out.push_str(&format!(
             "--- deregistration on {instance}\n{}\n",

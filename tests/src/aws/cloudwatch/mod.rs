@@ -149,6 +149,15 @@ impl Alarm {
     }
 }
 
+/// What moved an alarm to a state.
+#[derive(Debug, Clone, Copy)]
+enum By {
+    /// An evaluation, with the most recent period's value.
+    Evaluation { latest: Option<f64> },
+    /// `SetAlarmState`.
+    Hand,
+}
+
 /// An alarm action to take: the world runs Auto Scaling policies and records the rest.
 #[derive(Debug, Clone)]
 pub struct ActionRun {
@@ -359,11 +368,10 @@ impl CloudWatch {
                         format!("Alarm {name} does not exist"),
                     ));
                 }
-                // Actions run on a change of state only: setting the state an alarm is in
-                // already runs nothing (its repeats belong to its evaluations).
-                let same = self.alarms.get(name).is_some_and(|a| a.state == state);
-                let runs = self.set_state(name, state, reason, data, None, now);
-                return Ok((json!({}), if same { vec![] } else { runs }));
+                // Setting the state an alarm is in already runs nothing: its repeats belong
+                // to its evaluations.
+                let runs = self.set_state(name, state, reason, data, By::Hand, now);
+                return Ok((json!({}), runs));
             }
             other => {
                 return Err(JsonError::new(
@@ -716,15 +724,15 @@ impl CloudWatch {
         Ok(json!({"MetricAlarms": alarms, "CompositeAlarms": []}))
     }
 
-    /// Moves an alarm to a state; returns the actions that state change sets off (and, with
-    /// `repeat`, the Auto Scaling actions of a state that did not change).
+    /// Moves an alarm to a state; returns the actions that state change sets off (and, for an
+    /// evaluation, the Auto Scaling actions of a state that did not change, once a minute).
     fn set_state(
         &mut self,
         name: &str,
         state: &str,
         reason: String,
         data: Option<String>,
-        latest: Option<f64>,
+        by: By,
         now: f64,
     ) -> Vec<ActionRun> {
         let Some(a) = self.alarms.get_mut(name) else {
@@ -746,7 +754,11 @@ impl CloudWatch {
             a.state_updated = now;
         }
         // A state that stays repeats its Auto Scaling actions once a minute.
-        if !a.actions_enabled || (!changed && now - a.actions_ran < 60.0) {
+        let (repeat, latest) = match by {
+            By::Evaluation { latest } => (true, latest),
+            By::Hand => (false, None),
+        };
+        if !a.actions_enabled || (!changed && (!repeat || now - a.actions_ran < 60.0)) {
             return vec![];
         }
         let arns = match state {
@@ -803,7 +815,14 @@ impl CloudWatch {
                 let interval = (a.period as f64).min(60.0);
                 let (state, reason, data, latest) = self.judge(a, at);
                 runs.extend(match state {
-                    Some(state) => self.set_state(&name, state, reason, Some(data), latest, at),
+                    Some(state) => self.set_state(
+                        &name,
+                        state,
+                        reason,
+                        Some(data),
+                        By::Evaluation { latest },
+                        at,
+                    ),
                     None => vec![],
                 });
                 if let Some(a) = self.alarms.get_mut(&name) {
