@@ -80,6 +80,9 @@ pub const METRIC_GITHUB_API_CALLS: &str = "GitHubApiCalls";
 pub const METRIC_GITHUB_RATE_LIMIT_REMAINING: &str = "GitHubRateLimitRemaining";
 /// The same, in per cent of the hourly limit (what the budget alarm watches).
 pub const METRIC_GITHUB_RATE_LIMIT_PERCENT: &str = "GitHubRateLimitRemainingPercent";
+/// The deployment's GitHub requests in the rate limit's current window, every function's
+/// (the sweep's figure from the account in the job table).
+pub const METRIC_GITHUB_REQUESTS_THIS_WINDOW: &str = "GitHubRequestsThisWindow";
 /// Runners registered for the group without an instance in it (found by the sweep).
 pub const METRIC_ORPHAN_RUNNERS: &str = "OrphanRunners";
 /// Seconds each job waited from queued to started (from the `workflow_job` webhooks).

@@ -184,6 +184,21 @@ pub trait JobLedger: Send + Sync {
     async fn claim_idle(&self, group: &str) -> Result<bool, PortError>;
 }
 
+/// What the whole deployment spent of GitHub's rate limit in each of its windows, where
+/// every function adds its requests: GitHub charges an installation's requests to one
+/// window, whichever function made them, and the sweep (which can wait) keeps the
+/// deployment within its share by this total.
+#[async_trait]
+pub trait GithubSpending: Send + Sync {
+    /// Adds `requests` to the window that resets at `reset` (seconds since the epoch, as
+    /// GitHub's `x-ratelimit-reset`).
+    async fn spend(&self, reset: i64, requests: u64) -> Result<(), PortError>;
+
+    /// What the deployment spent in the window that resets at `reset` (0 when nothing was
+    /// recorded).
+    async fn spent(&self, reset: i64) -> Result<u64, PortError>;
+}
+
 /// Where a command sent to an instance has got to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandState {
@@ -270,6 +285,9 @@ pub trait RunnerRegistry: Send + Sync {
     async fn remove_labels(&self, runner_id: u64, deadline: Instant) -> Result<(), GithubError>;
     /// Requests made so far.
     fn api_calls(&self) -> u64;
+    /// The rate limit as GitHub's last answer stated it (`None` before any, or where
+    /// GitHub enforces none).
+    fn rate_limit_seen(&self) -> Option<RateLimit>;
     /// The rate limit as GitHub states it now, at no cost (`None`: none is enforced).
     async fn rate_limit(&self, deadline: Instant) -> Result<Option<RateLimit>, GithubError>;
 }

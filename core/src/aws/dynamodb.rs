@@ -12,15 +12,15 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const SERVICE: &str = "DynamoDB";
+pub(super) const SERVICE: &str = "DynamoDB";
 /// The item holding each group's idle runners (`idle_<group>`): GitHub's job ids start at 1.
 const FLEET_ITEM: u64 = 0;
 /// How long a job's record is kept: far longer than any redelivery or job.
 const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
 pub struct JobTable {
-    client: aws_sdk_dynamodb::Client,
-    table: String,
+    pub(super) client: aws_sdk_dynamodb::Client,
+    pub(super) table: String,
 }
 
 impl JobTable {

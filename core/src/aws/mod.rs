@@ -7,6 +7,7 @@
 mod autoscaling;
 mod cloudwatch;
 mod dynamodb;
+mod github_spending;
 mod secrets;
 mod ssm;
 

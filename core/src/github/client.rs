@@ -1,6 +1,6 @@
 //! `GithubClient`: the runner operations, over octocrab, with retries and rate-limit waits.
 
-use super::retry::rate_limit_wait;
+use super::retry::{rate_limit_wait, stated_rate_limit};
 use super::types::{JitConfig, JitRequest, RateLimit, Runner, RunnerLabel, RunnerToken};
 use super::{GithubCredential, GithubError, GithubTarget, RetryPolicy, Scope};
 use http::header::{ETAG, IF_NONE_MATCH, LINK};
@@ -30,8 +30,8 @@ pub struct GithubClient {
     target: GithubTarget,
     policy: RetryPolicy,
     calls: AtomicU64,
-    /// `x-ratelimit-remaining` of the last answer; `u64::MAX` before any.
-    remaining: AtomicU64,
+    /// The rate limit as the last answer's `x-ratelimit-*` headers stated it.
+    seen: Mutex<Option<RateLimit>>,
     /// Last answer per list URL, for conditional requests (a 304 costs no rate limit).
     pages: Mutex<HashMap<String, CachedPage>>,
 }
@@ -114,7 +114,7 @@ impl GithubClient {
             target,
             policy,
             calls: AtomicU64::new(0),
-            remaining: AtomicU64::new(u64::MAX),
+            seen: Mutex::new(None),
             pages: Mutex::new(HashMap::new()),
         };
         if let GithubCredential::App { .. } = credential {
@@ -133,9 +133,10 @@ impl GithubClient {
         Ok(client)
     }
 
-    /// What GitHub last said was left of the rate limit (`None` before any answer).
-    pub fn rate_limit_remaining(&self) -> Option<u64> {
-        Some(self.remaining.load(Ordering::Relaxed)).filter(|r| *r != u64::MAX)
+    /// The rate limit as GitHub's last answer stated it (`None` before any answer, or where
+    /// GitHub enforces none).
+    pub fn rate_limit_seen(&self) -> Option<RateLimit> {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn target(&self) -> &GithubTarget {
@@ -382,12 +383,8 @@ impl GithubClient {
             if path != RATE_LIMIT_PATH && reply.status != StatusCode::NOT_MODIFIED {
                 self.calls.fetch_add(1, Ordering::Relaxed);
             }
-            if let Some(left) = reply
-                .headers
-                .get("x-ratelimit-remaining")
-                .and_then(|v| v.to_str().ok()?.parse().ok())
-            {
-                self.remaining.store(left, Ordering::Relaxed);
+            if let Some(rate) = stated_rate_limit(&reply.headers) {
+                *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(rate);
             }
             if reply.status.is_success() || reply.status == StatusCode::NOT_MODIFIED {
                 return Ok(reply);
@@ -589,6 +586,10 @@ impl crate::ports::RunnerRegistry for GithubClient {
 
     fn api_calls(&self) -> u64 {
         GithubClient::api_calls(self)
+    }
+
+    fn rate_limit_seen(&self) -> Option<RateLimit> {
+        GithubClient::rate_limit_seen(self)
     }
 
     async fn rate_limit(&self, deadline: Instant) -> Result<Option<RateLimit>, GithubError> {

@@ -183,6 +183,10 @@ impl<S: SecretStore> RunnerRegistry for Reloading<S> {
         self.retired_calls.load(Ordering::Relaxed) + self.now().api_calls()
     }
 
+    fn rate_limit_seen(&self) -> Option<RateLimit> {
+        self.now().rate_limit_seen()
+    }
+
     async fn rate_limit(&self, deadline: Instant) -> Result<Option<RateLimit>, GithubError> {
         self.with_reload(deadline, |c| async move { c.rate_limit(deadline).await })
             .await

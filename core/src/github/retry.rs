@@ -1,5 +1,6 @@
 //! When to try a GitHub call again, and how long to wait first.
 
+use super::types::RateLimit;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use http::{HeaderMap, StatusCode};
 use std::time::Duration;
@@ -75,6 +76,18 @@ pub(crate) fn rate_limit_wait(
     None
 }
 
+/// The primary rate limit as an answer's `x-ratelimit-limit`, `-remaining` and `-reset`
+/// headers state it; `None` when any is missing or not a number (GitHub Enterprise Server
+/// with rate limiting off sends none).
+pub(crate) fn stated_rate_limit(headers: &HeaderMap) -> Option<RateLimit> {
+    let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    Some(RateLimit {
+        limit: text("x-ratelimit-limit")?.parse().ok()?,
+        remaining: text("x-ratelimit-remaining")?.parse().ok()?,
+        reset: text("x-ratelimit-reset")?.parse().ok()?,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +154,30 @@ mod tests {
             delays.iter().all(|d| *d <= Duration::from_millis(600)),
             "{delays:?}"
         );
+    }
+
+    #[test]
+    fn reads_the_rate_limit_an_answer_states() {
+        let full = headers(&[
+            ("x-ratelimit-limit", "5000"),
+            ("x-ratelimit-remaining", "4990"),
+            ("x-ratelimit-reset", "1764000000"),
+        ]);
+        assert_eq!(
+            stated_rate_limit(&full),
+            Some(RateLimit {
+                limit: 5000,
+                remaining: 4990,
+                reset: 1_764_000_000
+            })
+        );
+        let partial = headers(&[("x-ratelimit-remaining", "4990")]);
+        assert_eq!(stated_rate_limit(&partial), None);
+        let garbled = headers(&[
+            ("x-ratelimit-limit", "lots"),
+            ("x-ratelimit-remaining", "4990"),
+            ("x-ratelimit-reset", "1764000000"),
+        ]);
+        assert_eq!(stated_rate_limit(&garbled), None);
     }
 }

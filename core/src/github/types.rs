@@ -56,8 +56,9 @@ pub struct RunnerToken {
     pub expires_at: DateTime<Utc>,
 }
 
-/// The caller's primary rate limit as `GET /rate_limit` tells it (the `core` resource):
-/// requests per hour, what is left of this window, and when it resets.
+/// The caller's primary rate limit as `GET /rate_limit` tells it (the `core` resource), or
+/// an answer's `x-ratelimit-*` headers: requests per hour, what is left of this window, and
+/// when it resets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct RateLimit {
     pub limit: u64,
