@@ -78,6 +78,12 @@ data "aws_iam_policy_document" "registration" {
     actions   = ["autoscaling:CompleteLifecycleAction", "autoscaling:RecordLifecycleActionHeartbeat"]
     resources = [local.group_arn]
   }
+  # Adds its GitHub requests to the deployment's account (control/src/spending.rs).
+  statement {
+    sid       = "GitHubAccount"
+    actions   = ["dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
+  }
 }
 
 data "aws_iam_policy_document" "deregistration" {
@@ -133,6 +139,13 @@ data "aws_iam_policy_document" "deregistration" {
     sid       = "FollowDrains"
     actions   = ["ssm:GetCommandInvocation"]
     resources = ["*"] # GetCommandInvocation takes no resource
+  }
+  # Adds its GitHub requests to the deployment's account; the sweep reads it before it
+  # lists (control/src/spending.rs, control/src/budget.rs).
+  statement {
+    sid       = "GitHubAccount"
+    actions   = ["dynamodb:UpdateItem", "dynamodb:GetItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
   }
   # The sweep's findings (offline and orphan runners) and GitHub's rate limit.
   statement {

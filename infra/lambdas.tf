@@ -8,6 +8,9 @@ locals {
       WARMFLEET_GITHUB_URL               = var.github_url
       WARMFLEET_GITHUB_CREDENTIAL_SECRET = local.github_secret
       WARMFLEET_DEPLOYMENT               = local.deployment
+      # Where the functions that talk to GitHub account its requests together
+      # (control/src/spending.rs); the sweep keeps the deployment within its share by it.
+      WARMFLEET_JOB_TABLE = aws_dynamodb_table.jobs.name
     },
     var.github_api_url != "" ? { WARMFLEET_GITHUB_API_URL = var.github_api_url } : {},
   )

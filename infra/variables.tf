@@ -328,7 +328,7 @@ variable "drain_timeout_seconds" {
 # --- GitHub's rate limit ----------------------------------------------------------------
 
 variable "github_rate_limit_share" {
-  description = "The part of the GitHub App installation's (or token's) hourly rate limit this deployment plans to use, above 0 and at most 1: the sweep lists runners as often as half of it allows, and puts a listing off when it would leave less than the other half for launches."
+  description = "The part of the GitHub App installation's (or token's) hourly rate limit this deployment plans to use, above 0 and at most 1: the sweep lists runners as often as half of it allows, and puts a listing off when it would leave less than the other half for launches, or take the deployment past its share by the account every function adds its GitHub requests to (in the job table)."
   type        = number
   default     = 0.2
   validation {

@@ -5,7 +5,9 @@
 //! What cannot wait (a launch's token, a drain's remove token) is never held back; what can
 //! (the sweep's full listing of runners, a page per 100 of them) is paced within half of
 //! that share, and put off altogether when it would leave less than the other half of what
-//! GitHub says is left: the launches of the rest of the window keep theirs.
+//! GitHub says is left (the launches of the rest of the window keep theirs), or take the
+//! deployment past its share of the window by the account every function adds to
+//! (`spending`): what the launches and drains spent comes first.
 
 use std::time::Duration;
 use warmfleet_core::github::RateLimit;
@@ -57,7 +59,9 @@ impl Budget {
 
     /// Whether the sweep running at `now` (seconds since the epoch), every `period`, lists
     /// every runner: the first sweep of each `interval`-long slot does, when GitHub's
-    /// window (`rate`; `None`: no limit) keeps half the share after its pages.
+    /// window (`rate`; `None`: no limit) keeps half the share after its pages, and the
+    /// deployment's own requests in that window (`spent`, by its account; `None`: not
+    /// accounted) stay within the share with them.
     pub fn listing(
         &self,
         now: i64,
@@ -65,18 +69,22 @@ impl Budget {
         interval: Duration,
         runners: usize,
         rate: Option<RateLimit>,
+        spent: Option<u64>,
     ) -> Listing {
         if !slot_begins(now, period, interval) {
             return Listing::NotDue;
         }
-        match rate {
-            Some(r)
-                if (r.remaining as f64)
-                    < listing_pages(runners) as f64 + self.per_hour(r.limit) / 2.0 =>
-            {
-                Listing::Deferred
-            }
-            _ => Listing::Listed,
+        let Some(r) = rate else {
+            return Listing::Listed;
+        };
+        let pages = listing_pages(runners) as f64;
+        let share = self.per_hour(r.limit);
+        let leaves_launches_theirs = r.remaining as f64 >= pages + share / 2.0;
+        let within_share = spent.is_none_or(|s| s as f64 + pages <= share);
+        if leaves_launches_theirs && within_share {
+            Listing::Listed
+        } else {
+            Listing::Deferred
         }
     }
 }
@@ -161,7 +169,7 @@ mod tests {
     #[test]
     fn a_listing_that_would_eat_into_the_launches_reserve_is_deferred() {
         let b = Budget { share: 0.2 };
-        let due = |runners, rate| b.listing(0, FIVE_MINUTES, FIVE_MINUTES, runners, rate);
+        let due = |runners, rate| b.listing(0, FIVE_MINUTES, FIVE_MINUTES, runners, rate, None);
         assert_eq!(due(10_000, rate(5000, 4000)), Listing::Listed);
         // 100 pages leave 500 of 5000 × 0.2 / 2 = 500: just enough.
         assert_eq!(due(10_000, rate(5000, 600)), Listing::Listed);
@@ -173,9 +181,42 @@ mod tests {
                 FIVE_MINUTES,
                 Duration::from_secs(720),
                 10_000,
-                rate(5000, 5000)
+                rate(5000, 5000),
+                None
             ),
             Listing::NotDue
+        );
+    }
+
+    #[test]
+    fn a_listing_that_would_take_the_deployment_past_its_share_is_deferred() {
+        let b = Budget { share: 0.2 };
+        let due = |spent| {
+            b.listing(
+                0,
+                FIVE_MINUTES,
+                FIVE_MINUTES,
+                10_000,
+                rate(5000, 4000),
+                spent,
+            )
+        };
+        // A share of 1,000 this window; the listing's 100 pages on top of what every
+        // function spent (JIT configurations, drains) must fit in it.
+        assert_eq!(due(Some(0)), Listing::Listed);
+        assert_eq!(due(Some(900)), Listing::Listed);
+        assert_eq!(due(Some(901)), Listing::Deferred);
+        // GitHub has plenty left (others share the installation less): still deferred.
+        assert_eq!(due(Some(2000)), Listing::Deferred);
+        assert_eq!(
+            due(None),
+            Listing::Listed,
+            "not accounted: GitHub's figures alone"
+        );
+        // No limit enforced: nothing to keep within.
+        assert_eq!(
+            b.listing(0, FIVE_MINUTES, FIVE_MINUTES, 10_000, None, Some(5000)),
+            Listing::Listed
         );
     }
 }

@@ -7,13 +7,13 @@ use async_trait::async_trait;
 use chrono::Utc;
 use secrecy::SecretString;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use warmfleet_core::github::{GithubError, JitConfig, JitRequest, RateLimit, Runner, RunnerToken};
 use warmfleet_core::ports::{
-    Capacity, CommandState, Commands, Completion, HookResult, InstanceStatus, JobLedger, JobStage,
-    Lifecycle, Metrics, PortError, RunnerRegistry, SecretStore,
+    Capacity, CommandState, Commands, Completion, GithubSpending, HookResult, InstanceStatus,
+    JobLedger, JobStage, Lifecycle, Metrics, PortError, RunnerRegistry, SecretStore,
 };
 
 /// A stored secret: its value and tags.
@@ -184,6 +184,18 @@ pub struct Github {
     pub listings: Mutex<u32>,
 }
 
+impl Github {
+    /// Requests GitHub would charge: a page per listing, a token, a deletion, a label removal.
+    fn charged(&self) -> u64 {
+        let n = |m: &Mutex<u32>| u64::from(*m.lock().unwrap());
+        n(&self.listings)
+            + n(&self.tokens)
+            + n(&self.remove_tokens)
+            + self.deleted.lock().unwrap().len() as u64
+            + self.unlabelled.lock().unwrap().len() as u64
+    }
+}
+
 fn server_error() -> GithubError {
     GithubError::Server {
         method: http::Method::POST,
@@ -294,7 +306,10 @@ impl RunnerRegistry for Github {
         Ok(())
     }
     fn api_calls(&self) -> u64 {
-        0
+        self.charged()
+    }
+    fn rate_limit_seen(&self) -> Option<RateLimit> {
+        *self.rate.lock().unwrap()
     }
     async fn rate_limit(&self, _: Instant) -> Result<Option<RateLimit>, GithubError> {
         Ok(*self.rate.lock().unwrap())
@@ -457,5 +472,28 @@ impl JobLedger for Ledger {
             }
             _ => Ok(false),
         }
+    }
+}
+
+/// The deployment's account of GitHub requests per window; clones share it.
+#[derive(Default, Clone)]
+pub struct Spending {
+    pub windows: Arc<Mutex<BTreeMap<i64, u64>>>,
+}
+
+#[async_trait]
+impl GithubSpending for Spending {
+    async fn spend(&self, reset: i64, requests: u64) -> Result<(), PortError> {
+        *self.windows.lock().unwrap().entry(reset).or_default() += requests;
+        Ok(())
+    }
+    async fn spent(&self, reset: i64) -> Result<u64, PortError> {
+        Ok(self
+            .windows
+            .lock()
+            .unwrap()
+            .get(&reset)
+            .copied()
+            .unwrap_or(0))
     }
 }

@@ -1,8 +1,8 @@
 //! The warmfleet control plane: four Lambdas, each a handler generic over `core`'s ports
-//! (`registration`, `deregistration`, `record_metric`, `webhook`), the events they read (`event`),
-//! their configuration (`config`), how they spend GitHub's rate limit (`budget`), the
-//! tokens a group's launches and drains share (`tokens`), and what their `main`s share
-//! (`runtime`).
+//! (`registration`, `deregistration`, `record_metric`, `webhook`), the events they read
+//! (`event`), their configuration (`config`), how they spend GitHub's rate limit (`budget`)
+//! and account for it together (`spending`), the tokens a group's launches and drains share
+//! (`tokens`), and what their `main`s share (`runtime`).
 
 pub mod budget;
 pub mod config;
@@ -13,6 +13,7 @@ mod fakes;
 pub mod record_metric;
 pub mod registration;
 pub mod runtime;
+pub mod spending;
 pub mod tokens;
 pub mod webhook;
 

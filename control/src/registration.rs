@@ -15,6 +15,7 @@
 
 use crate::config::{Mode, RegistrationSettings};
 use crate::event::{Event, LifecycleEvent, Place, Transition};
+use crate::spending;
 use crate::tokens::{shared_token, TokenKind};
 use crate::Error;
 use chrono::Utc;
@@ -27,7 +28,7 @@ use warmfleet_core::naming::{
     TAG_INSTANCE_ARN, TAG_INSTANCE_ID,
 };
 use warmfleet_core::patience;
-use warmfleet_core::ports::{HookResult, Lifecycle, RunnerRegistry, SecretStore};
+use warmfleet_core::ports::{GithubSpending, HookResult, Lifecycle, RunnerRegistry, SecretStore};
 
 /// What the handler did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,12 +49,23 @@ pub struct Registration<S, L, G> {
     pub secrets: S,
     pub lifecycle: L,
     pub github: G,
+    /// Where every function accounts its GitHub requests (`spending`; none: not
+    /// accounted).
+    pub spending: Option<Box<dyn GithubSpending>>,
     pub settings: RegistrationSettings,
 }
 
 impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
-    /// Handles one event; `deadline` is the invocation's own (the margin is kept here).
+    /// Handles one event; `deadline` is the invocation's own (the margin is kept here). The
+    /// GitHub requests it made go to the deployment's account.
     pub async fn handle(&self, event: Event, deadline: Instant) -> Result<Outcome, Error> {
+        let before = self.github.api_calls();
+        let outcome = self.launching(event, deadline).await;
+        spending::account(self.spending.as_deref(), &self.github, before, deadline).await;
+        outcome
+    }
+
+    async fn launching(&self, event: Event, deadline: Instant) -> Result<Outcome, Error> {
         let e = match event {
             Event::Lifecycle(e)
                 if e.hook == HOOK_REGISTRATION && e.transition == Transition::Launching =>
@@ -252,6 +264,7 @@ mod tests {
     use crate::fakes;
     use secrecy::ExposeSecret;
     use std::time::Duration;
+    use warmfleet_core::github::RateLimit;
 
     fn event(fixture: &str) -> Event {
         let text = match fixture {
@@ -269,12 +282,14 @@ mod tests {
             secrets: fakes::Secrets::default(),
             lifecycle: fakes::Asg::default(),
             github: fakes::Github::default(),
+            spending: None,
             settings: RegistrationSettings {
                 common: Common {
                     github_url: "https://github.com/acme".into(),
                     github_api_url: None,
                     github_secret: "gh".into(),
                     deployment: Default::default(),
+                    spending_table: None,
                     deadline_margin: Duration::from_millis(200),
                 },
                 mode,
@@ -323,6 +338,25 @@ mod tests {
         };
         assert_eq!(token.expose_secret(), "REG1");
         assert_eq!(completions(&h), [HookResult::Continue]);
+    }
+
+    #[tokio::test]
+    async fn a_launch_adds_the_requests_it_made_to_the_deployments_account() {
+        let mut h = handler(Mode::Persistent);
+        let account = fakes::Spending::default();
+        h.spending = Some(Box::new(account.clone()));
+        let reset = 1_764_000_000;
+        *h.github.rate.lock().unwrap() = Some(RateLimit {
+            limit: 5000,
+            remaining: 4999,
+            reset,
+        });
+        h.handle(event("cold"), soon()).await.unwrap();
+        // Its token: one request, in the window GitHub named.
+        assert_eq!(*account.windows.lock().unwrap(), [(reset, 1)].into());
+        // A warm pool entry asks GitHub nothing and writes nothing.
+        h.handle(event("entry"), soon()).await.unwrap();
+        assert_eq!(*account.windows.lock().unwrap(), [(reset, 1)].into());
     }
 
     #[tokio::test]

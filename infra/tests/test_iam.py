@@ -4,7 +4,8 @@ AWS actions its component's Rust code calls, no fewer (it would fail in AWS) and
 The code side is read from the sources: core/src/aws/*.rs says which SDK operations each
 port method makes (`client.<operation>()`, following calls to the adapter's own helpers);
 each component's sources say which port methods it calls (on the receivers that hold
-ports: `secrets`, `store`, `lifecycle`, `asg`, `commands`, `metrics`)."""
+ports: `secrets`, `store`, `lifecycle`, `asg`, `commands`, `metrics`, `capacity`,
+`ledger`, `spending`)."""
 
 import glob
 import os
@@ -13,10 +14,11 @@ import re
 from test_module import ROOT, load, locals_of, unquote
 
 SERVICES = {"autoscaling.rs": "autoscaling", "secrets.rs": "secretsmanager",
-            "ssm.rs": "ssm", "cloudwatch.rs": "cloudwatch", "dynamodb.rs": "dynamodb"}
+            "ssm.rs": "ssm", "cloudwatch.rs": "cloudwatch", "dynamodb.rs": "dynamodb",
+            "github_spending.rs": "dynamodb"}
 PORT_OF_RECEIVER = {"secrets": "SecretStore", "store": "SecretStore", "lifecycle": "Lifecycle",
                     "asg": "Lifecycle", "commands": "Commands", "metrics": "Metrics",
-                    "capacity": "Capacity", "ledger": "JobLedger"}
+                    "capacity": "Capacity", "ledger": "JobLedger", "spending": "GithubSpending"}
 # Actions an operation needs besides its own (AWS's rules, not the code's choice).
 IMPLIED = {"secretsmanager:CreateSecret": {"secretsmanager:TagResource"}}  # created with tags
 # What each role holds for the platform rather than for calls in the code.
@@ -25,9 +27,9 @@ PLATFORM_SIDS = {"Logs", "VpcNetworkInterfaces", "GitHubCredentialKey", "Webhook
 COMPONENTS = {
     # role (as in iam.tf) -> the sources whose calls it must allow
     "registration": ["control/src/registration.rs", "control/src/runtime.rs",
-                     "core/src/github/credential.rs"],
+                     "control/src/spending.rs", "core/src/github/credential.rs"],
     "deregistration": ["control/src/deregistration/mod.rs", "control/src/deregistration/sweep.rs",
-                       "control/src/runtime.rs",
+                       "control/src/runtime.rs", "control/src/spending.rs",
                        "core/src/github/credential.rs"],
     "record-metric": ["control/src/record_metric.rs"],
     "webhook": ["control/src/webhook/mod.rs"],
@@ -137,6 +139,9 @@ def test_the_code_is_read():
     assert "autoscaling:SetInstanceProtection" in code_actions(COMPONENTS["runner"])
     assert by_method[("Capacity", "add_one")] == {"autoscaling:ExecutePolicy"}
     assert by_method[("JobLedger", "record")] == {"dynamodb:UpdateItem"}
+    assert by_method[("GithubSpending", "spend")] == {"dynamodb:UpdateItem"}
+    assert by_method[("GithubSpending", "spent")] == {"dynamodb:GetItem"}
+    assert "dynamodb:GetItem" in code_actions(COMPONENTS["deregistration"])
 
 
 def test_every_role_grants_exactly_what_its_code_calls():

@@ -127,10 +127,14 @@ impl Spec {
                 );
             }
             let mine = self.function_env.iter().filter(|(f, _, _)| *f == name);
-            // record_metric notes the idle runners where the receiver claims them.
+            // record_metric notes the idle runners where the receiver claims them; the
+            // functions that talk to GitHub account its requests in the table (as the
+            // module).
             let own = webhook_env.iter().filter(|(k, _)| {
                 name == WEBHOOK_FUNCTION
-                    || (self.claim_idle && name == "record-metric" && k == "WARMFLEET_JOB_TABLE")
+                    || (k == "WARMFLEET_JOB_TABLE"
+                        && (matches!(name, "registration" | "deregistration")
+                            || (self.claim_idle && name == "record-metric")))
             });
             let vars: toml::Table = common
                 .iter()
@@ -193,28 +197,18 @@ async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
         .await
 }
 
-/// What the module and an operator do for the webhook: its secret and the job table
-/// (TTL on `expires_at`), then the organisation's webhook (`workflow_job`, JSON) pointing at
-/// the receiver's function URL.
-async fn webhook(
-    github: &str,
-    aws: &str,
-    secret_id: &str,
-    moto: &aws_config::SdkConfig,
-    http: &reqwest::Client,
-) -> anyhow::Result<()> {
+/// What the module creates for every deployment: the job table `name` (partition key
+/// `job_id`, a number; TTL on `expires_at`), where the webhook receiver keeps its jobs and
+/// the functions that talk to GitHub account its requests.
+pub async fn create_job_table(moto: &aws_config::SdkConfig, name: &str) -> anyhow::Result<()> {
     use aws_sdk_dynamodb::types::{
         AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
         TimeToLiveSpecification,
     };
-    let secret = github::state::random_token("whsec_", 32);
-    warmfleet_core::aws::SecretsManager::new(moto)
-        .put(secret_id, &secret.clone().into(), &[])
-        .await?;
     let dynamodb = aws_sdk_dynamodb::Client::new(moto);
     dynamodb
         .create_table()
-        .table_name(JOB_TABLE)
+        .table_name(name)
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(
             AttributeDefinition::builder()
@@ -233,7 +227,7 @@ async fn webhook(
         .context("creating the job table")?;
     dynamodb
         .update_time_to_live()
-        .table_name(JOB_TABLE)
+        .table_name(name)
         .time_to_live_specification(
             TimeToLiveSpecification::builder()
                 .attribute_name("expires_at")
@@ -243,6 +237,22 @@ async fn webhook(
         .send()
         .await
         .context("turning on the job table's TTL")?;
+    Ok(())
+}
+
+/// What the module and an operator do for the webhook: its secret, then the organisation's
+/// webhook (`workflow_job`, JSON) pointing at the receiver's function URL.
+async fn webhook(
+    github: &str,
+    aws: &str,
+    secret_id: &str,
+    moto: &aws_config::SdkConfig,
+    http: &reqwest::Client,
+) -> anyhow::Result<()> {
+    let secret = github::state::random_token("whsec_", 32);
+    warmfleet_core::aws::SecretsManager::new(moto)
+        .put(secret_id, &secret.clone().into(), &[])
+        .await?;
     let created = http
         .post(format!("{github}/orgs/{ORG}/hooks"))
         .bearer_auth(PAT)
@@ -361,6 +371,7 @@ impl World {
                     .with_context(|| format!("creating {group}'s shared {kind} token secret"))?;
             }
         }
+        create_job_table(&secrets_sdk, JOB_TABLE).await?;
         if spec.webhook {
             webhook(&github, &aws, &spec.webhook_secret(), &secrets_sdk, &http).await?;
         }

@@ -8,6 +8,7 @@ mod common;
 
 use aws_sdk_autoscaling::types::LifecycleHookSpecification;
 use aws_sdk_cloudwatch::types::Statistic;
+use aws_sdk_dynamodb::types::AttributeValue;
 use common::control::{Function, Plane};
 use common::fast_retries;
 use serde_json::{json, Value};
@@ -236,4 +237,70 @@ async fn the_sweep_publishes_offline_runners_and_lists_a_thousand_in_pages_free_
         let min = values.into_iter().fold(f64::MAX, f64::min);
         assert!(check(min), "{metric}: {min}");
     }
+}
+
+#[tokio::test]
+async fn the_sweep_puts_its_listing_off_once_the_deployments_account_holds_its_share() {
+    let functions = [Function {
+        name: "deregistration",
+        binary: "warmfleet-deregistration",
+        timeout: 30.0,
+        retries: 0,
+        env: &[
+            ("WARMFLEET_GROUPS", "runners"),
+            ("WARMFLEET_DRAIN_COMMAND", DRAIN),
+            ("WARMFLEET_JOB_TABLE", "jobs"),
+        ],
+    }];
+    let plane = Plane::start("1", None, &functions, "", &[]).await;
+    let table = plane.job_table("jobs").await;
+    plane.aws.create("runners", 0, 2, 0, vec![]).await;
+    let summary = plane.invoke_scheduled("deregistration").await.unwrap();
+    assert_eq!(
+        (&summary["listing"], &summary["github_spent"]),
+        (&json!("listed"), &json!(0)),
+        "{summary:#}"
+    );
+    // GitHub's window, as GitHub tells it (free to ask).
+    let core = plane.github_rate_limit().await;
+    let (limit, reset) = (
+        core["limit"].as_u64().unwrap(),
+        core["reset"].as_i64().unwrap(),
+    );
+    let key = AttributeValue::N((-reset).to_string());
+    let spent = || async {
+        let item = table
+            .get_item()
+            .table_name("jobs")
+            .key("job_id", key.clone())
+            .send()
+            .await
+            .unwrap();
+        item.item().unwrap()["github_requests"]
+            .as_n()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    // Its page, in the account.
+    assert_eq!(spent().await, 1);
+    // Launches and drains spend the rest of the deployment's share (WARMFLEET_GITHUB_SHARE,
+    // 0.2): the next listing waits, though GitHub itself has plenty left.
+    let share = limit / 5;
+    table
+        .update_item()
+        .table_name("jobs")
+        .key("job_id", key.clone())
+        .update_expression("ADD github_requests :n")
+        .expression_attribute_values(":n", AttributeValue::N((share - 1).to_string()))
+        .send()
+        .await
+        .unwrap();
+    let summary = plane.invoke_scheduled("deregistration").await.unwrap();
+    assert_eq!(
+        (&summary["listing"], &summary["github_spent"]),
+        (&json!("deferred"), &json!(share)),
+        "{summary:#}"
+    );
+    assert_eq!(spent().await, share, "a deferred sweep spends nothing");
 }

@@ -7,6 +7,7 @@
 mod common;
 
 use aws_sdk_autoscaling::types::{InstanceReusePolicy, LifecycleHookSpecification, WarmPoolState};
+use aws_sdk_dynamodb::types::AttributeValue;
 use common::control::{Function, Plane};
 use secrecy::ExposeSecret;
 use serde_json::json;
@@ -456,4 +457,33 @@ async fn launches_share_the_groups_token_and_each_instance_holds_its_own_copy() 
         .unwrap();
     let stored: serde_json::Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
     assert_eq!(stored["token"], shared.as_str());
+}
+
+#[tokio::test]
+async fn a_launch_adds_its_github_requests_to_the_deployments_account() {
+    const ACCOUNTED: Function = Function {
+        env: &[("WARMFLEET_JOB_TABLE", "jobs")],
+        ..REGISTRATION
+    };
+    let plane = Plane::start("1", None, &[ACCOUNTED], RULES, &[]).await;
+    let table = plane.job_table("jobs").await;
+    plane.aws.create("runners", 0, 2, 1, vec![hook()]).await;
+    let instance = &plane.aws.sole_in_service("runners").await;
+    assert!(!token(&plane, instance).await.is_empty());
+    // The window GitHub charged the token to, as GitHub tells it (free to ask).
+    let reset = plane.github_rate_limit().await["reset"].as_i64().unwrap();
+    let window = table
+        .get_item()
+        .table_name("jobs")
+        .key("job_id", AttributeValue::N((-reset).to_string()))
+        .send()
+        .await
+        .unwrap();
+    let item = window.item().expect("the window's item");
+    assert_eq!(item["github_requests"], AttributeValue::N("1".into()));
+    assert_eq!(
+        item["expires_at"],
+        AttributeValue::N((reset + 3600).to_string()),
+        "kept an hour past its window"
+    );
 }

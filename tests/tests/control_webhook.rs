@@ -7,9 +7,6 @@
 
 mod common;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-};
 use common::control::{Function, Plane};
 use common::PAT;
 use serde_json::{json, Value};
@@ -76,35 +73,7 @@ async fn plane_with(functions: &[Function<'_>], max: i32) -> Plane {
         .send()
         .await
         .unwrap();
-    let endpoints: Value = reqwest::get(format!("{}/_testbed/aws/endpoints", plane.aws.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let moto = endpoints["secretsmanager"].as_str().unwrap();
-    let config = plane.aws.config.to_builder().endpoint_url(moto).build();
-    aws_sdk_dynamodb::Client::new(&config)
-        .create_table()
-        .table_name("jobs")
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("job_id")
-                .attribute_type(ScalarAttributeType::N)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("job_id")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
+    plane.job_table("jobs").await;
     plane
 }
 

@@ -8,8 +8,9 @@ use warmfleet_control::deregistration::Deregistration;
 use warmfleet_control::event::Event;
 use warmfleet_control::runtime;
 use warmfleet_control::Error as HandlerError;
-use warmfleet_core::aws::{AutoScaling, CloudWatch, SecretsManager, Ssm};
+use warmfleet_core::aws::{AutoScaling, CloudWatch, JobTable, SecretsManager, Ssm};
 use warmfleet_core::github::Reloading;
+use warmfleet_core::ports::GithubSpending;
 
 type Handler =
     Deregistration<SecretsManager, AutoScaling, Ssm, Reloading<SecretsManager>, CloudWatch>;
@@ -43,6 +44,12 @@ async fn main() -> Result<(), Error> {
             commands: Ssm::new(&aws),
             github,
             metrics: CloudWatch::new(&aws),
+            // The deployment's account of GitHub requests, in its job table.
+            spending: settings
+                .common
+                .spending_table
+                .as_deref()
+                .map(|table| Box::new(JobTable::new(&aws, table)) as Box<dyn GithubSpending>),
             settings,
         })
     })

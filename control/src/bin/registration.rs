@@ -8,8 +8,9 @@ use warmfleet_control::event::Event;
 use warmfleet_control::registration::Registration;
 use warmfleet_control::runtime;
 use warmfleet_control::Error as HandlerError;
-use warmfleet_core::aws::{AutoScaling, SecretsManager};
+use warmfleet_core::aws::{AutoScaling, JobTable, SecretsManager};
 use warmfleet_core::github::Reloading;
+use warmfleet_core::ports::GithubSpending;
 
 type Handler = Registration<SecretsManager, AutoScaling, Reloading<SecretsManager>>;
 
@@ -33,6 +34,12 @@ async fn main() -> Result<(), Error> {
             secrets,
             lifecycle: AutoScaling::new(&aws),
             github,
+            // The deployment's account of GitHub requests, in its job table.
+            spending: settings
+                .common
+                .spending_table
+                .as_deref()
+                .map(|table| Box::new(JobTable::new(&aws, table)) as Box<dyn GithubSpending>),
             settings,
         })
     })

@@ -29,6 +29,7 @@ mod sweep;
 use crate::budget::Listing;
 use crate::config::DeregistrationSettings;
 use crate::event::{Event, Place, Transition};
+use crate::spending;
 use crate::tokens::{shared_token, TokenKind};
 use crate::Error;
 use serde::Serialize;
@@ -40,7 +41,8 @@ use warmfleet_core::instance_secret::{InstanceSecret, RemoveToken};
 use warmfleet_core::naming::{instance_secret_id, DRAIN_COMMENT, HOOK_DEREGISTRATION};
 use warmfleet_core::patience;
 use warmfleet_core::ports::{
-    CommandState, Commands, HookResult, Lifecycle, Metrics, RunnerRegistry, SecretStore,
+    CommandState, Commands, GithubSpending, HookResult, Lifecycle, Metrics, RunnerRegistry,
+    SecretStore,
 };
 
 /// What a terminate event led to.
@@ -81,6 +83,9 @@ pub struct Summary {
     pub offline_runners: u32,
     /// Runners of the group without an instance in it (when listed; deleted unless busy).
     pub orphan_runners: u32,
+    /// What the deployment had spent of GitHub's rate limit in its current window before
+    /// this sweep, by the account every function adds to (none: not accounted).
+    pub github_spent: Option<u64>,
     /// Error kind (service and operation) → how many.
     pub errors: BTreeMap<String, u32>,
 }
@@ -105,6 +110,9 @@ pub struct Deregistration<S, L, C, G, M> {
     /// Where the sweep publishes what only GitHub knows (offline and orphan runners) and
     /// what is left of GitHub's rate limit.
     pub metrics: M,
+    /// Where every function accounts its GitHub requests (`spending`; none: not
+    /// accounted).
+    pub spending: Option<Box<dyn GithubSpending>>,
     pub settings: DeregistrationSettings,
 }
 
@@ -117,7 +125,16 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
             .unwrap_or_else(Instant::now)
     }
 
+    /// Handles one terminate event; the GitHub requests it made go to the deployment's
+    /// account.
     pub async fn handle(&self, event: Event, deadline: Instant) -> Result<Outcome, Error> {
+        let before = self.github.api_calls();
+        let outcome = self.terminating(event, deadline).await;
+        spending::account(self.spending.as_deref(), &self.github, before, deadline).await;
+        outcome
+    }
+
+    async fn terminating(&self, event: Event, deadline: Instant) -> Result<Outcome, Error> {
         let e = match event {
             Event::Lifecycle(e)
                 if e.hook == HOOK_DEREGISTRATION && e.transition == Transition::Terminating =>

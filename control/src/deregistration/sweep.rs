@@ -3,6 +3,7 @@
 
 use super::{Deregistration, Outcome, Summary};
 use crate::budget::Listing;
+use crate::spending;
 use crate::Error;
 use std::collections::{BTreeMap, BTreeSet};
 use tokio::time::Instant;
@@ -11,8 +12,8 @@ use warmfleet_core::github::{GithubError, RateLimit, Runner, RunnerStatus};
 use warmfleet_core::instance_secret::InstanceSecret;
 use warmfleet_core::naming::{
     group_secret_prefix, instance_of_secret, HOOK_DEREGISTRATION, METRIC_GITHUB_API_CALLS,
-    METRIC_GITHUB_RATE_LIMIT_PERCENT, METRIC_GITHUB_RATE_LIMIT_REMAINING, METRIC_OFFLINE_RUNNERS,
-    METRIC_ORPHAN_RUNNERS,
+    METRIC_GITHUB_RATE_LIMIT_PERCENT, METRIC_GITHUB_RATE_LIMIT_REMAINING,
+    METRIC_GITHUB_REQUESTS_THIS_WINDOW, METRIC_OFFLINE_RUNNERS, METRIC_ORPHAN_RUNNERS,
 };
 use warmfleet_core::patience;
 use warmfleet_core::ports::{
@@ -76,6 +77,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
                 .await;
         }
         let calls = self.github.api_calls() - calls_before;
+        spending::account(self.spending.as_deref(), &self.github, calls_before, until).await;
         for (group, _) in &pools {
             let counts = found.iter().find(|f| f.0 == *group).map(|f| (f.1, f.2));
             self.publish(group, counts, calls, rate, until, &mut summary)
@@ -85,8 +87,9 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
         Ok(summary)
     }
 
-    /// Reads GitHub's rate limit (free) and decides, by the budget, whether this sweep lists
-    /// every runner of a fleet of `fleet` instances.
+    /// Reads GitHub's rate limit (free) and the deployment's account of its window, and
+    /// decides, by the budget, whether this sweep lists every runner of a fleet of `fleet`
+    /// instances.
     async fn paced(
         &self,
         fleet: usize,
@@ -102,13 +105,26 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
         };
         let (budget, period) = (self.settings.budget, self.settings.sweep_period);
         let interval = budget.listing_interval(fleet, rate.map(|r| r.limit), period);
+        summary.github_spent = match (rate, self.spending.as_deref()) {
+            (Some(r), Some(spending)) => {
+                match patience::until(until, || spending.spent(r.reset)).await {
+                    Ok(spent) => Some(spent),
+                    Err(e) => {
+                        summary.failed("GitHub account", &e.into());
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let now = chrono::Utc::now().timestamp();
-        summary.listing = budget.listing(now, period, interval, fleet, rate);
+        summary.listing = budget.listing(now, period, interval, fleet, rate, summary.github_spent);
         rate
     }
 
     /// Publishes a group's findings: GitHub requests made, the offline and orphan runners
-    /// (when listed), what is left of the rate limit (when known).
+    /// (when listed), what is left of the rate limit and what the deployment spent of its
+    /// window, this sweep included (when known).
     async fn publish(
         &self,
         group: &str,
@@ -127,6 +143,9 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
             values.push((METRIC_GITHUB_RATE_LIMIT_REMAINING, r.remaining as f64));
             let percent = 100.0 * r.remaining as f64 / r.limit.max(1) as f64;
             values.push((METRIC_GITHUB_RATE_LIMIT_PERCENT, percent));
+        }
+        if let Some(spent) = summary.github_spent {
+            values.push((METRIC_GITHUB_REQUESTS_THIS_WINDOW, (spent + calls) as f64));
         }
         if let Err(e) = patience::until(until, || self.metrics.publish(group, &values)).await {
             summary.failed("publish", &e.into());

@@ -21,12 +21,14 @@ fn handler() -> Handler {
         commands: fakes::Ssm::default(),
         github: fakes::Github::default(),
         metrics: fakes::Cloudwatch::default(),
+        spending: None,
         settings: DeregistrationSettings {
             common: Common {
                 github_url: "https://github.com/acme".into(),
                 github_api_url: None,
                 github_secret: "gh".into(),
                 deployment: Default::default(),
+                spending_table: None,
                 deadline_margin: Duration::from_millis(100),
             },
             groups: vec!["runners".into()],
@@ -388,7 +390,8 @@ async fn the_sweep_publishes_offline_and_orphan_runners_and_what_is_left_of_the_
         [(
             "runners".to_owned(),
             values(&[
-                ("GitHubApiCalls", 0.0),
+                // A page, and the orphan's deletion.
+                ("GitHubApiCalls", 2.0),
                 ("OfflineRunners", 1.0),
                 ("OrphanRunners", 1.0),
                 ("GitHubRateLimitRemaining", 4000.0),
@@ -396,6 +399,40 @@ async fn the_sweep_publishes_offline_and_orphan_runners_and_what_is_left_of_the_
             ])
         )]
     );
+}
+
+#[tokio::test]
+async fn the_sweep_keeps_the_deployment_within_its_share_by_every_functions_account() {
+    let mut h = handler();
+    let account = fakes::Spending::default();
+    h.spending = Some(Box::new(account.clone()));
+    at(&h, "i-live", "InService");
+    *h.github.runners.lock().unwrap() = vec![runner(1, "i-live", false)];
+    let reset = 1_764_000_000;
+    // GitHub has plenty left (the installation's other users spent little) ...
+    *h.github.rate.lock().unwrap() = Some(RateLimit {
+        limit: 5000,
+        remaining: 4000,
+        reset,
+    });
+    // ... but the launches and drains spent the deployment's whole share (5000 × 0.2).
+    account.windows.lock().unwrap().insert(reset, 1000);
+    let s = h.sweep(soon()).await.unwrap();
+    assert_eq!((s.listing, s.github_spent), (Listing::Deferred, Some(1000)));
+    assert_eq!(*h.github.listings.lock().unwrap(), 0);
+    assert!(published(&h)[0]
+        .1
+        .contains(&("GitHubRequestsThisWindow".to_owned(), 1000.0)));
+
+    // Room for its page: listed, and the page added to the account.
+    account.windows.lock().unwrap().insert(reset, 500);
+    h.metrics.published.lock().unwrap().clear();
+    let s = h.sweep(soon()).await.unwrap();
+    assert_eq!((s.listing, s.github_spent), (Listing::Listed, Some(500)));
+    assert_eq!(account.windows.lock().unwrap()[&reset], 501);
+    assert!(published(&h)[0]
+        .1
+        .contains(&("GitHubRequestsThisWindow".to_owned(), 501.0)));
 }
 
 #[tokio::test]

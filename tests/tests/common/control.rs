@@ -78,6 +78,38 @@ impl Plane {
             .collect()
     }
 
+    /// GitHub's rate limit of the functions' credential (the PAT), as `GET /rate_limit`
+    /// tells it (free): its `core` resource.
+    pub async fn github_rate_limit(&self) -> Value {
+        let rate: Value = reqwest::Client::new()
+            .get(format!("{}/rate_limit", self.github.url))
+            .bearer_auth(PAT)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        rate["resources"]["core"].clone()
+    }
+
+    /// The job table `name` in moto's DynamoDB, as the module creates it, and a client
+    /// for it.
+    pub async fn job_table(&self, name: &str) -> aws_sdk_dynamodb::Client {
+        let endpoints: Value = reqwest::get(format!("{}/_testbed/aws/endpoints", self.aws.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let moto = endpoints["secretsmanager"].as_str().unwrap();
+        let config = self.aws.config.to_builder().endpoint_url(moto).build();
+        warmfleet_testbed::world::create_job_table(&config, name)
+            .await
+            .unwrap();
+        aws_sdk_dynamodb::Client::new(&config)
+    }
+
     /// Starts the world with these functions and rules; `github_args` go to the GitHub fake.
     pub async fn start(
         time_scale: &str,
