@@ -627,6 +627,38 @@ async fn sigkill_in_every_state_then_a_restart_registers_once_and_kills_no_job()
 }
 
 #[tokio::test]
+async fn a_job_that_starts_while_its_runner_lingers_protected_asks_auto_scaling_nothing() {
+    // A linger long enough that the second job surely starts within it.
+    let f = fleet("persistent", "[timeouts]\nlinger = \"12s\"", true).await;
+    f.plane.aws.create(GROUP, 0, 2, 1, hooks()).await;
+    let instance = f.plane.aws.sole_in_service(GROUP).await;
+    f.until_state(&instance, "idle").await;
+    let first = f.plane.github.enqueue(&["warmfleet"], 2.0).await;
+    let second = f.plane.github.enqueue(&["warmfleet"], 2.0).await;
+    f.succeeded(first).await;
+    f.succeeded(second).await;
+    assert!(f.protected(&instance).await, "lingering after the second");
+    eventually("protection off", Duration::from_secs(30), || async {
+        !f.protected(&instance).await
+    })
+    .await;
+    let calls: std::collections::BTreeMap<String, u64> =
+        reqwest::get(format!("{}/_testbed/aws/calls", f.plane.aws.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    // On for the first job; the second started protected; off after its linger.
+    assert_eq!(
+        calls["autoscaling:SetInstanceProtection"],
+        2,
+        "{calls:?}\n{}",
+        f.console(&instance).await
+    );
+}
+
+#[tokio::test]
 async fn a_job_completed_hook_that_never_arrives_still_ends_the_protection() {
     // As when the agent is down (killed, restarting) while the hook runs: the listener's
     // own "completed" line is the agent's other witness, and an instance left protected

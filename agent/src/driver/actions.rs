@@ -111,11 +111,17 @@ impl Driver {
 
     /// Sets or clears scale-in protection; clearing asks AWS only when the record says it
     /// is on, and "on" is recorded before it is asked for: should the agent die before the
-    /// answer, its successor still knows to clear it.
+    /// answer, its successor still knows to clear it. Setting asks only when this process
+    /// has not seen AWS accept it since (a job starting while the runner lingers protected
+    /// after the last costs no call: at scale every Auto Scaling call counts).
     async fn protect(&mut self, on: bool) -> Result<(), AgentError> {
         if !on && !self.record.protected {
             return Ok(());
         }
+        if on && self.record.protected && self.protection_confirmed {
+            return Ok(());
+        }
+        self.protection_confirmed = false;
         if on {
             self.record.protected = true;
             self.save();
@@ -130,6 +136,7 @@ impl Driver {
         .await?;
         info!(instance_id = %identity.instance_id, protected = on, "scale-in protection");
         self.record.protected = on;
+        self.protection_confirmed = on;
         self.save();
         Ok(())
     }

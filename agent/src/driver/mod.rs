@@ -127,6 +127,10 @@ pub struct Driver {
     timing: Timing,
     /// The last `AwaitLinger`'s number: only its timer counts (a job since restarts it).
     linger_generation: u64,
+    /// Whether this process saw AWS accept protection on, and nothing since: a job that
+    /// starts while its instance lingers protected asks AWS for nothing (a restarted agent
+    /// asks again).
+    protection_confirmed: bool,
 }
 
 impl Driver {
@@ -178,6 +182,7 @@ impl Driver {
             heartbeat_at: None,
             timing: Timing::begin(false),
             linger_generation: 0,
+            protection_confirmed: false,
         })
     }
 
