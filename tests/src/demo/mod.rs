@@ -760,6 +760,7 @@ async fn collect(demo: &Demo, jobs: &[JobRec]) -> anyhow::Result<report::Report>
         None
     };
     let left = leftovers(demo).await?;
+    let calls: BTreeMap<String, u64> = demo.world.aws_control("calls").await?;
     Ok(report::Report {
         jobs: job_counts,
         job_wait_seconds: waits,
@@ -775,6 +776,14 @@ async fn collect(demo: &Demo, jobs: &[JobRec]) -> anyhow::Result<report::Report>
         aws: report::AwsCounts {
             leaked_secrets_at_end: left.secrets.len(),
             pending_hooks_at_end: report::pending_hooks(&effects),
+            protection_calls_per_job: report::per_job(
+                calls
+                    .get("autoscaling:SetInstanceProtection")
+                    .copied()
+                    .unwrap_or(0),
+                jobs.iter().filter(|j| j.started_at.is_some()).count(),
+            ),
+            calls,
         },
         chaos: None,
         refresh: None,

@@ -125,6 +125,18 @@ pub struct GithubCounts {
 pub struct AwsCounts {
     pub leaked_secrets_at_end: usize,
     pub pending_hooks_at_end: usize,
+    /// The agents' `SetInstanceProtection` calls per job that started (none when none
+    /// started).
+    pub protection_calls_per_job: Option<f64>,
+    /// Calls by `service:Operation` to the services the testbed's AWS world serves itself
+    /// (Auto Scaling, CloudWatch, SSM; not moto's Secrets Manager and DynamoDB), the demo's
+    /// own set-up and checks included.
+    pub calls: BTreeMap<String, u64>,
+}
+
+/// Per started job, to the hundredth.
+pub fn per_job(calls: u64, started: usize) -> Option<f64> {
+    (started > 0).then(|| (calls as f64 / started as f64 * 100.0).round() / 100.0)
 }
 
 impl Report {
@@ -374,6 +386,13 @@ pub fn pending_hooks(effects: &[Value]) -> usize {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn calls_per_job_are_over_the_jobs_that_started() {
+        assert_eq!(per_job(56, 40), Some(1.4));
+        assert_eq!(per_job(2, 3), Some(0.67));
+        assert_eq!(per_job(5, 0), None);
+    }
 
     fn change(at: f64, id: &str, from: &str, to: &str) -> Value {
         json!({"at": at, "effect": {"StateChanged": {"instance": id, "from": from, "to": to}}})
