@@ -352,7 +352,7 @@ variable "github_rate_limit_alarm_percent" {
 # --- Webhook (the receiver of GitHub's workflow_job events) -------------------------------
 
 variable "webhook_claims_idle_runners" {
-  description = "A queued job first claims one of the idle runners record_metric counted each minute, and adds an instance only when none is left: far fewer ExecutePolicy calls and instances on a large, busy fleet; on a small one with bursts, jobs may wait for a runner the scale-in alarm took meanwhile (docs/usage/scale.md)."
+  description = "A queued job first claims one of the idle runners record_metric counted each minute (less those that left service since), and adds an instance only when none is left: far fewer ExecutePolicy calls and instances on a large, busy fleet; on a small one with bursts, a burst's first jobs wait for the runner they claimed instead of resuming hibernated instances at once (docs/usage/scale.md)."
   type        = bool
   default     = false
 }

@@ -128,10 +128,11 @@ pub struct Common {
     pub deadline_margin: Duration,
     /// Whose runners these are: every listing filters on its label.
     pub deployment: Deployment,
-    /// `WARMFLEET_JOB_TABLE`: the deployment's table, where every function adds the GitHub
-    /// requests it made to one account (`spending`); none: not accounted, and the sweep
-    /// paces by GitHub's figures alone.
-    pub spending_table: Option<String>,
+    /// `WARMFLEET_JOB_TABLE`: the deployment's table, where every function that talks to
+    /// GitHub adds its requests to one account (`spending`), and where the deregistration
+    /// takes a runner leaving service out of the idle runners queued jobs may claim; none:
+    /// neither (the sweep then paces by GitHub's figures alone).
+    pub job_table: Option<String>,
 }
 
 impl Common {
@@ -149,7 +150,7 @@ impl Common {
             github_secret: required(env, "WARMFLEET_GITHUB_CREDENTIAL_SECRET")?,
             deadline_margin: duration(env, "WARMFLEET_DEADLINE_MARGIN", Duration::from_secs(3))?,
             deployment: deployment(env)?,
-            spending_table: optional(env, "WARMFLEET_JOB_TABLE"),
+            job_table: optional(env, "WARMFLEET_JOB_TABLE"),
         })
     }
 }

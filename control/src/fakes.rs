@@ -417,12 +417,12 @@ impl Capacity for Policies {
 /// A stage of a job as the ledger holds it: the stage, the delivery, whether done.
 pub type Recorded = (JobStage, String, bool);
 
-/// The job ledger's rules over a map of job id to its stages.
-#[derive(Default)]
+/// The job ledger's rules over a map of job id to its stages; clones share it.
+#[derive(Default, Clone)]
 pub struct Ledger {
-    pub jobs: Mutex<BTreeMap<u64, Vec<Recorded>>>,
+    pub jobs: Arc<Mutex<BTreeMap<u64, Vec<Recorded>>>>,
     /// Each group's idle runners left to claim.
-    pub idle: Mutex<BTreeMap<String, u32>>,
+    pub idle: Arc<Mutex<BTreeMap<String, u32>>>,
 }
 
 #[async_trait]

@@ -289,7 +289,7 @@ mod tests {
                     github_api_url: None,
                     github_secret: "gh".into(),
                     deployment: Default::default(),
-                    spending_table: None,
+                    job_table: None,
                     deadline_margin: Duration::from_millis(200),
                 },
                 mode,

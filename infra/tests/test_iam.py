@@ -5,7 +5,7 @@ The code side is read from the sources: core/src/aws/*.rs says which SDK operati
 port method makes (`client.<operation>()`, following calls to the adapter's own helpers);
 each component's sources say which port methods it calls (on the receivers that hold
 ports: `secrets`, `store`, `lifecycle`, `asg`, `commands`, `metrics`, `capacity`,
-`ledger`, `spending`)."""
+`ledger`, `claims`, `spending`)."""
 
 import glob
 import os
@@ -18,7 +18,8 @@ SERVICES = {"autoscaling.rs": "autoscaling", "secrets.rs": "secretsmanager",
             "github_spending.rs": "dynamodb"}
 PORT_OF_RECEIVER = {"secrets": "SecretStore", "store": "SecretStore", "lifecycle": "Lifecycle",
                     "asg": "Lifecycle", "commands": "Commands", "metrics": "Metrics",
-                    "capacity": "Capacity", "ledger": "JobLedger", "spending": "GithubSpending"}
+                    "capacity": "Capacity", "ledger": "JobLedger", "claims": "JobLedger",
+                    "spending": "GithubSpending"}
 # Actions an operation needs besides its own (AWS's rules, not the code's choice).
 IMPLIED = {"secretsmanager:CreateSecret": {"secretsmanager:TagResource"}}  # created with tags
 # What each role holds for the platform rather than for calls in the code.

@@ -10,7 +10,7 @@ use warmfleet_control::runtime;
 use warmfleet_control::Error as HandlerError;
 use warmfleet_core::aws::{AutoScaling, CloudWatch, JobTable, SecretsManager, Ssm};
 use warmfleet_core::github::Reloading;
-use warmfleet_core::ports::GithubSpending;
+use warmfleet_core::ports::{GithubSpending, JobLedger};
 
 type Handler =
     Deregistration<SecretsManager, AutoScaling, Ssm, Reloading<SecretsManager>, CloudWatch>;
@@ -44,12 +44,18 @@ async fn main() -> Result<(), Error> {
             commands: Ssm::new(&aws),
             github,
             metrics: CloudWatch::new(&aws),
-            // The deployment's account of GitHub requests, in its job table.
+            // The deployment's account of GitHub requests, and the idle runners queued
+            // jobs claim, in its job table.
             spending: settings
                 .common
-                .spending_table
+                .job_table
                 .as_deref()
                 .map(|table| Box::new(JobTable::new(&aws, table)) as Box<dyn GithubSpending>),
+            claims: settings
+                .common
+                .job_table
+                .as_deref()
+                .map(|table| Box::new(JobTable::new(&aws, table)) as Box<dyn JobLedger>),
             settings,
         })
     })

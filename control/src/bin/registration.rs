@@ -37,7 +37,7 @@ async fn main() -> Result<(), Error> {
             // The deployment's account of GitHub requests, in its job table.
             spending: settings
                 .common
-                .spending_table
+                .job_table
                 .as_deref()
                 .map(|table| Box::new(JobTable::new(&aws, table)) as Box<dyn GithubSpending>),
             settings,

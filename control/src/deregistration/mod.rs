@@ -41,8 +41,8 @@ use warmfleet_core::instance_secret::{InstanceSecret, RemoveToken};
 use warmfleet_core::naming::{instance_secret_id, DRAIN_COMMENT, HOOK_DEREGISTRATION};
 use warmfleet_core::patience;
 use warmfleet_core::ports::{
-    CommandState, Commands, GithubSpending, HookResult, Lifecycle, Metrics, RunnerRegistry,
-    SecretStore,
+    CommandState, Commands, GithubSpending, HookResult, JobLedger, Lifecycle, Metrics,
+    RunnerRegistry, SecretStore,
 };
 
 /// What a terminate event led to.
@@ -113,6 +113,9 @@ pub struct Deregistration<S, L, C, G, M> {
     /// Where every function accounts its GitHub requests (`spending`; none: not
     /// accounted).
     pub spending: Option<Box<dyn GithubSpending>>,
+    /// Where queued jobs claim idle runners (the webhook receiver's job table; none: not
+    /// kept up).
+    pub claims: Option<Box<dyn JobLedger>>,
     pub settings: DeregistrationSettings,
 }
 
@@ -161,8 +164,30 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
             return Ok(Outcome::Ignored { reason });
         }
         let from_pool = e.origin == Place::WarmPool;
+        if !from_pool {
+            self.no_longer_claimable(&e.group, &e.instance_id, until)
+                .await;
+        }
         self.settle(&e.group, &e.instance_id, from_pool, until, deadline)
             .await
+    }
+
+    /// A runner leaving service is no longer one a queued job may claim: record_metric
+    /// counted it idle (a scale-in takes only unprotected instances) and counts again only
+    /// within the minute, and a job claiming it meanwhile would wait for a runner that is
+    /// gone. Best effort: a job then adds an instance at worst. With claims off there is no
+    /// count, and the conditional decrement changes nothing.
+    async fn no_longer_claimable(&self, group: &str, instance: &str, until: Instant) {
+        let Some(claims) = self.claims.as_deref() else {
+            return;
+        };
+        match patience::until(until, || claims.claim_idle(group)).await {
+            Ok(true) => info!(instance, group, "its runner is no longer one to claim"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(instance, group, error = %e, "the idle runners to claim were not lowered")
+            }
+        }
     }
 
     /// Whether the instance is held by a terminate hook now: leaving the group, leaving the

@@ -22,13 +22,14 @@ fn handler() -> Handler {
         github: fakes::Github::default(),
         metrics: fakes::Cloudwatch::default(),
         spending: None,
+        claims: None,
         settings: DeregistrationSettings {
             common: Common {
                 github_url: "https://github.com/acme".into(),
                 github_api_url: None,
                 github_secret: "gh".into(),
                 deployment: Default::default(),
-                spending_table: None,
+                job_table: None,
                 deadline_margin: Duration::from_millis(100),
             },
             groups: vec!["runners".into()],
@@ -180,6 +181,22 @@ async fn scale_in_takes_the_labels_hands_over_a_remove_token_and_starts_the_drai
         completed(&h).is_empty(),
         "the agent completes the hook after its drain"
     );
+}
+
+#[tokio::test]
+async fn a_runner_leaving_service_is_no_longer_one_a_queued_job_may_claim() {
+    let mut h = handler();
+    let claims = fakes::Ledger::default();
+    h.claims = Some(Box::new(claims.clone()));
+    claims.idle.lock().unwrap().insert("runners".into(), 2);
+    registered(&h, I, Duration::ZERO);
+    h.github.runners.lock().unwrap().push(runner(7, I, false));
+    h.commands.reachable.lock().unwrap().push(I.into());
+    deliver(&h, "scale-in").await;
+    assert_eq!(claims.idle.lock().unwrap()["runners"], 1);
+    // One trimmed from the warm pool was never counted.
+    deliver(&h, "trim").await;
+    assert_eq!(claims.idle.lock().unwrap()["runners"], 1);
 }
 
 #[tokio::test]
