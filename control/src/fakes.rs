@@ -182,6 +182,8 @@ pub struct Github {
     pub rate: Mutex<Option<RateLimit>>,
     /// How many times every runner was listed.
     pub listings: Mutex<u32>,
+    /// Listings fail after their first page, as a 5xx would.
+    pub unlistable: Mutex<bool>,
 }
 
 impl Github {
@@ -261,6 +263,9 @@ impl RunnerRegistry for Github {
     }
     async fn runners(&self, label: Option<&str>, _: Instant) -> Result<Vec<Runner>, GithubError> {
         *self.listings.lock().unwrap() += 1;
+        if *self.unlistable.lock().unwrap() {
+            return Err(server_error());
+        }
         Ok(self
             .runners
             .lock()

@@ -61,7 +61,10 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
     pub async fn handle(&self, event: Event, deadline: Instant) -> Result<Outcome, Error> {
         let before = self.github.api_calls();
         let outcome = self.launching(event, deadline).await;
-        spending::account(self.spending.as_deref(), &self.github, before, deadline).await;
+        let until = deadline
+            .checked_sub(self.settings.common.deadline_margin)
+            .unwrap_or_else(Instant::now);
+        spending::account(self.spending.as_deref(), &self.github, before, until).await;
         outcome
     }
 

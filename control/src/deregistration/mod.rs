@@ -41,8 +41,8 @@ use warmfleet_core::instance_secret::{InstanceSecret, RemoveToken};
 use warmfleet_core::naming::{instance_secret_id, DRAIN_COMMENT, HOOK_DEREGISTRATION};
 use warmfleet_core::patience;
 use warmfleet_core::ports::{
-    CommandState, Commands, GithubSpending, HookResult, JobLedger, Lifecycle, Metrics,
-    RunnerRegistry, SecretStore,
+    CommandState, Commands, GithubSpending, HookResult, InstanceStatus, JobLedger, Lifecycle,
+    Metrics, RunnerRegistry, SecretStore,
 };
 
 /// What a terminate event led to.
@@ -133,7 +133,8 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
     pub async fn handle(&self, event: Event, deadline: Instant) -> Result<Outcome, Error> {
         let before = self.github.api_calls();
         let outcome = self.terminating(event, deadline).await;
-        spending::account(self.spending.as_deref(), &self.github, before, deadline).await;
+        let until = self.until(deadline);
+        spending::account(self.spending.as_deref(), &self.github, before, until).await;
         outcome
     }
 
@@ -152,7 +153,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
             }
         };
         let until = self.until(deadline);
-        if !self.hook_waits(&e.group, &e.instance_id, until).await? {
+        let Some(waiting) = self.waiting(&e.group, &e.instance_id, until).await? else {
             // Delivered twice or late: acting now would drain an instance already back
             // in the pool (hibernated, the command would wait for its next time in
             // service) or one gone. The sweep follows whatever the first delivery began.
@@ -162,9 +163,9 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
             );
             info!(%reason, "event ignored");
             return Ok(Outcome::Ignored { reason });
-        }
+        };
         let from_pool = e.origin == Place::WarmPool;
-        if !from_pool {
+        if !from_pool && !waiting.protected_from_scale_in {
             self.no_longer_claimable(&e.group, &e.instance_id, until)
                 .await;
         }
@@ -172,10 +173,11 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
             .await
     }
 
-    /// A runner leaving service is no longer one a queued job may claim: record_metric
-    /// counted it idle (a scale-in takes only unprotected instances) and counts again only
-    /// within the minute, and a job claiming it meanwhile would wait for a runner that is
-    /// gone. Best effort: a job then adds an instance at worst. With claims off there is no
+    /// An idle runner leaving service is no longer one a queued job may claim: record_metric
+    /// counted it (unprotected in service) and counts again only within the minute, and a
+    /// job claiming it meanwhile would wait for a runner that is gone. Best effort: an event
+    /// delivered twice while the hook waits lowers the count twice, and a job then adds an
+    /// instance it might have claimed, until the next count. With claims off there is no
     /// count, and the conditional decrement changes nothing.
     async fn no_longer_claimable(&self, group: &str, instance: &str, until: Instant) {
         let Some(claims) = self.claims.as_deref() else {
@@ -190,9 +192,14 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
         }
     }
 
-    /// Whether the instance is held by a terminate hook now: leaving the group, leaving the
+    /// The instance, when a terminate hook holds it now: leaving the group, leaving the
     /// pool, or (scale-in with reuse) on its way back into it.
-    async fn hook_waits(&self, group: &str, instance: &str, until: Instant) -> Result<bool, Error> {
+    async fn waiting(
+        &self,
+        group: &str,
+        instance: &str,
+        until: Instant,
+    ) -> Result<Option<InstanceStatus>, Error> {
         const WAITING: [&str; 3] = [
             "Terminating:Wait",
             "Warmed:Terminating:Wait",
@@ -202,9 +209,9 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
         let in_group = patience::until(until, || self.lifecycle.instances(&groups)).await?;
         let warm = patience::until(until, || self.lifecycle.warm_pool(group)).await?;
         Ok(in_group
-            .iter()
-            .chain(&warm)
-            .any(|i| i.instance_id == instance && WAITING.contains(&i.lifecycle_state.as_str())))
+            .into_iter()
+            .chain(warm)
+            .find(|i| i.instance_id == instance && WAITING.contains(&i.lifecycle_state.as_str())))
     }
 
     /// Ends an instance's registration: cleans up directly when there is nothing to drain,

@@ -44,7 +44,15 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
         // Every runner (the same pages a label filter would read): a drained runner has
         // lost its labels, and only its name still ties it to its instance.
         let all = match summary.listing {
-            Listing::Listed => Some(self.github.runners(None, until).await?),
+            Listing::Listed => match self.github.runners(None, until).await {
+                Ok(all) => Some(all),
+                Err(e) => {
+                    // The pages read before the failure were charged all the same.
+                    spending::account(self.spending.as_deref(), &self.github, calls_before, until)
+                        .await;
+                    return Err(e.into());
+                }
+            },
             Listing::NotDue | Listing::Deferred => None,
         };
         // Another deployment's runners may carry the same group name: only this one's are

@@ -197,6 +197,15 @@ async fn a_runner_leaving_service_is_no_longer_one_a_queued_job_may_claim() {
     // One trimmed from the warm pool was never counted.
     deliver(&h, "trim").await;
     assert_eq!(claims.idle.lock().unwrap()["runners"], 1);
+    // Nor one taken while protected (a health replacement of a busy instance).
+    *h.lifecycle.instances.lock().unwrap() = vec![InstanceStatus {
+        instance_id: I.into(),
+        group: "runners".into(),
+        lifecycle_state: "Terminating:Wait".into(),
+        protected_from_scale_in: true,
+    }];
+    h.handle(event("scale-in"), soon()).await.unwrap();
+    assert_eq!(claims.idle.lock().unwrap()["runners"], 1);
 }
 
 #[tokio::test]
@@ -450,6 +459,11 @@ async fn the_sweep_keeps_the_deployment_within_its_share_by_every_functions_acco
     assert!(published(&h)[0]
         .1
         .contains(&("GitHubRequestsThisWindow".to_owned(), 501.0)));
+
+    // A listing that fails part-way: the sweep fails, its pages are accounted all the same.
+    *h.github.unlistable.lock().unwrap() = true;
+    assert!(h.sweep(soon()).await.is_err());
+    assert_eq!(account.windows.lock().unwrap()[&reset], 502);
 }
 
 #[tokio::test]

@@ -76,11 +76,15 @@ pub(crate) fn rate_limit_wait(
     None
 }
 
-/// The primary rate limit as an answer's `x-ratelimit-limit`, `-remaining` and `-reset`
-/// headers state it; `None` when any is missing or not a number (GitHub Enterprise Server
-/// with rate limiting off sends none).
+/// The primary (`core`) rate limit as an answer's `x-ratelimit-limit`, `-remaining` and
+/// `-reset` headers state it; `None` when any is missing or not a number (GitHub Enterprise
+/// Server with rate limiting off sends none), or when `x-ratelimit-resource` names another
+/// of GitHub's buckets (each has a window of its own).
 pub(crate) fn stated_rate_limit(headers: &HeaderMap) -> Option<RateLimit> {
     let text = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
+    if text("x-ratelimit-resource").is_some_and(|r| r != "core") {
+        return None;
+    }
     Some(RateLimit {
         limit: text("x-ratelimit-limit")?.parse().ok()?,
         remaining: text("x-ratelimit-remaining")?.parse().ok()?,
@@ -179,5 +183,15 @@ mod tests {
             ("x-ratelimit-reset", "1764000000"),
         ]);
         assert_eq!(stated_rate_limit(&garbled), None);
+        // Another bucket (runner registration has its own), another window.
+        let mut other = full.clone();
+        other.insert(
+            "x-ratelimit-resource",
+            "actions_runner_registration".parse().unwrap(),
+        );
+        assert_eq!(stated_rate_limit(&other), None);
+        let mut core = full.clone();
+        core.insert("x-ratelimit-resource", "core".parse().unwrap());
+        assert_eq!(stated_rate_limit(&core), stated_rate_limit(&full));
     }
 }
