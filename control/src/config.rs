@@ -4,6 +4,7 @@
 
 use crate::budget::Budget;
 use std::time::Duration;
+use tokio::time::Instant;
 use warmfleet_core::naming::Deployment;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -136,6 +137,13 @@ pub struct Common {
 }
 
 impl Common {
+    /// Until when an invocation with `deadline` may work: the margin kept back to finish.
+    pub fn until(&self, deadline: Instant) -> Instant {
+        deadline
+            .checked_sub(self.deadline_margin)
+            .unwrap_or_else(Instant::now)
+    }
+
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let github_url = required(env, "WARMFLEET_GITHUB_URL")?;
         if !github_url.starts_with("https://") && !github_url.starts_with("http://") {

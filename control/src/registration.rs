@@ -61,9 +61,7 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
     pub async fn handle(&self, event: Event, deadline: Instant) -> Result<Outcome, Error> {
         let before = self.github.api_calls();
         let outcome = self.launching(event, deadline).await;
-        let until = deadline
-            .checked_sub(self.settings.common.deadline_margin)
-            .unwrap_or_else(Instant::now);
+        let until = self.settings.common.until(deadline);
         spending::account(self.spending.as_deref(), &self.github, before, until).await;
         outcome
     }
@@ -81,9 +79,7 @@ impl<S: SecretStore, L: Lifecycle, G: RunnerRegistry> Registration<S, L, G> {
                 return Ok(Outcome::Ignored { reason });
             }
         };
-        let work_until = deadline
-            .checked_sub(self.settings.common.deadline_margin)
-            .unwrap_or_else(Instant::now);
+        let work_until = self.settings.common.until(deadline);
         if e.destination == Place::WarmPool {
             self.complete(&e, HookResult::Continue, deadline).await?;
             info!(instance = %e.instance_id, group = %e.group, "warm pool entry: nothing registered");

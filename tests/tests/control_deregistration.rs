@@ -35,6 +35,17 @@ fn hooks() -> Vec<LifecycleHookSpecification> {
     lifecycle_hooks(&["registration", "deregistration"])
 }
 
+const DEREGISTRATION: Function = Function {
+    name: "deregistration",
+    binary: "warmfleet-deregistration",
+    timeout: 30.0,
+    retries: 0,
+    env: &[
+        ("WARMFLEET_GROUPS", "runners"),
+        ("WARMFLEET_DRAIN_COMMAND", DRAIN),
+    ],
+};
+
 async fn start() -> Plane {
     start_with(&[]).await
 }
@@ -42,16 +53,7 @@ async fn start() -> Plane {
 /// With the GitHub fake's own arguments.
 async fn start_with(github_args: &[&str]) -> Plane {
     let functions = [
-        Function {
-            name: "deregistration",
-            binary: "warmfleet-deregistration",
-            timeout: 30.0,
-            retries: 0,
-            env: &[
-                ("WARMFLEET_GROUPS", "runners"),
-                ("WARMFLEET_DRAIN_COMMAND", DRAIN),
-            ],
-        },
+        DEREGISTRATION,
         Function {
             name: "registration",
             binary: "warmfleet-registration",
@@ -242,15 +244,12 @@ async fn the_sweep_publishes_offline_runners_and_lists_a_thousand_in_pages_free_
 #[tokio::test]
 async fn the_sweep_puts_its_listing_off_once_the_deployments_account_holds_its_share() {
     let functions = [Function {
-        name: "deregistration",
-        binary: "warmfleet-deregistration",
-        timeout: 30.0,
-        retries: 0,
         env: &[
             ("WARMFLEET_GROUPS", "runners"),
             ("WARMFLEET_DRAIN_COMMAND", DRAIN),
             ("WARMFLEET_JOB_TABLE", "jobs"),
         ],
+        ..DEREGISTRATION
     }];
     let plane = Plane::start("1", None, &functions, "", &[]).await;
     let table = plane.job_table("jobs").await;

@@ -38,24 +38,23 @@ async fn main() -> Result<(), Error> {
         let aws = warmfleet_core::aws::load_config().await;
         let secrets = SecretsManager::new(&aws);
         let github = runtime::github(&settings.common, secrets.clone()).await?;
+        // The deployment's account of GitHub requests, and the idle runners queued jobs
+        // claim, in its job table.
+        let table = settings
+            .common
+            .job_table
+            .as_deref()
+            .map(|table| JobTable::new(&aws, table));
         anyhow::Ok(Deregistration {
             secrets,
             lifecycle: AutoScaling::new(&aws),
             commands: Ssm::new(&aws),
             github,
             metrics: CloudWatch::new(&aws),
-            // The deployment's account of GitHub requests, and the idle runners queued
-            // jobs claim, in its job table.
-            spending: settings
-                .common
-                .job_table
-                .as_deref()
-                .map(|table| Box::new(JobTable::new(&aws, table)) as Box<dyn GithubSpending>),
-            claims: settings
-                .common
-                .job_table
-                .as_deref()
-                .map(|table| Box::new(JobTable::new(&aws, table)) as Box<dyn JobLedger>),
+            spending: table
+                .clone()
+                .map(|t| Box::new(t) as Box<dyn GithubSpending>),
+            claims: table.map(|t| Box::new(t) as Box<dyn JobLedger>),
             settings,
         })
     })

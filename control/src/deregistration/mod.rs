@@ -123,9 +123,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
     Deregistration<S, L, C, G, M>
 {
     fn until(&self, deadline: Instant) -> Instant {
-        deadline
-            .checked_sub(self.settings.common.deadline_margin)
-            .unwrap_or_else(Instant::now)
+        self.settings.common.until(deadline)
     }
 
     /// Handles one terminate event; the GitHub requests it made go to the deployment's

@@ -25,8 +25,17 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
 {
     /// The scheduled sweep over every group. The hooks are seen to on every sweep; what
     /// needs every runner listed (GitHub's side of the reconciliation, and the offline and
-    /// orphan counts) on those the budget paces (see `budget`).
+    /// orphan counts) on those the budget paces (see `budget`). The GitHub requests it made
+    /// go to the deployment's account, whether it succeeded or not.
     pub async fn sweep(&self, deadline: Instant) -> Result<Summary, Error> {
+        let before = self.github.api_calls();
+        let summary = self.reconcile(deadline).await;
+        let until = self.until(deadline);
+        spending::account(self.spending.as_deref(), &self.github, before, until).await;
+        summary
+    }
+
+    async fn reconcile(&self, deadline: Instant) -> Result<Summary, Error> {
         let until = self.until(deadline);
         let mut summary = Summary::default();
         let groups = &self.settings.groups;
@@ -44,15 +53,7 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
         // Every runner (the same pages a label filter would read): a drained runner has
         // lost its labels, and only its name still ties it to its instance.
         let all = match summary.listing {
-            Listing::Listed => match self.github.runners(None, until).await {
-                Ok(all) => Some(all),
-                Err(e) => {
-                    // The pages read before the failure were charged all the same.
-                    spending::account(self.spending.as_deref(), &self.github, calls_before, until)
-                        .await;
-                    return Err(e.into());
-                }
-            },
+            Listing::Listed => Some(self.github.runners(None, until).await?),
             Listing::NotDue | Listing::Deferred => None,
         };
         // Another deployment's runners may carry the same group name: only this one's are
@@ -85,7 +86,6 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
                 .await;
         }
         let calls = self.github.api_calls() - calls_before;
-        spending::account(self.spending.as_deref(), &self.github, calls_before, until).await;
         for (group, _) in &pools {
             let counts = found.iter().find(|f| f.0 == *group).map(|f| (f.1, f.2));
             self.publish(group, counts, calls, rate, until, &mut summary)

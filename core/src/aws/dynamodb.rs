@@ -18,6 +18,7 @@ const FLEET_ITEM: u64 = 0;
 /// How long a job's record is kept: far longer than any redelivery or job.
 const KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
+#[derive(Clone)]
 pub struct JobTable {
     pub(super) client: aws_sdk_dynamodb::Client,
     pub(super) table: String,

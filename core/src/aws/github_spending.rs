@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 const KEEP_SECS: i64 = 3600;
 
 fn window_key(reset: i64) -> AttributeValue {
-    AttributeValue::N((-reset.abs()).to_string())
+    AttributeValue::N((-reset).to_string())
 }
 
 #[async_trait]
