@@ -225,6 +225,7 @@ impl World {
             for effect in effects {
                 tracing::debug!(?effect, "auto scaling");
                 let _ = self.driver.send(effect.clone());
+                self.ask_termination_policy(&effect);
                 if let Some(event) = self.lifecycle_event(&effect, now) {
                     sends.extend(lock(&self.events).route(&event));
                 }
@@ -319,6 +320,50 @@ impl World {
                 lock(&world.ssm).ended(&start.command_id, &start.instance, how, world.clock.now());
             });
         }
+    }
+
+    /// Asks a group's custom termination policy (its function, synchronously, with the
+    /// documented input) and hands the answer back to Auto Scaling.
+    fn ask_termination_policy(self: &Arc<Self>, effect: &Effect) {
+        let Effect::ChooseTermination {
+            group,
+            function,
+            capacity,
+            candidates,
+            spot,
+        } = effect
+        else {
+            return;
+        };
+        let market = if *spot { "spot" } else { "on-demand" };
+        let input = json!({
+            "AutoScalingGroupARN": api::group_arn(group),
+            "AutoScalingGroupName": group,
+            "CapacityToTerminate": [
+                {"AvailabilityZone": ZONE, "Capacity": capacity, "InstanceMarketOption": market}
+            ],
+            "Instances": candidates.iter().map(|id| json!({
+                "AvailabilityZone": ZONE,
+                "InstanceId": id,
+                "InstanceType": "m7g.large",
+                "InstanceMarketOption": market,
+            })).collect::<Vec<_>>(),
+            "Cause": "SCALE_IN",
+        });
+        let (world, group, function) = (self.clone(), group.clone(), function.clone());
+        tokio::spawn(async move {
+            let answer = match lambda::function_name(&function) {
+                Some(name) => world.lambda.invoke(name, input).await.ok(),
+                None => None,
+            };
+            let chosen: Option<Vec<String>> = answer
+                .filter(|i| i.outcome == "success")
+                .and_then(|i| i.response)
+                .and_then(|r| serde_json::from_value(r["InstanceIDs"].clone()).ok());
+            tracing::info!(group, ?chosen, "custom termination policy answered");
+            let now = world.clock.now();
+            lock(&world.asg).termination_chosen(&group, chosen.as_deref(), now);
+        });
     }
 
     /// The EventBridge event of a lifecycle action, as Auto Scaling sends it.

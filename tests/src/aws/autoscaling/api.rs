@@ -277,6 +277,17 @@ fn warm_pool_xml(x: &mut Xml, pool: &WarmPool) {
         .close("WarmPoolConfiguration");
 }
 
+/// `TerminationPolicies.member.N`, checked as AWS does (`termination.rs`); `None` when
+/// the request names none.
+fn termination_policies(p: &Params) -> Result<Option<Vec<String>>, QueryError> {
+    let policies = p.list("TerminationPolicies");
+    if policies.is_empty() {
+        return Ok(None);
+    }
+    super::termination::validate(&policies)?;
+    Ok(Some(policies))
+}
+
 fn group_xml(x: &mut Xml, g: &Group, asg: &Asg, ts: &Timestamps) {
     let members: Vec<&Instance> = asg
         .instances
@@ -304,10 +315,17 @@ fn group_xml(x: &mut Xml, g: &Group, asg: &Asg, ts: &Timestamps) {
             "MaxInstanceLifetime",
             g.max_instance_lifetime.map(|d| d.as_secs()),
         )
-        .opt(
-            "DefaultInstanceWarmup",
-            g.default_instance_warmup.map(|d| d.as_secs()),
-        );
+        .open("TerminationPolicies");
+    if g.termination_policies.is_empty() {
+        x.field("member", "Default");
+    }
+    for policy in &g.termination_policies {
+        x.field("member", policy);
+    }
+    x.close("TerminationPolicies").opt(
+        "DefaultInstanceWarmup",
+        g.default_instance_warmup.map(|d| d.as_secs()),
+    );
     launch_template_xml(x, g.launch_template.as_ref());
     x.open("Instances");
     for i in members.iter().filter(|i| !i.state.is_warmed()) {
@@ -590,6 +608,7 @@ pub fn handle(
                     new_instances_protected: p
                         .bool("NewInstancesProtectedFromScaleIn")?
                         .unwrap_or(false),
+                    termination_policies: termination_policies(p)?.unwrap_or_default(),
                     tags,
                     spot,
                     hooks: vec![],
@@ -617,6 +636,9 @@ pub fn handle(
             let group = p.required("AutoScalingGroupName")?;
             if let Some(template) = launch_template_from(p)? {
                 asg.set_launch_template(group, template)?;
+            }
+            if let Some(policies) = termination_policies(p)? {
+                asg.group_mut(group)?.termination_policies = policies;
             }
             if let Some(warmup) = default_warmup(p)? {
                 asg.set_default_instance_warmup(group, warmup)?;

@@ -213,6 +213,9 @@ pub struct Group {
     pub desired: u32,
     pub max_instance_lifetime: Option<Duration>,
     pub new_instances_protected: bool,
+    /// `TerminationPolicies` (empty: `Default`); a function ARN first is a custom policy
+    /// (`termination.rs`).
+    pub termination_policies: Vec<String>,
     pub tags: Vec<(String, String)>,
     pub spot: bool,
     pub hooks: Vec<Hook>,
@@ -245,6 +248,7 @@ impl Group {
             desired,
             max_instance_lifetime: None,
             new_instances_protected: false,
+            termination_policies: vec![],
             tags: vec![],
             spot: false,
             hooks: vec![],
@@ -322,6 +326,15 @@ pub enum Effect {
         from: State,
         to: State,
     },
+    /// A scale-in asks the group's custom termination policy (a function) which of the
+    /// `candidates` (the default policy's order) to take, `capacity` of them.
+    ChooseTermination {
+        group: String,
+        function: String,
+        capacity: u32,
+        candidates: Vec<String>,
+        spot: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -369,9 +382,12 @@ pub struct Asg {
     pub refreshes: Vec<super::refresh::Refresh>,
     serial: u64,
     /// The time of the tick or call in progress.
-    now: Duration,
+    pub(super) now: Duration,
     /// Effects of API calls between ticks, handed out by the next tick.
-    carried: Vec<Effect>,
+    pub(super) carried: Vec<Effect>,
+    /// Per group with a custom termination policy: no new ask before this time (one is
+    /// outstanding, or the last answer took fewer than needed) (`termination.rs`).
+    pub(super) termination_asks: BTreeMap<String, Duration>,
 }
 
 /// Which instance a `CompleteLifecycleAction` or heartbeat means.
@@ -858,7 +874,7 @@ impl Asg {
 
     /// Scale-in with a reuse policy: the instance goes back to the warm pool (through
     /// Warmed:Pending, where the terminate hooks hold it) instead of terminating.
-    fn return_to_pool(&mut self, id: &str, now: Duration, effects: &mut Vec<Effect>) {
+    pub(super) fn return_to_pool(&mut self, id: &str, now: Duration, effects: &mut Vec<Effect>) {
         let Some(inst) = self.instances.get_mut(id) else {
             return;
         };
@@ -1266,11 +1282,26 @@ impl Asg {
                     i.launched_at,
                 )
             });
-            let victims: Vec<String> = candidates
-                .iter()
-                .take((in_group - desired) as usize)
-                .map(|i| i.id.clone())
-                .collect();
+            // A custom termination policy chooses among them; the default takes the first.
+            let victims: Vec<String> = match super::termination::custom(&group.termination_policies)
+            {
+                Some(function) => {
+                    let function = function.to_owned();
+                    self.ask_termination(
+                        &group,
+                        &function,
+                        in_group - desired,
+                        &candidates,
+                        effects,
+                    );
+                    vec![]
+                }
+                None => candidates
+                    .iter()
+                    .take((in_group - desired) as usize)
+                    .map(|i| i.id.clone())
+                    .collect(),
+            };
             let reuse = group
                 .warm_pool
                 .as_ref()
@@ -1294,8 +1325,21 @@ impl Asg {
             warm.sort_by_key(|i| !i.state.warmed_ready());
             let warm: Vec<String> = warm.into_iter().map(|i| i.id.clone()).collect();
             let count = warm.len() as u32;
+            // The group's instances and its pool together stay within the prepared capacity
+            // (AWS: "the maximum number of instances that are allowed to be in the warm pool
+            // or in any state except Terminated"): while a scale-in has yet to take the
+            // instances above the desired capacity (its termination policy not answered
+            // yet, or every candidate protected), the pool does not grow past it. The
+            // testbed counts the instances in the group's capacity, not those terminating;
+            // AWS does not say how soon it refills the pool while the group is over.
+            let in_group_now = self
+                .instances
+                .values()
+                .filter(|i| i.group == name && i.state.in_group_capacity())
+                .count() as u32;
+            let room = (desired + target).saturating_sub(in_group_now + count);
             if count < target {
-                for _ in count..target {
+                for _ in count..target.min(count + room) {
                     self.launch(name, true, now, effects);
                 }
             } else if count > target {
