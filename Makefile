@@ -5,7 +5,7 @@ CARGO ?= cargo
 CONTRACT := tests/contract
 CONTRACT_STAMP := $(CONTRACT)/node_modules/.installed
 
-LAMBDAS := warmfleet-registration warmfleet-deregistration warmfleet-record-metric warmfleet-webhook
+LAMBDAS := warmfleet-registration warmfleet-deregistration warmfleet-record-metric warmfleet-webhook warmfleet-termination-policy
 
 VENV := .deps/venv
 VENV_STAMP := $(VENV)/.installed

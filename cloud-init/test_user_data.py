@@ -22,6 +22,7 @@ BASE = {
     "runner_mode": "persistent",
     "runner_labels": ["linux", "x64"],
     "runner_group": "",
+    "runner_table": "",
     "agent_package_url": "",
     "agent_package_sha256": "",
     "extra_files": [],
@@ -33,6 +34,7 @@ VARIANTS = {
     "agent in the AMI": {},
     "package from https, group, provisioning": {
         "runner_group": "builders",
+        "runner_table": "ci-runners",
         "agent_package_url": "https://example.com/warmfleet-agent_0.1.0_amd64.deb?X-Amz-Signature=a&b=\"c\"",
         "agent_package_sha256": "0" * 64,
         "extra_files": [{"path": "/etc/docker/daemon.json", "owner": "root:root",
@@ -85,6 +87,7 @@ def test_every_variant_is_valid_cloud_config_and_says_what_it_was_given(tmp_path
     assert config["runner"]["mode"] == variables["runner_mode"]
     assert config["runner"]["labels"] == variables["runner_labels"]
     assert config["runner"].get("group", "") == variables["runner_group"]
+    assert config.get("runner_table", "") == variables["runner_table"]
 
     source = files.get("/etc/warmfleet/package-source")
     if variables["agent_package_url"]:

@@ -147,6 +147,16 @@ data "aws_iam_policy_document" "deregistration" {
     actions   = ["dynamodb:UpdateItem", "dynamodb:GetItem"]
     resources = [aws_dynamodb_table.jobs.arn]
   }
+  # With use_runner_table: whether a runner leaving service was busy (claims), and the
+  # sweep deletes the records of instances gone.
+  dynamic "statement" {
+    for_each = var.use_runner_table ? [1] : []
+    content {
+      sid       = "RunnerRecords"
+      actions   = ["dynamodb:BatchGetItem", "dynamodb:Scan", "dynamodb:DeleteItem"]
+      resources = [aws_dynamodb_table.runners[0].arn]
+    }
+  }
   # The sweep's findings (offline and orphan runners) and GitHub's rate limit.
   statement {
     sid       = "Metrics"
@@ -183,6 +193,28 @@ data "aws_iam_policy_document" "record_metric" {
       sid       = "IdleRunners"
       actions   = ["dynamodb:UpdateItem"]
       resources = [aws_dynamodb_table.jobs.arn]
+    }
+  }
+  # The runners recorded busy (use_runner_table).
+  dynamic "statement" {
+    for_each = var.use_runner_table ? [1] : []
+    content {
+      sid       = "BusyRunners"
+      actions   = ["dynamodb:Scan"]
+      resources = [aws_dynamodb_table.runners[0].arn]
+    }
+  }
+}
+
+# The group's custom termination policy: which of the instances a scale-in may take the
+# runner table holds busy.
+data "aws_iam_policy_document" "termination_policy" {
+  dynamic "statement" {
+    for_each = var.use_runner_table ? [1] : []
+    content {
+      sid       = "BusyRunners"
+      actions   = ["dynamodb:BatchGetItem"]
+      resources = [aws_dynamodb_table.runners[0].arn]
     }
   }
 }
@@ -229,6 +261,8 @@ locals {
     deregistration = data.aws_iam_policy_document.deregistration.json
     record-metric  = data.aws_iam_policy_document.record_metric.json
     webhook        = data.aws_iam_policy_document.webhook.json
+    # Only deployed with use_runner_table.
+    termination-policy = data.aws_iam_policy_document.termination_policy.json
   }
 }
 
@@ -296,11 +330,23 @@ data "aws_iam_policy_document" "agent" {
     actions = [
       "autoscaling:CompleteLifecycleAction",
       "autoscaling:RecordLifecycleActionHeartbeat",
+      # Kept with use_runner_table too: agents started before it was turned on protect
+      # their instances until the refresh replaces them, and must be able to lift it.
       "autoscaling:SetInstanceProtection",
       "autoscaling:SetInstanceHealth",
       "autoscaling:TerminateInstanceInAutoScalingGroup",
     ]
     resources = [local.group_arn]
+  }
+  # Busy for the length of each job, with use_runner_table: a record in the runner table
+  # (any instance's: its items are keyed by instance id, docs/usage/scale.md).
+  dynamic "statement" {
+    for_each = var.use_runner_table ? [1] : []
+    content {
+      sid       = "RecordJobs"
+      actions   = ["dynamodb:UpdateItem"]
+      resources = [aws_dynamodb_table.runners[0].arn]
+    }
   }
   # Counting itself in FailedInstances when it gives up on its instance (the alarm
   # repeated-failures).

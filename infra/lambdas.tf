@@ -1,4 +1,4 @@
-# The four Lambdas (provided.al2023, the zips `make artifacts` builds), their logs, and
+# The Lambdas (provided.al2023, the zips `make artifacts` builds), their logs, and
 # what triggers them: lifecycle events by hook name, the schedules, and (for the webhook
 # receiver) its function URL, in webhook.tf.
 
@@ -14,7 +14,8 @@ locals {
     },
     var.github_api_url != "" ? { WARMFLEET_GITHUB_API_URL = var.github_api_url } : {},
   )
-  functions = {
+  # Every function the module may deploy; `functions`: those this deployment does.
+  all_functions = {
     registration = {
       zip                  = "warmfleet-registration"
       timeout              = 60
@@ -34,7 +35,9 @@ locals {
         WARMFLEET_DRAIN_TIMEOUT = "${var.drain_timeout_seconds}s"
         WARMFLEET_SWEEP_PERIOD  = "${local.sweep_minutes}m"
         WARMFLEET_GITHUB_SHARE  = tostring(var.github_rate_limit_share)
-      })
+        }, var.use_runner_table ? {
+        WARMFLEET_RUNNER_TABLE = "${var.name}-runners"
+      } : {})
     }
     # No GitHub credential: it counts from Auto Scaling alone (and, with
     # webhook_claims_idle_runners, notes the idle runners for the receiver to claim).
@@ -45,6 +48,7 @@ locals {
       environment = merge(
         { WARMFLEET_GROUPS = var.name },
         var.webhook_claims_idle_runners ? { WARMFLEET_JOB_TABLE = aws_dynamodb_table.jobs.name } : {},
+        var.use_runner_table ? { WARMFLEET_RUNNER_TABLE = "${var.name}-runners" } : {},
       )
     }
     # No GitHub credential: it reads only the webhook secret. GitHub waits 10 s for an
@@ -61,6 +65,21 @@ locals {
         WARMFLEET_JOB_TABLE      = aws_dynamodb_table.jobs.name
       }
     }
+    # The group's custom termination policy (use_runner_table): no GitHub credential and
+    # nothing else to set up, for Auto Scaling waits 2 s for its answer, a cold start
+    # included.
+    termination-policy = {
+      zip                  = "warmfleet-termination-policy"
+      timeout              = 3
+      reserved_concurrency = -1
+      environment = {
+        WARMFLEET_RUNNER_TABLE = "${var.name}-runners"
+      }
+    }
+  }
+  functions = {
+    for name, f in local.all_functions : name => f
+    if name != "termination-policy" || var.use_runner_table
   }
 }
 

@@ -11,6 +11,7 @@ resource "aws_launch_template" "runner" {
     runner_mode          = var.runner_mode
     runner_labels        = local.runner_labels
     runner_group         = var.runner_mode == "persistent" ? var.runner_group : ""
+    runner_table         = var.use_runner_table ? aws_dynamodb_table.runners[0].name : ""
     agent_package_url    = var.agent_package_url
     agent_package_sha256 = var.agent_package_sha256
     extra_files          = var.extra_files
@@ -79,11 +80,20 @@ resource "aws_autoscaling_group" "runners" {
   enabled_metrics     = ["GroupPendingInstances", "GroupInServiceInstances", "GroupDesiredCapacity", "WarmPoolWarmedCapacity", "WarmPoolPendingCapacity"]
   # Scale-in protection is the agent's, per job; the group starts every instance without.
   protect_from_scale_in = false
+  # With the runner table, the termination-policy function chooses which instances a
+  # scale-in takes (idle runners only); the default policy otherwise.
+  termination_policies = concat(
+    [for name, f in aws_lambda_function.this : f.arn if name == "termination-policy"],
+    ["Default"],
+  )
   # While an instance that just entered service warms up, AWS blocks dynamic scale-in: the
   # idle-runner alarm, acting on a count from just before a burst, cannot take the
   # instances the burst's queued jobs brought in. Also the refresh's and the step policies'
   # warm-up.
   default_instance_warmup = var.instance_warmup_seconds
+  # Its scale-ins need the termination policy's function, permission and role policy (the
+  # destroy too: it empties the group first).
+  depends_on = [aws_lambda_permission.termination_policy, aws_iam_role_policy.lambda]
 
   dynamic "launch_template" {
     for_each = local.mixed ? [] : [1]
@@ -184,4 +194,36 @@ resource "aws_autoscaling_group" "runners" {
     # Desired capacity is the scaling policies' to set.
     ignore_changes = [desired_capacity]
   }
+}
+
+# Where agents record their jobs (use_runner_table): one item per instance, kept a month
+# after its last record (TTL).
+resource "aws_dynamodb_table" "runners" {
+  #checkov:skip=CKV_AWS_119:encrypted at rest with DynamoDB's own key; the items are instance ids and whether each runs a job, nothing secret
+  #checkov:skip=CKV_AWS_28:rebuilt by the agents at their next job; no backup needed
+  count        = var.use_runner_table ? 1 : 0
+  name         = "${var.name}-runners"
+  billing_mode = "PAY_PER_REQUEST"
+  hash_key     = "instance_id"
+  attribute {
+    name = "instance_id"
+    type = "S"
+  }
+  ttl {
+    attribute_name = "expires_at"
+    enabled        = true
+  }
+  server_side_encryption {
+    enabled = true
+  }
+  tags = local.tags
+}
+
+# Auto Scaling invokes the custom termination policy with the group's service-linked role.
+resource "aws_lambda_permission" "termination_policy" {
+  for_each      = { for name, f in aws_lambda_function.this : name => f if name == "termination-policy" }
+  statement_id  = "AutoScalingTerminationPolicy"
+  action        = "lambda:InvokeFunction"
+  function_name = each.value.function_name
+  principal     = "arn:${local.partition}:iam::${local.account}:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"
 }

@@ -259,6 +259,12 @@ variable "scale_in_evaluation_periods" {
   default     = 10
 }
 
+variable "use_runner_table" {
+  description = "Agents record each job in a DynamoDB table (the runner table) instead of protecting their instance from scale-in, and the group's custom termination policy (a fifth function, termination-policy) takes only runners the table holds idle: no Auto Scaling call per job (two SetInstanceProtection otherwise), for fleets whose job rate would meet Auto Scaling's account-wide throttling (docs/usage/scale.md)."
+  type        = bool
+  default     = false
+}
+
 variable "warm_pool" {
   description = "Keep hibernated instances ready (turned off with spot or several instance types)."
   type        = bool

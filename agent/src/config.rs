@@ -35,6 +35,7 @@ struct Fragment {
     deployment: Option<String>,
     state_dir: Option<PathBuf>,
     secret_prefix: Option<String>,
+    runner_table: Option<String>,
     runner: Option<RunnerFragment>,
     hooks: Option<HooksFragment>,
     timeouts: Option<BTreeMap<String, String>>,
@@ -106,6 +107,9 @@ pub struct Settings {
     pub deployment: Deployment,
     pub state_dir: PathBuf,
     pub secret_prefix: String,
+    /// Where the agent records whether its runner runs a job (a DynamoDB table) instead of
+    /// protecting its instance from scale-in for each job: no Auto Scaling call per job.
+    pub runner_table: Option<String>,
     pub runner_dir: PathBuf,
     pub runner_user: String,
     /// Labels besides `warmfleet`, the group and the instance id.
@@ -136,6 +140,7 @@ struct Merged {
     deployment: Option<Set<String>>,
     state_dir: Option<Set<PathBuf>>,
     secret_prefix: Option<Set<String>>,
+    runner_table: Option<Set<String>>,
     runner_dir: Option<Set<PathBuf>>,
     runner_user: Option<Set<String>>,
     labels: Option<Set<Vec<String>>>,
@@ -164,6 +169,7 @@ impl Merged {
         set(&mut self.deployment, f.deployment, file);
         set(&mut self.state_dir, f.state_dir, file);
         set(&mut self.secret_prefix, f.secret_prefix, file);
+        set(&mut self.runner_table, f.runner_table, file);
         let r = f.runner.unwrap_or_default();
         set(&mut self.runner_dir, r.dir, file);
         set(&mut self.runner_user, r.user, file);
@@ -299,6 +305,10 @@ impl Merged {
                 .state_dir
                 .map_or_else(|| PathBuf::from("/var/lib/warmfleet"), |s| s.value),
             secret_prefix: text(self.secret_prefix, "secret_prefix", Some(SECRET_PREFIX))?,
+            runner_table: self
+                .runner_table
+                .map(|s| text(Some(s), "runner_table", None))
+                .transpose()?,
             runner_dir: self
                 .runner_dir
                 .map_or_else(|| PathBuf::from("/opt/actions-runner"), |s| s.value),
@@ -411,6 +421,31 @@ mod tests {
         assert_eq!(s.secret_prefix, "warmfleet");
         assert_eq!(s.runner_user, "runner");
         assert_eq!(s.deployment.label(), "warmfleet");
+        assert_eq!(
+            s.runner_table, None,
+            "protection, unless a runner table is named"
+        );
+    }
+
+    #[test]
+    fn a_runner_table_is_named_by_a_drop_in_and_may_not_be_blank() {
+        let (_dir, file, d) = files(
+            "github_url = \"https://github.com/acme\"\n",
+            &[("50-cloud-init.toml", "runner_table = \"ci-runners\"\n")],
+        );
+        assert_eq!(
+            load(&file, &d).unwrap().runner_table.as_deref(),
+            Some("ci-runners")
+        );
+        let (_dir, file, d) = files(
+            "github_url = \"https://github.com/acme\"\n",
+            &[("50-cloud-init.toml", "runner_table = \" \"\n")],
+        );
+        let e = load(&file, &d).unwrap_err().to_string();
+        assert!(
+            e.contains("50-cloud-init.toml: runner_table: must not be empty"),
+            "{e}"
+        );
     }
 
     #[test]

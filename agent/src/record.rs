@@ -31,6 +31,7 @@ pub struct Record {
     /// How far the agent has read the listener's log.
     pub listener_log_offset: u64,
     pub job_in_progress: bool,
+    /// Marked busy: protected from scale-in, or recorded busy in the runner table.
     pub protected: bool,
     /// Whether the instance went back to the warm pool after its drain (reuse on scale-in).
     pub back_to_pool: bool,

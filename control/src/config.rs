@@ -232,6 +232,9 @@ pub struct MetricSettings {
     pub groups: Vec<String>,
     /// The job table, where the webhook receiver claims idle runners (none: not noted).
     pub job_table: Option<String>,
+    /// `WARMFLEET_RUNNER_TABLE`: where agents record their jobs instead of protecting
+    /// their instances; its busy instances count busy too (none: protection alone).
+    pub runner_table: Option<String>,
     /// Time kept back from the invocation's deadline to finish.
     pub deadline_margin: Duration,
 }
@@ -241,7 +244,23 @@ impl MetricSettings {
         Ok(MetricSettings {
             groups: groups(env)?,
             job_table: optional(env, "WARMFLEET_JOB_TABLE"),
+            runner_table: optional(env, "WARMFLEET_RUNNER_TABLE"),
             deadline_margin: duration(env, "WARMFLEET_DEADLINE_MARGIN", Duration::from_secs(3))?,
+        })
+    }
+}
+
+/// The custom termination policy's settings: the runner table alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TerminationPolicySettings {
+    /// `WARMFLEET_RUNNER_TABLE`: where agents record their jobs.
+    pub runner_table: String,
+}
+
+impl TerminationPolicySettings {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        Ok(TerminationPolicySettings {
+            runner_table: required(env, "WARMFLEET_RUNNER_TABLE")?,
         })
     }
 }
@@ -295,6 +314,10 @@ pub struct DeregistrationSettings {
     pub sweep_period: Duration,
     /// The deployment's part of the GitHub installation's rate limit.
     pub budget: Budget,
+    /// `WARMFLEET_RUNNER_TABLE`: where agents record their jobs; the sweep deletes the
+    /// records of instances gone, and a runner leaving service that it holds busy was never
+    /// one to claim (none: no table).
+    pub runner_table: Option<String>,
 }
 
 impl DeregistrationSettings {
@@ -333,6 +356,7 @@ impl DeregistrationSettings {
             budget: Budget {
                 share: share(env, "WARMFLEET_GITHUB_SHARE", 0.2)?,
             },
+            runner_table: optional(env, "WARMFLEET_RUNNER_TABLE"),
         })
     }
 }

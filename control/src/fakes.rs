@@ -6,14 +6,14 @@
 use async_trait::async_trait;
 use chrono::Utc;
 use secrecy::SecretString;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use warmfleet_core::github::{GithubError, JitConfig, JitRequest, RateLimit, Runner, RunnerToken};
 use warmfleet_core::ports::{
     Capacity, CommandState, Commands, Completion, GithubSpending, HookResult, InstanceStatus,
-    JobLedger, JobStage, Lifecycle, Metrics, PortError, RunnerRegistry, SecretStore,
+    JobLedger, JobStage, Lifecycle, Metrics, Occupancy, PortError, RunnerRegistry, SecretStore,
 };
 
 /// A stored secret: its value and tags.
@@ -500,5 +500,75 @@ impl GithubSpending for Spending {
             .get(&reset)
             .copied()
             .unwrap_or(0))
+    }
+}
+
+/// The runner table: what agents recorded (`true`: busy), counting the instances each read
+/// asks for.
+#[derive(Default)]
+pub struct Runners {
+    pub busy: BTreeMap<String, bool>,
+    /// Each recorded instance's group (what `recorded` lists).
+    pub groups: BTreeMap<String, String>,
+    /// The records deleted.
+    pub forgotten: Mutex<Vec<String>>,
+    /// Every read fails as throttling would.
+    pub fail: bool,
+    pub asked: Mutex<Vec<usize>>,
+}
+
+impl Runners {
+    fn read(&self, operation: &'static str) -> Result<(), PortError> {
+        if self.fail {
+            return Err(PortError {
+                service: "DynamoDB",
+                operation,
+                resource: "runners".into(),
+                message: "Throttling".into(),
+                retryable: true,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Occupancy for Runners {
+    async fn record(&self, _: &str, _: &str, _: bool) -> Result<(), PortError> {
+        unreachable!("agents record, the control plane only reads")
+    }
+
+    async fn busy(&self) -> Result<BTreeSet<String>, PortError> {
+        self.read("Scan")?;
+        Ok(self
+            .busy
+            .iter()
+            .filter(|(_, b)| **b)
+            .map(|(i, _)| i.clone())
+            .collect())
+    }
+
+    async fn of(&self, ids: &[String]) -> Result<BTreeMap<String, bool>, PortError> {
+        self.asked.lock().unwrap().push(ids.len());
+        self.read("BatchGetItem")?;
+        Ok(ids
+            .iter()
+            .filter_map(|i| self.busy.get(i).map(|b| (i.clone(), *b)))
+            .collect())
+    }
+
+    async fn recorded(&self) -> Result<Vec<(String, String)>, PortError> {
+        self.read("Scan")?;
+        Ok(self
+            .groups
+            .iter()
+            .filter(|(i, _)| !self.forgotten.lock().unwrap().contains(*i))
+            .map(|(i, g)| (i.clone(), g.clone()))
+            .collect())
+    }
+
+    async fn forget(&self, id: &str) -> Result<(), PortError> {
+        self.forgotten.lock().unwrap().push(id.to_owned());
+        Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The warmfleet control plane: four Lambdas, each a handler generic over `core`'s ports
-//! (`registration`, `deregistration`, `record_metric`, `webhook`), the events they read
+//! (`registration`, `deregistration`, `record_metric`, `webhook`), and with the runner
+//! table a fifth, the group's custom termination policy (`scale_in`), the events they read
 //! (`event`), their configuration (`config`), how they spend GitHub's rate limit (`budget`)
 //! and account for it together (`spending`), the tokens a group's launches and drains share
 //! (`tokens`), and what their `main`s share (`runtime`).
@@ -13,6 +14,7 @@ mod fakes;
 pub mod record_metric;
 pub mod registration;
 pub mod runtime;
+pub mod scale_in;
 pub mod spending;
 pub mod tokens;
 pub mod webhook;

@@ -1,23 +1,24 @@
 //! The record_metric Lambda (every minute): how many runners of each group are idle and
 //! busy, published to CloudWatch for the scaling alarms.
 //!
-//! Counted from Auto Scaling alone, one DescribeAutoScalingGroups for every group, and no
-//! GitHub request: an instance enters service only once its runner is registered and
-//! listening (the agent completes the launch hook then), and the agent protects its
-//! instance from scale-in for each job (and a short linger after). In service and
-//! protected is a busy runner; in service and unprotected, an idle one. GitHub's own busy
+//! Counted from the fleet, one DescribeAutoScalingGroups for every group, and no GitHub
+//! request: an instance enters service only once its runner is registered and listening
+//! (the agent completes the launch hook then), and the agent marks its runner busy for
+//! each job (and a short linger after): it protects its instance from scale-in, or, with a
+//! runner table, records it there (one Scan of the table a minute). In service and marked
+//! busy is a busy runner; in service and not, an idle one. GitHub's own busy
 //! flag lags the job, and listing it costs a request per 100 runners. What only GitHub
 //! knows (a runner offline while its instance is in service, a registration without an
 //! instance) the deregistration sweep finds and publishes.
 
 use crate::config::MetricSettings;
 use crate::Error;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use tokio::time::Instant;
 use tracing::{info, warn};
 use warmfleet_core::naming::{METRIC_ALL_RUNNERS_BUSY, METRIC_BUSY_RUNNERS, METRIC_IDLE_RUNNERS};
 use warmfleet_core::patience;
-use warmfleet_core::ports::{InstanceStatus, JobLedger, Lifecycle, Metrics};
+use warmfleet_core::ports::{InstanceStatus, JobLedger, Lifecycle, Metrics, Occupancy};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
@@ -33,14 +34,18 @@ impl Counts {
 }
 
 /// Counts one group's runners from its instances: only those in service have a runner
-/// that takes jobs.
-pub fn count<'a>(instances: impl IntoIterator<Item = &'a InstanceStatus>) -> Counts {
+/// that takes jobs; one is busy when its instance is protected or the runner table holds
+/// it busy (`recorded_busy`).
+pub fn count<'a>(
+    instances: impl IntoIterator<Item = &'a InstanceStatus>,
+    recorded_busy: &BTreeSet<String>,
+) -> Counts {
     let mut c = Counts::default();
     for i in instances {
         if i.lifecycle_state != "InService" {
             continue;
         }
-        if i.protected_from_scale_in {
+        if i.protected_from_scale_in || recorded_busy.contains(&i.instance_id) {
             c.busy += 1;
         } else {
             c.idle += 1;
@@ -54,6 +59,9 @@ pub struct RecordMetric<L, M, D> {
     pub metrics: M,
     /// Where the webhook receiver claims idle runners (the job table), when there is one.
     pub ledger: Option<D>,
+    /// Where agents record their jobs instead of protecting their instances (the runner
+    /// table), when there is one.
+    pub occupancy: Option<Box<dyn Occupancy>>,
     pub settings: MetricSettings,
 }
 
@@ -64,9 +72,16 @@ impl<L: Lifecycle, M: Metrics, D: JobLedger> RecordMetric<L, M, D> {
             .unwrap_or_else(Instant::now);
         let groups = &self.settings.groups;
         let instances = patience::until(until, || self.lifecycle.instances(groups)).await?;
+        let recorded_busy = match &self.occupancy {
+            Some(occupancy) => patience::until(until, || occupancy.busy()).await?,
+            None => BTreeSet::new(),
+        };
         let mut out = BTreeMap::new();
         for group in groups {
-            let c = count(instances.iter().filter(|i| &i.group == group));
+            let c = count(
+                instances.iter().filter(|i| &i.group == group),
+                &recorded_busy,
+            );
             let values = [
                 (METRIC_IDLE_RUNNERS, f64::from(c.idle)),
                 (METRIC_BUSY_RUNNERS, f64::from(c.busy)),
@@ -107,9 +122,11 @@ mod tests {
             lifecycle: fakes::Asg::default(),
             metrics: fakes::Cloudwatch::default(),
             ledger: Some(fakes::Ledger::default()),
+            occupancy: None,
             settings: MetricSettings {
                 groups: groups.iter().map(|g| (*g).to_owned()).collect(),
                 job_table: Some("jobs".into()),
+                runner_table: None,
                 deadline_margin: Duration::from_millis(100),
             },
         }
@@ -153,6 +170,33 @@ mod tests {
                 ("AllRunnersBusy".to_owned(), 0.0)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_runner_recorded_busy_in_the_runner_table_counts_busy_though_unprotected() {
+        let mut h = handler(&["a"]);
+        *h.lifecycle.instances.lock().unwrap() = vec![
+            instance("i-recorded-busy", "a", "InService", false),
+            instance("i-recorded-idle", "a", "InService", false),
+            instance("i-protected", "a", "InService", true),
+            instance("i-no-record", "a", "InService", false),
+            // Busy in the table, but no longer taking jobs.
+            instance("i-leaving", "a", "Terminating:Wait", false),
+        ];
+        h.occupancy = Some(Box::new(fakes::Runners {
+            busy: [
+                ("i-recorded-busy".to_owned(), true),
+                ("i-recorded-idle".to_owned(), false),
+                ("i-leaving".to_owned(), true),
+            ]
+            .into(),
+            ..Default::default()
+        }));
+        let out = h
+            .handle(Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(out["a"], Counts { idle: 2, busy: 2 });
     }
 
     #[tokio::test]

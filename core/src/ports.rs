@@ -4,6 +4,7 @@
 use crate::github::{GithubError, JitConfig, JitRequest, RateLimit, Runner, RunnerToken};
 use async_trait::async_trait;
 use secrecy::SecretString;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -182,6 +183,29 @@ pub trait JobLedger: Send + Sync {
     /// Claims one of `group`'s idle runners for a queued job (atomically, across function
     /// instances); `false` when none is left to claim.
     async fn claim_idle(&self, group: &str) -> Result<bool, PortError>;
+}
+
+/// Whether each instance's runner is running a job, as its agent records it in a table:
+/// the busy signal that costs no Auto Scaling call per job (scale-in protection costs two:
+/// on and off). What scale-in chooses from and what record_metric counts busy; an instance
+/// with no record has recorded nothing yet (a new agent, or an agent that protects instead).
+#[async_trait]
+pub trait Occupancy: Send + Sync {
+    /// Records whether `instance_id` (of `group`) runs a job.
+    async fn record(&self, instance_id: &str, group: &str, busy: bool) -> Result<(), PortError>;
+
+    /// Every instance recorded busy, of any group.
+    async fn busy(&self) -> Result<BTreeSet<String>, PortError>;
+
+    /// What is recorded of these instances: busy (`true`) or idle (`false`); an instance
+    /// with no record is missing from the answer.
+    async fn of(&self, instance_ids: &[String]) -> Result<BTreeMap<String, bool>, PortError>;
+
+    /// Every instance with a record, and its group.
+    async fn recorded(&self) -> Result<Vec<(String, String)>, PortError>;
+
+    /// Deletes an instance's record (one that is not there is no error).
+    async fn forget(&self, instance_id: &str) -> Result<(), PortError>;
 }
 
 /// What the whole deployment spent of GitHub's rate limit in each of its windows, where

@@ -5,7 +5,7 @@ The code side is read from the sources: core/src/aws/*.rs says which SDK operati
 port method makes (`client.<operation>()`, following calls to the adapter's own helpers);
 each component's sources say which port methods it calls (on the receivers that hold
 ports: `secrets`, `store`, `lifecycle`, `asg`, `commands`, `metrics`, `capacity`,
-`ledger`, `claims`, `spending`)."""
+`ledger`, `claims`, `spending`, `occupancy`)."""
 
 import glob
 import os
@@ -15,11 +15,11 @@ from test_module import ROOT, load, locals_of, unquote
 
 SERVICES = {"autoscaling.rs": "autoscaling", "secrets.rs": "secretsmanager",
             "ssm.rs": "ssm", "cloudwatch.rs": "cloudwatch", "dynamodb.rs": "dynamodb",
-            "github_spending.rs": "dynamodb"}
+            "github_spending.rs": "dynamodb", "occupancy.rs": "dynamodb"}
 PORT_OF_RECEIVER = {"secrets": "SecretStore", "store": "SecretStore", "lifecycle": "Lifecycle",
                     "asg": "Lifecycle", "commands": "Commands", "metrics": "Metrics",
                     "capacity": "Capacity", "ledger": "JobLedger", "claims": "JobLedger",
-                    "spending": "GithubSpending"}
+                    "spending": "GithubSpending", "occupancy": "Occupancy"}
 # Actions an operation needs besides its own (AWS's rules, not the code's choice).
 IMPLIED = {"secretsmanager:CreateSecret": {"secretsmanager:TagResource"}}  # created with tags
 # What each role holds for the platform rather than for calls in the code.
@@ -34,6 +34,7 @@ COMPONENTS = {
                        "core/src/github/credential.rs"],
     "record-metric": ["control/src/record_metric.rs"],
     "webhook": ["control/src/webhook/mod.rs"],
+    "termination-policy": ["control/src/scale_in.rs"],
     "runner": sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "agent/src/**/*.rs"), recursive=True)),
 }
 
@@ -120,7 +121,8 @@ def granted(role):
              "registration": ["lambda_common", "github_credential", "registration"],
              "deregistration": ["lambda_common", "github_credential", "deregistration"],
              "record-metric": ["lambda_common", "record_metric"],
-             "webhook": ["lambda_common", "webhook"]}[role]
+             "webhook": ["lambda_common", "webhook"],
+             "termination-policy": ["lambda_common", "termination_policy"]}[role]
     actions = set()
     for name in names:
         for sid, acts in statements(docs[name]):
@@ -143,6 +145,11 @@ def test_the_code_is_read():
     assert by_method[("GithubSpending", "spend")] == {"dynamodb:UpdateItem"}
     assert by_method[("GithubSpending", "spent")] == {"dynamodb:GetItem"}
     assert "dynamodb:GetItem" in code_actions(COMPONENTS["deregistration"])
+    assert by_method[("Occupancy", "record")] == {"dynamodb:UpdateItem"}
+    assert by_method[("Occupancy", "of")] == {"dynamodb:BatchGetItem"}
+    assert by_method[("Occupancy", "busy")] == {"dynamodb:Scan"}
+    assert by_method[("Occupancy", "forget")] == {"dynamodb:DeleteItem"}
+    assert "dynamodb:UpdateItem" in code_actions(COMPONENTS["runner"])
 
 
 def test_every_role_grants_exactly_what_its_code_calls():
@@ -169,6 +176,6 @@ def test_the_lambdas_roles_are_the_modules_functions():
     functions_tf = load("lambdas.tf")
     names = set()
     for block in functions_tf.get("locals", []):
-        if "functions" in block:
-            names |= {unquote(k) for k in block["functions"]}
+        if "all_functions" in block:
+            names |= {unquote(k) for k in block["all_functions"]}
     assert names == {r for r in COMPONENTS if r != "runner"}

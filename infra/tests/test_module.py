@@ -132,7 +132,7 @@ def lambda_environment():
     common = set(local["common_env"] and re.findall(r"WARMFLEET_\w+", str(local["common_env"])))
     return {unquote(name): (common if "common_env" in str(f["environment"]) else set())
             | set(re.findall(r"WARMFLEET_\w+", str(f["environment"])))
-            for name, f in local["functions"].items()}
+            for name, f in local["all_functions"].items()}
 
 
 def test_each_lambda_gets_the_environment_its_code_reads():
@@ -155,6 +155,7 @@ def test_each_lambda_gets_the_environment_its_code_reads():
         # Neither counting from Auto Scaling nor the receiver talks to GitHub: no Common.
         "record-metric": reads("MetricSettings"),
         "webhook": reads("WebhookSettings"),
+        "termination-policy": reads("TerminationPolicySettings"),
     }
     module = lambda_environment()
     assert set(module) == set(code)
@@ -164,7 +165,7 @@ def test_each_lambda_gets_the_environment_its_code_reads():
         assert not missing, f"{function} lacks {missing}, which its code requires"
     # The zips are the binaries the workspace builds.
     makefile = read("Makefile")
-    for f in locals_of("lambdas.tf")["functions"].values():
+    for f in locals_of("lambdas.tf")["all_functions"].values():
         assert unquote(f["zip"]) in makefile
 
 
@@ -269,11 +270,13 @@ def test_the_agent_and_the_lambdas_get_the_same_labels():
 
 def test_every_component_of_a_deployment_gets_its_id():
     """The agents (user data) and every Lambda that lists, labels or routes to runners do
-    it by the same deployment label (record_metric counts instances, not runners)."""
+    it by the same deployment label (record_metric counts instances and termination-policy
+    chooses among them: neither looks at runners)."""
     assert "deployment           = local.deployment" in read("infra/runners.tf")
     module = lambda_environment()
-    assert "WARMFLEET_DEPLOYMENT" not in module["record-metric"]
+    instances_only = {"record-metric", "termination-policy"}
+    assert all("WARMFLEET_DEPLOYMENT" not in module[f] for f in instances_only)
     assert all("WARMFLEET_DEPLOYMENT" in names for f, names in module.items()
-               if f != "record-metric"), module
+               if f not in instances_only), module
     main = read("infra/main.tf")
     assert 'var.deployment_id != "" ? var.deployment_id : substr(sha256(' in main

@@ -18,6 +18,9 @@ pub struct AgentSetup {
     pub deployment: String,
     /// The runner's labels besides those the agent always gives it.
     pub labels: Vec<String>,
+    /// The agent's `runner_table`: where it records its jobs instead of protecting its
+    /// instance; `None`: protection.
+    pub runner_table: Option<String>,
     /// More lines of the agent's configuration (after `[runner]`'s keys).
     pub extra_config: String,
     /// Shell lines run before the agent (e.g. `export ...`).
@@ -114,7 +117,7 @@ cat > etc/warmfleet/agent.toml <<EOF
 github_url = "{github_url}"
 deployment = "{deployment}"
 state_dir = "$root/var/lib/warmfleet"
-[runner]
+{runner_table}[runner]
 dir = "$root/opt/actions-runner"
 user = "{user}"
 labels = {labels}
@@ -142,6 +145,11 @@ chmod +x usr/lib/systemd/system-sleep/warmfleet
                     .collect()
             ),
             extra_config = self.extra_config,
+            runner_table = self
+                .runner_table
+                .as_ref()
+                .map(|t| format!("runner_table = {}\n", toml::Value::String(t.clone())))
+                .unwrap_or_default(),
             env = self.env,
             started = hook("hooks/job-started.sh"),
             completed = hook("hooks/job-completed.sh"),

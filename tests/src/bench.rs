@@ -281,6 +281,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<i32> {
         "warmfleet-deregistration",
         "warmfleet-record-metric",
         "warmfleet-webhook",
+        "warmfleet-termination-policy",
     ]
     .iter()
     .map(|b| {

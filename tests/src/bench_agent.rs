@@ -212,6 +212,7 @@ pub async fn run(args: BenchAgentArgs) -> anyhow::Result<i32> {
         github_url,
         deployment: String::new(),
         labels: vec!["linux".into()],
+        runner_table: None,
         extra_config: String::new(),
         env: String::new(),
         runner_user: None,

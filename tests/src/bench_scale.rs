@@ -4,11 +4,15 @@
 //! For each fleet size the AWS world holds that many instances in service (the group is
 //! created at that size; no process runs in them: test set-up, as the issue allows) and the
 //! GitHub fake as many runners, registered through its runner protocol under the
-//! instances' names; a tenth of the instances are protected (running a job). Then the real
-//! Lambda binaries run on the world: record_metric three times, the sweep twice (its first
-//! listing reads every page anew, the worst case of a fleet whose every page changed; the
-//! second finds them unchanged), and twenty launches through the registration function
-//! with the group's shared token secret. What they cost is read from the fakes: GitHub
+//! instances' names; a tenth of the instances are protected (running a job), and every
+//! instance has a record in the runner table (the same tenth busy: both busy signals of the
+//! module, so that the functions read both). Then the real Lambda binaries run on the
+//! world: record_metric three times, the sweep twice (its first listing reads every page
+//! anew, the worst case of a fleet whose every page changed; the second finds them
+//! unchanged), twenty launches through the registration function with the group's shared
+//! token secret, and the group's custom termination policy asked for 100 instances of all
+//! of them. How long moto takes to scan the table (what the functions' figures include of
+//! the fake) is timed from outside. What they cost is read from the fakes: GitHub
 //! requests as GitHub charges them (neither 304s nor `GET /rate_limit`), the AWS world's
 //! calls per operation. From those, the sweep's pacing (`budget`) and the job stream, it
 //! computes the deployment's GitHub requests an hour and AWS calls a minute.
@@ -20,7 +24,7 @@
 //! record_metric counted, given beside it.
 
 use crate::bench::{launch, peak_rss_kib, scheduled};
-use crate::world::{Spec, World, ORG, PAT};
+use crate::world::{Spec, World, ORG, PAT, RUNNER_TABLE};
 use anyhow::bail;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -29,7 +33,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
 use warmfleet_control::budget::Budget;
+use warmfleet_core::aws::RunnerTable;
 use warmfleet_core::github::{GithubClient, GithubCredential, GithubTarget, RetryPolicy};
+use warmfleet_core::ports::Occupancy;
 
 const GROUP: &str = "scale";
 /// The module's sweep schedule and default share of the rate limit.
@@ -80,11 +86,22 @@ struct Size {
     record_metric: FunctionFigures,
     sweep: FunctionFigures,
     registration: FunctionFigures,
+    /// The termination-policy function answering Auto Scaling: 100
+    /// instances of every one in service.
+    termination_policy: FunctionFigures,
+    /// Instances it named (100 unless its 1.5 s ran out first).
+    termination_policy_chose: usize,
+    /// moto's `Scan` of the whole runner table, timed from the benchmark (part of
+    /// record_metric's and the sweep's durations here; not of DynamoDB's).
+    runner_table_scan_ms: f64,
     /// How often the sweep lists every runner at the module's defaults.
     sweep_listing_interval_s: u64,
     github_per_hour: BTreeMap<&'static str, f64>,
-    /// At the module's defaults (`webhook_claims_idle_runners` off).
+    /// At the module's defaults (`webhook_claims_idle_runners` and `use_runner_table` off).
     aws_per_minute: BTreeMap<String, f64>,
+    /// With `use_runner_table`: the agents' DynamoDB writes instead of their Auto Scaling
+    /// calls.
+    aws_per_minute_with_runner_table: BTreeMap<String, f64>,
     /// The receiver's `ExecutePolicy` a minute with `webhook_claims_idle_runners` on.
     execute_policy_per_minute_with_claims: f64,
 }
@@ -146,9 +163,10 @@ impl World {
         })
     }
 
-    /// The group at `n` instances in service, a tenth of them protected; a runner for each,
-    /// registered through the fake's runner protocol under its instance's name.
-    async fn fleet(&self, n: usize) -> anyhow::Result<()> {
+    /// The group at `n` instances in service, a tenth of them protected and recorded busy
+    /// (the rest recorded idle), a runner for each, registered through the fake's runner
+    /// protocol under its instance's name; the instances' ids.
+    async fn fleet(&self, n: usize) -> anyhow::Result<Vec<String>> {
         let asg = aws_sdk_autoscaling::Client::new(&self.sdk);
         asg.create_auto_scaling_group()
             .auto_scaling_group_name(GROUP)
@@ -190,6 +208,23 @@ impl World {
                 .send()
                 .await?;
         }
+        // As the agents with a runner table: every instance has run a job, the same tenth
+        // runs one now.
+        let table = RunnerTable::new(&self.secrets_sdk, RUNNER_TABLE);
+        let mut tasks = tokio::task::JoinSet::new();
+        let numbered: Vec<(usize, String)> = ids.iter().cloned().enumerate().collect();
+        for chunk in numbered.chunks(numbered.len().div_ceil(8).max(1)) {
+            let (table, chunk) = (table.clone(), chunk.to_vec());
+            tasks.spawn(async move {
+                for (n, id) in chunk {
+                    table.record(&id, GROUP, n % 10 == 0).await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
         let target = GithubTarget::parse(&format!("{}/{ORG}", self.github), None)?;
         let client = GithubClient::connect(
             target,
@@ -226,8 +261,22 @@ impl World {
         while let Some(done) = tasks.join_next().await {
             done??;
         }
-        Ok(())
+        Ok(ids)
     }
+}
+
+/// Auto Scaling's question to the group's custom termination policy: `capacity` of these
+/// instances, in one zone, on a scale-in.
+fn termination_request(ids: &[String], capacity: usize) -> Value {
+    json!({
+        "AutoScalingGroupName": GROUP,
+        "CapacityToTerminate": [{"AvailabilityZone": crate::aws::ZONE, "Capacity": capacity,
+            "InstanceMarketOption": "on-demand"}],
+        "Instances": ids.iter().map(|id| json!({"AvailabilityZone": crate::aws::ZONE,
+            "InstanceId": id, "InstanceType": "m7g.large", "InstanceMarketOption": "on-demand"}))
+            .collect::<Vec<_>>(),
+        "Cause": "SCALE_IN",
+    })
 }
 
 /// Each per-minute figure of `calls` (one invocation's), `times` a minute.
@@ -277,9 +326,10 @@ pub async fn run(args: BenchScaleArgs) -> anyhow::Result<i32> {
         ));
         spec.function_timeout = 900.0;
         spec.bare_instances = true;
+        spec.runner_table = true;
         let world = World::start(&spec).await?;
         let result = async {
-            world.fleet(n).await?;
+            let ids = world.fleet(n).await?;
             let setup_seconds = started.elapsed().as_secs_f64();
             eprintln!("    set up in {setup_seconds:.0} s");
             let record_metric = world
@@ -290,6 +340,24 @@ pub async fn run(args: BenchScaleArgs) -> anyhow::Result<i32> {
                 .await?;
             let launches: Vec<Value> = (0..LAUNCHES).map(|n| launch(GROUP, n)).collect();
             let registration = world.figures("registration", &launches).await?;
+            let mut termination_policy = world
+                .figures(
+                    crate::world::TERMINATION_POLICY_FUNCTION,
+                    &[termination_request(&ids, 100)],
+                )
+                .await?;
+            let termination_policy_chose = termination_policy.invocations[0].response
+                ["InstanceIDs"]
+                .as_array()
+                .map_or(0, Vec::len);
+            // How many it named is the figure; not their hundred ids.
+            termination_policy.invocations[0].response =
+                json!({ "InstanceIDs": termination_policy_chose });
+            let scan = Instant::now();
+            RunnerTable::new(&world.secrets_sdk, RUNNER_TABLE)
+                .busy()
+                .await?;
+            let runner_table_scan_ms = scan.elapsed().as_secs_f64() * 1000.0;
             let interval = budget.listing_interval(n, Some(5000), SWEEP_PERIOD);
             let listings_per_hour = 3600.0 / interval.as_secs_f64();
             let jobs_per_minute = n as f64 / 10_000.0 * args.jobs_per_minute_per_10k as f64;
@@ -329,6 +397,13 @@ pub async fn run(args: BenchScaleArgs) -> anyhow::Result<i32> {
             for (op, per_job) in &webhook {
                 *aws_per_minute.entry(op.clone()).or_default() += per_job * jobs_per_minute;
             }
+            // With the runner table the agents write DynamoDB instead, as many times.
+            let mut aws_per_minute_with_runner_table = aws_per_minute.clone();
+            aws_per_minute_with_runner_table.remove("autoscaling:SetInstanceProtection");
+            aws_per_minute_with_runner_table.insert(
+                "dynamodb:UpdateItem (the agents, on the runner table)".into(),
+                2.0 * jobs_per_minute,
+            );
             let idle = record_metric.invocations[1].response[GROUP]["idle"]
                 .as_f64()
                 .unwrap_or_default();
@@ -342,9 +417,13 @@ pub async fn run(args: BenchScaleArgs) -> anyhow::Result<i32> {
                 record_metric,
                 sweep,
                 registration,
+                termination_policy,
+                termination_policy_chose,
+                runner_table_scan_ms,
                 sweep_listing_interval_s: interval.as_secs(),
                 github_per_hour,
                 aws_per_minute,
+                aws_per_minute_with_runner_table,
                 execute_policy_per_minute_with_claims,
             })
         }
@@ -365,6 +444,7 @@ pub async fn run(args: BenchScaleArgs) -> anyhow::Result<i32> {
         },
         "per_minute_from_code": {
             "dynamodb:UpdateItem (record_metric notes each group's idle runners)": 1,
+            "dynamodb:Scan (record_metric reads the runner table, a page per MB)": 1,
         },
         "per_sweep_from_code": {
             "secretsmanager:ListSecrets": "one per 100 instance secrets, on sweeps that list",
@@ -390,6 +470,13 @@ fn print_size(s: &Size) {
         s.sweep.invocations[1].duration_ms,
         s.sweep.peak_rss_kib.unwrap_or_default(),
         s.sweep_listing_interval_s,
+    );
+    eprintln!(
+        "    termination policy {:.0} ms ({} KiB peak) chose {}; moto scans the runner table in {:.0} ms",
+        s.termination_policy.invocations[0].duration_ms,
+        s.termination_policy.peak_rss_kib.unwrap_or_default(),
+        s.termination_policy_chose,
+        s.runner_table_scan_ms,
     );
     let total: f64 = s.github_per_hour.values().sum();
     eprintln!(

@@ -23,6 +23,10 @@ const CREDENTIAL_SECRET: &str = "warmfleet/github";
 /// The job table and the webhook function URL's path, as the module creates them (the
 /// webhook's secret is named for the first group, as the module names it for its group).
 pub const JOB_TABLE: &str = "warmfleet-jobs";
+/// The runner table, where agents record their jobs (`Spec::runner_table`).
+pub const RUNNER_TABLE: &str = "warmfleet-runners";
+/// The group's custom termination policy, with the runner table.
+pub const TERMINATION_POLICY_FUNCTION: &str = "termination-policy";
 pub const WEBHOOK_FUNCTION: &str = "webhook";
 
 /// What to start.
@@ -61,6 +65,10 @@ pub struct Spec {
     pub bare_instances: bool,
     /// record_metric notes the idle runners for the webhook receiver to claim.
     pub claim_idle: bool,
+    /// The runner table exists, record_metric and deregistration read it, and the
+    /// termination-policy function answers from it (the module's `use_runner_table`; the
+    /// agents' setting and the group's termination policies are the caller's).
+    pub runner_table: bool,
 }
 
 impl Spec {
@@ -85,6 +93,7 @@ impl Spec {
             function_log: "warn",
             bare_instances: false,
             claim_idle: false,
+            runner_table: false,
         }
     }
 
@@ -114,6 +123,9 @@ impl Spec {
         if self.webhook {
             functions.push((WEBHOOK_FUNCTION, "warmfleet-webhook"));
         }
+        if self.runner_table {
+            functions.push((TERMINATION_POLICY_FUNCTION, "warmfleet-termination-policy"));
+        }
         let webhook_env = [
             ("WARMFLEET_WEBHOOK_SECRET".to_owned(), self.webhook_secret()),
             ("WARMFLEET_JOB_TABLE".to_owned(), JOB_TABLE.to_owned()),
@@ -136,9 +148,18 @@ impl Spec {
                         && (matches!(name, "registration" | "deregistration")
                             || (self.claim_idle && name == "record-metric")))
             });
+            // With the runner table, record_metric counts from it and deregistration answers
+            // the group's termination policy from it.
+            let runner_table = [("WARMFLEET_RUNNER_TABLE".to_owned(), RUNNER_TABLE.to_owned())];
+            let reads_runners = self.runner_table
+                && matches!(
+                    name,
+                    "record-metric" | "deregistration" | TERMINATION_POLICY_FUNCTION
+                );
             let vars: toml::Table = common
                 .iter()
                 .chain(own)
+                .chain(runner_table.iter().filter(|_| reads_runners))
                 .map(|(k, v)| (k, v))
                 .chain(mine.map(|(_, k, v)| (k, v)))
                 .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
@@ -201,9 +222,36 @@ async fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
 /// `job_id`, a number; TTL on `expires_at`), where the webhook receiver keeps its jobs and
 /// the functions that talk to GitHub account its requests.
 pub async fn create_job_table(moto: &aws_config::SdkConfig, name: &str) -> anyhow::Result<()> {
+    create_table(
+        moto,
+        name,
+        "job_id",
+        aws_sdk_dynamodb::types::ScalarAttributeType::N,
+    )
+    .await
+}
+
+/// The runner table `name`, as the module creates it (partition key `instance_id`, a
+/// string; TTL on `expires_at`), where agents record their jobs.
+pub async fn create_runner_table(moto: &aws_config::SdkConfig, name: &str) -> anyhow::Result<()> {
+    create_table(
+        moto,
+        name,
+        "instance_id",
+        aws_sdk_dynamodb::types::ScalarAttributeType::S,
+    )
+    .await
+}
+
+/// An on-demand table keyed by `key`, its items expiring by `expires_at`.
+async fn create_table(
+    moto: &aws_config::SdkConfig,
+    name: &str,
+    key: &str,
+    key_type: aws_sdk_dynamodb::types::ScalarAttributeType,
+) -> anyhow::Result<()> {
     use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-        TimeToLiveSpecification,
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, TimeToLiveSpecification,
     };
     let dynamodb = aws_sdk_dynamodb::Client::new(moto);
     dynamodb
@@ -212,19 +260,19 @@ pub async fn create_job_table(moto: &aws_config::SdkConfig, name: &str) -> anyho
         .billing_mode(BillingMode::PayPerRequest)
         .attribute_definitions(
             AttributeDefinition::builder()
-                .attribute_name("job_id")
-                .attribute_type(ScalarAttributeType::N)
+                .attribute_name(key)
+                .attribute_type(key_type)
                 .build()?,
         )
         .key_schema(
             KeySchemaElement::builder()
-                .attribute_name("job_id")
+                .attribute_name(key)
                 .key_type(KeyType::Hash)
                 .build()?,
         )
         .send()
         .await
-        .context("creating the job table")?;
+        .with_context(|| format!("creating the table {name}"))?;
     dynamodb
         .update_time_to_live()
         .table_name(name)
@@ -236,7 +284,7 @@ pub async fn create_job_table(moto: &aws_config::SdkConfig, name: &str) -> anyho
         )
         .send()
         .await
-        .context("turning on the job table's TTL")?;
+        .with_context(|| format!("turning on the TTL of the table {name}"))?;
     Ok(())
 }
 
@@ -372,6 +420,9 @@ impl World {
             }
         }
         create_job_table(&secrets_sdk, JOB_TABLE).await?;
+        if spec.runner_table {
+            create_runner_table(&secrets_sdk, RUNNER_TABLE).await?;
+        }
         if spec.webhook {
             webhook(&github, &aws, &spec.webhook_secret(), &secrets_sdk, &http).await?;
         }

@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::time::Instant;
 use warmfleet_core::instance_secret::RunnerCredential;
+use warmfleet_core::ports::Occupancy;
 use warmfleet_testbed::agent_setup::{
     lifecycle_hooks as hooks_of, AgentSetup, CONFIG_FLAGS, DEREGISTRATION_RULE, REGISTRATION_RULE,
 };
@@ -33,6 +34,7 @@ fn instance_script(github_url: &str, extra_config: &str, o: &Options) -> tempfil
         github_url: github_url.to_owned(),
         deployment: String::new(),
         labels: vec!["linux".into()],
+        runner_table: o.runner_table.map(str::to_owned),
         extra_config: extra_config.to_owned(),
         env: o.env.to_owned(),
         runner_user: o.runner_user.map(str::to_owned),
@@ -57,6 +59,8 @@ struct Options {
     env: &'static str,
     /// The runner's user, when not the test's own.
     runner_user: Option<&'static str>,
+    /// The agent's `runner_table`.
+    runner_table: Option<&'static str>,
 }
 
 /// The world with both Lambdas, instances running the agent. `mode` is the runner mode of
@@ -653,6 +657,53 @@ async fn a_job_that_starts_while_its_runner_lingers_protected_asks_auto_scaling_
     assert_eq!(
         calls["autoscaling:SetInstanceProtection"],
         2,
+        "{calls:?}\n{}",
+        f.console(&instance).await
+    );
+}
+
+#[tokio::test]
+async fn with_a_runner_table_a_job_is_recorded_there_and_auto_scaling_is_asked_nothing() {
+    let o = Options {
+        runner_table: Some("runner-table"),
+        ..Options::default()
+    };
+    let f = fleet_with("persistent", "", true, o).await;
+    let table = f.plane.runner_table("runner-table").await;
+    f.plane.aws.create(GROUP, 0, 2, 1, hooks()).await;
+    let instance = f.plane.aws.sole_in_service(GROUP).await;
+    f.until_state(&instance, "idle").await;
+    let recorded = || async {
+        table
+            .of(std::slice::from_ref(&instance))
+            .await
+            .unwrap()
+            .get(&instance)
+            .copied()
+    };
+    assert_eq!(recorded().await, None, "no job yet: nothing recorded");
+    let job = f.plane.github.enqueue(&["warmfleet"], 3.0).await;
+    eventually("recorded busy", Duration::from_secs(15), || async {
+        recorded().await == Some(true)
+    })
+    .await;
+    assert!(!f.protected(&instance).await, "busy, and not protected");
+    f.succeeded(job).await;
+    // After the linger (timeouts.linger, 5 s).
+    eventually("recorded idle", Duration::from_secs(20), || async {
+        recorded().await == Some(false)
+    })
+    .await;
+    let calls: std::collections::BTreeMap<String, u64> =
+        reqwest::get(format!("{}/_testbed/aws/calls", f.plane.aws.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(
+        calls.get("autoscaling:SetInstanceProtection"),
+        None,
         "{calls:?}\n{}",
         f.console(&instance).await
     );

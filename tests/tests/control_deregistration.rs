@@ -13,6 +13,7 @@ use common::control::{Function, Plane};
 use common::fast_retries;
 use serde_json::{json, Value};
 use std::time::Duration;
+use warmfleet_core::ports::Occupancy;
 use warmfleet_testbed::agent_setup::lifecycle_hooks;
 
 /// What SSM runs instead of `warmfleet-agent drain` until the agent exists: it records that
@@ -302,4 +303,36 @@ async fn the_sweep_puts_its_listing_off_once_the_deployments_account_holds_its_s
         "{summary:#}"
     );
     assert_eq!(spent().await, share, "a deferred sweep spends nothing");
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_the_runner_records_of_instances_gone() {
+    let functions = [Function {
+        env: &[
+            ("WARMFLEET_GROUPS", "runners"),
+            ("WARMFLEET_DRAIN_COMMAND", DRAIN),
+            ("WARMFLEET_RUNNER_TABLE", "runner-table"),
+        ],
+        ..DEREGISTRATION
+    }];
+    let plane = Plane::start("1", None, &functions, "", &[]).await;
+    let table = plane.runner_table("runner-table").await;
+    plane.aws.create("runners", 0, 2, 1, vec![]).await;
+    let live = plane.aws.sole_in_service("runners").await;
+    table.record(&live, "runners", true).await.unwrap();
+    table.record("i-0gone", "runners", false).await.unwrap();
+    table.record("i-0gone-busy", "runners", true).await.unwrap();
+    // Another deployment's group sharing the table is not this sweep's to judge.
+    table.record("i-0elsewhere", "other", true).await.unwrap();
+    let summary = plane.invoke_scheduled("deregistration").await.unwrap();
+    assert_eq!(summary["records_deleted"], 2, "{summary:#}");
+    let mut left = table.recorded().await.unwrap();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            (live, "runners".to_owned()),
+            ("i-0elsewhere".to_owned(), "other".to_owned())
+        ]
+    );
 }

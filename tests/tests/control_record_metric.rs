@@ -8,6 +8,7 @@ mod common;
 use aws_sdk_cloudwatch::types::Statistic;
 use common::control::{Function, Plane};
 use serde_json::json;
+use warmfleet_core::ports::Occupancy;
 
 const RECORD: Function = Function {
     name: "record-metric",
@@ -76,4 +77,38 @@ async fn counts_in_service_instances_by_protection_and_asks_github_nothing() {
     let counts = plane.invoke_scheduled("record-metric").await.unwrap();
     assert_eq!(counts, json!({"runners": {"idle": 0, "busy": 4}}));
     assert_eq!(latest(&plane, "AllRunnersBusy").await, 1.0);
+}
+
+#[tokio::test]
+async fn counts_runners_the_runner_table_holds_busy_as_busy_though_unprotected() {
+    let functions = [Function {
+        env: &[
+            ("WARMFLEET_GROUPS", "runners"),
+            ("WARMFLEET_RUNNER_TABLE", "runner-table"),
+        ],
+        ..RECORD
+    }];
+    let plane = Plane::start("1", None, &functions, "", &[]).await;
+    let table = plane.runner_table("runner-table").await;
+    plane.aws.create("runners", 0, 5, 4, vec![]).await;
+    let ids: Vec<String> = plane
+        .aws
+        .until("runners", false, "in service", |i| {
+            i.len() == 4 && i.iter().all(|x| x.1 == "InService")
+        })
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    // As agents with a runner table do: two run a job, one finished its job, one has
+    // recorded nothing; none is protected. An instance of another group, busy.
+    table.record(&ids[0], "runners", true).await.unwrap();
+    table.record(&ids[1], "runners", true).await.unwrap();
+    table.record(&ids[2], "runners", true).await.unwrap();
+    table.record(&ids[2], "runners", false).await.unwrap();
+    table.record("i-elsewhere", "other", true).await.unwrap();
+
+    let counts = plane.invoke_scheduled("record-metric").await.unwrap();
+    assert_eq!(counts, json!({"runners": {"idle": 2, "busy": 2}}));
+    assert_eq!(latest(&plane, "BusyRunners").await, 2.0);
 }

@@ -7,12 +7,10 @@ mod common;
 use common::DemoRun;
 use std::path::Path;
 
-#[test]
-fn the_modules_inputs_make_a_fleet_that_runs_its_jobs_and_leaves_nothing() {
-    let vars = Path::new(env!("CARGO_MANIFEST_DIR")).join("fleets/module.tfvars.json");
-    // Two bursts of 6, the first once the warm pool has hibernated (a new instance boots
-    // for 40 s, then passes its hooks and hibernates), so that queued jobs resume warm
-    // instances: the webhook scales out the moment a job is queued.
+/// Two bursts of 6, the first once the warm pool has hibernated (a new instance boots for
+/// 40 s, then passes its hooks and hibernates), so that queued jobs resume warm instances:
+/// the webhook scales out the moment a job is queued. On the module's inputs `vars`.
+fn two_bursts(vars: &Path) -> DemoRun {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let jobs = dir.path().join("jobs.csv");
     let mut csv = String::from("queued_at,duration,labels\n");
@@ -22,7 +20,7 @@ fn the_modules_inputs_make_a_fleet_that_runs_its_jobs_and_leaves_nothing() {
         }
     }
     std::fs::write(&jobs, csv).expect("the workload");
-    let run = DemoRun::run(&[
+    DemoRun::run(&[
         "--seed".as_ref(),
         "3".as_ref(),
         "--time-scale".as_ref(),
@@ -31,7 +29,16 @@ fn the_modules_inputs_make_a_fleet_that_runs_its_jobs_and_leaves_nothing() {
         jobs.as_os_str(),
         "--module-vars".as_ref(),
         vars.as_os_str(),
-    ]);
+    ])
+}
+
+fn module_vars() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fleets/module.tfvars.json")
+}
+
+#[test]
+fn the_modules_inputs_make_a_fleet_that_runs_its_jobs_and_leaves_nothing() {
+    let run = two_bursts(&module_vars());
     let (stdout, text) = (&run.stdout, &run.text);
     // The module's inputs, not the fleet file's defaults: the file's warm pool minimum,
     // and the inputs that mean nothing here named.
@@ -53,5 +60,34 @@ fn the_modules_inputs_make_a_fleet_that_runs_its_jobs_and_leaves_nothing() {
     // Protection on at a job's start and off after its linger, at most: never asked twice.
     let per_job = run.report["aws"]["protection_calls_per_job"].as_f64();
     assert!(per_job.is_some_and(|n| n > 0.0 && n <= 2.0), "{text}");
+    assert!(run.status.success(), "exit {:?}:\n{stdout}", run.status);
+}
+
+#[test]
+fn with_the_runner_table_no_job_asks_auto_scaling_and_scale_ins_take_idle_runners() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let vars = dir.path().join("module.tfvars.json");
+    let mut inputs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(module_vars()).expect("the inputs"))
+            .expect("JSON");
+    inputs["use_runner_table"] = true.into();
+    std::fs::write(&vars, inputs.to_string()).expect("the inputs");
+    let run = two_bursts(&vars);
+    let (stdout, text) = (&run.stdout, &run.text);
+    assert_eq!(run.n("/jobs/succeeded"), 12, "{text}");
+    assert_eq!(run.n("/jobs/killed"), 0, "{text}");
+    assert!(run.n("/instances/warm_resumes") > 0, "{text}");
+    // The agents recorded every job in the table: not one SetInstanceProtection.
+    assert_eq!(
+        run.report["aws"]["protection_calls_per_job"].as_f64(),
+        Some(0.0),
+        "{text}"
+    );
+    // The scale-ins went through the function, and took only idle runners: none killed.
+    assert!(run.n("/scaling/scale_ins") > 0, "{text}");
+    assert!(run.n("/scaling/termination_policy_asks") > 0, "{text}");
+    assert_eq!(run.n("/github/orphan_runners_at_end"), 0, "{text}");
+    assert_eq!(run.n("/aws/leaked_secrets_at_end"), 0, "{text}");
+    assert_eq!(run.n("/aws/pending_hooks_at_end"), 0, "{text}");
     assert!(run.status.success(), "exit {:?}:\n{stdout}", run.status);
 }

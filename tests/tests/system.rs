@@ -789,6 +789,7 @@ async fn cloud_init_alone_installs_configures_and_starts_the_agent() {
         "runner_mode": "persistent",
         "runner_labels": ["linux", "cloud-init"],
         "runner_group": "",
+        "runner_table": "",
         "agent_package_url": format!("https://127.0.0.1:{}/{}", https.port,
             package().file_name().unwrap().to_str().unwrap()),
         "agent_package_sha256": sha256,

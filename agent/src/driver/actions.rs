@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use warmfleet_core::imds::{Imds, Target};
 use warmfleet_core::instance_secret::{InstanceSecret, RunnerCredential};
 use warmfleet_core::naming;
-use warmfleet_core::ports::{Completion, HookResult, Lifecycle, Metrics, SecretStore};
+use warmfleet_core::ports::{Completion, HookResult, Lifecycle, Metrics, Occupancy, SecretStore};
 
 impl Driver {
     pub(super) async fn perform(&mut self, action: Action) -> Result<(), AgentError> {
@@ -109,11 +109,13 @@ impl Driver {
         }
     }
 
-    /// Sets or clears scale-in protection; clearing asks AWS only when the record says it
-    /// is on, and "on" is recorded before it is asked for: should the agent die before the
-    /// answer, its successor still knows to clear it. Setting asks only when this process
-    /// has not seen AWS accept it since (a job starting while the runner lingers protected
-    /// after the last costs no call: at scale every Auto Scaling call counts).
+    /// Marks the runner busy or idle: scale-in protection on or off, or, with a runner
+    /// table, a record there (no Auto Scaling call per job; scale-in then chooses among the
+    /// instances the table holds idle). Clearing asks only when the record says busy, and
+    /// busy is recorded before it is asked for: should the agent die before the answer,
+    /// its successor still knows to clear it. Setting asks only when this process has not
+    /// seen it accepted since (a job starting while the runner lingers busy after the last
+    /// costs no call: at scale every call counts).
     async fn protect(&mut self, on: bool) -> Result<(), AgentError> {
         if !on && !self.record.protected {
             return Ok(());
@@ -127,14 +129,25 @@ impl Driver {
             self.save();
         }
         let (identity, asg, _) = self.aws()?;
-        // Throttled at scale (every job protects and unprotects its instance), tried again
-        // with backoff and jitter: a running job's instance must not look idle, nor be
-        // scaled in.
-        insist(self.settings.timeouts.call, "SetInstanceProtection", || {
-            asg.set_protection(&identity.group, &identity.instance_id, on)
-        })
-        .await?;
-        info!(instance_id = %identity.instance_id, protected = on, "scale-in protection");
+        let call = self.settings.timeouts.call;
+        // Throttled at scale, tried again with backoff and jitter: a running job's
+        // instance must not look idle, nor be scaled in.
+        match &self.occupancy {
+            Some(occupancy) => {
+                insist(call, "UpdateItem", || {
+                    occupancy.record(&identity.instance_id, &identity.group, on)
+                })
+                .await?;
+                info!(instance_id = %identity.instance_id, busy = on, "recorded in the runner table");
+            }
+            None => {
+                insist(call, "SetInstanceProtection", || {
+                    asg.set_protection(&identity.group, &identity.instance_id, on)
+                })
+                .await?;
+                info!(instance_id = %identity.instance_id, protected = on, "scale-in protection");
+            }
+        }
         self.record.protected = on;
         self.protection_confirmed = on;
         self.save();

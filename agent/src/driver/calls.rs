@@ -15,9 +15,10 @@ use warmfleet_core::ports::{PortError, SecretStore};
 /// How often it reads its secret while waiting for a credential.
 const CREDENTIAL_POLL: Duration = Duration::from_millis(250);
 
-/// How long the agent insists on an Auto Scaling call whose loss would leave the instance
-/// in service with no runner (replacing it, marking it unhealthy) or misjudged by the
-/// scaling (its protection: a busy instance that looks idle, an idle one never scaled in).
+/// How long the agent insists on a call whose loss would leave the instance in service with
+/// no runner (replacing it, marking it unhealthy) or misjudged by the scaling (its
+/// protection or runner-table record: a busy instance that looks idle, an idle one never
+/// scaled in).
 const INSIST: Duration = Duration::from_secs(30);
 
 /// Such a call, tried again while AWS throttles or fails in a way a retry can help
@@ -36,7 +37,7 @@ where
             .await
             .unwrap_or_else(|_| {
                 Err(PortError {
-                    service: "autoscaling",
+                    service: "AWS",
                     operation: what,
                     resource: String::new(),
                     message: format!("no answer within {limit:?}"),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
-use warmfleet_core::aws::{AutoScaling, CloudWatch, SecretsManager};
+use warmfleet_core::aws::{AutoScaling, CloudWatch, RunnerTable, SecretsManager};
 use warmfleet_core::imds::{Identity, Imds, Target};
 use warmfleet_core::instance_secret::InstanceSecret;
 use warmfleet_core::naming;
@@ -113,6 +113,9 @@ pub struct Driver {
     identity: Option<Identity>,
     clients: Option<(AutoScaling, SecretsManager)>,
     metrics: Option<CloudWatch>,
+    /// Where the runner's jobs are recorded, when `runner_table` names one (instead of
+    /// scale-in protection).
+    occupancy: Option<RunnerTable>,
     runner: Runner,
     credential: Option<InstanceSecret>,
     log_offset: Arc<AtomicU64>,
@@ -171,6 +174,7 @@ impl Driver {
             record,
             identity: None,
             clients: None,
+            occupancy: None,
             metrics: None,
             runner,
             credential: None,
@@ -240,6 +244,11 @@ impl Driver {
         let config = warmfleet_core::aws::load_config_in(&identity.region).await;
         self.clients = Some((AutoScaling::new(&config), SecretsManager::new(&config)));
         self.metrics = Some(CloudWatch::new(&config));
+        self.occupancy = self
+            .settings
+            .runner_table
+            .as_deref()
+            .map(|t| RunnerTable::new(&config, t));
         self.record.instance_id = Some(identity.instance_id.clone());
         self.record.group = Some(identity.group.clone());
         self.identity = Some(identity);

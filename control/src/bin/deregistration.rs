@@ -8,9 +8,9 @@ use warmfleet_control::deregistration::Deregistration;
 use warmfleet_control::event::Event;
 use warmfleet_control::runtime;
 use warmfleet_control::Error as HandlerError;
-use warmfleet_core::aws::{AutoScaling, CloudWatch, JobTable, SecretsManager, Ssm};
+use warmfleet_core::aws::{AutoScaling, CloudWatch, JobTable, RunnerTable, SecretsManager, Ssm};
 use warmfleet_core::github::Reloading;
-use warmfleet_core::ports::{GithubSpending, JobLedger};
+use warmfleet_core::ports::{GithubSpending, JobLedger, Occupancy};
 
 type Handler =
     Deregistration<SecretsManager, AutoScaling, Ssm, Reloading<SecretsManager>, CloudWatch>;
@@ -55,6 +55,11 @@ async fn main() -> Result<(), Error> {
                 .clone()
                 .map(|t| Box::new(t) as Box<dyn GithubSpending>),
             claims: table.map(|t| Box::new(t) as Box<dyn JobLedger>),
+            // Where agents record their jobs: the sweep deletes the records of instances gone.
+            occupancy: settings
+                .runner_table
+                .as_deref()
+                .map(|t| Box::new(RunnerTable::new(&aws, t)) as Box<dyn Occupancy>),
             settings,
         })
     })

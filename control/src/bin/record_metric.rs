@@ -8,7 +8,8 @@ use warmfleet_control::config::{MetricSettings, ProcessEnv};
 use warmfleet_control::record_metric::RecordMetric;
 use warmfleet_control::runtime;
 use warmfleet_control::Error as HandlerError;
-use warmfleet_core::aws::{AutoScaling, CloudWatch, JobTable};
+use warmfleet_core::aws::{AutoScaling, CloudWatch, JobTable, RunnerTable};
+use warmfleet_core::ports::Occupancy;
 
 type Handler = RecordMetric<AutoScaling, CloudWatch, JobTable>;
 
@@ -33,6 +34,10 @@ async fn main() -> Result<(), Error> {
                 .job_table
                 .as_deref()
                 .map(|t| JobTable::new(&aws, t)),
+            occupancy: settings
+                .runner_table
+                .as_deref()
+                .map(|t| Box::new(RunnerTable::new(&aws, t)) as Box<dyn Occupancy>),
             settings,
         })
     })

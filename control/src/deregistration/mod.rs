@@ -42,7 +42,7 @@ use warmfleet_core::naming::{instance_secret_id, DRAIN_COMMENT, HOOK_DEREGISTRAT
 use warmfleet_core::patience;
 use warmfleet_core::ports::{
     CommandState, Commands, GithubSpending, HookResult, InstanceStatus, JobLedger, Lifecycle,
-    Metrics, RunnerRegistry, SecretStore,
+    Metrics, Occupancy, RunnerRegistry, SecretStore,
 };
 
 /// What a terminate event led to.
@@ -72,6 +72,8 @@ pub struct Summary {
     pub runners_deleted: u32,
     pub busy_runners_kept: u32,
     pub secrets_deleted: u32,
+    /// Runner-table records of instances no longer in the group or its pool.
+    pub records_deleted: u32,
     pub drains_heartbeated: u32,
     pub drains_completed: u32,
     pub drains_sent: u32,
@@ -116,6 +118,9 @@ pub struct Deregistration<S, L, C, G, M> {
     /// Where queued jobs claim idle runners (the webhook receiver's job table; none: not
     /// kept up).
     pub claims: Option<Box<dyn JobLedger>>,
+    /// Where agents record their jobs (the runner table): the group's termination policy
+    /// reads it, and the sweep deletes the records of instances gone (none: no table).
+    pub occupancy: Option<Box<dyn Occupancy>>,
     pub settings: DeregistrationSettings,
 }
 
@@ -163,12 +168,31 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
             return Ok(Outcome::Ignored { reason });
         };
         let from_pool = e.origin == Place::WarmPool;
-        if !from_pool && !waiting.protected_from_scale_in {
+        if !from_pool
+            && !waiting.protected_from_scale_in
+            && !self.recorded_busy(&e.instance_id, until).await
+        {
             self.no_longer_claimable(&e.group, &e.instance_id, until)
                 .await;
         }
         self.settle(&e.group, &e.instance_id, from_pool, until, deadline)
             .await
+    }
+
+    /// Whether the runner table holds the instance busy (without the table, or when it
+    /// cannot be read: not).
+    async fn recorded_busy(&self, instance: &str, until: Instant) -> bool {
+        let Some(occupancy) = self.occupancy.as_deref() else {
+            return false;
+        };
+        let ids = [instance.to_owned()];
+        match patience::until(until, || occupancy.of(&ids)).await {
+            Ok(records) => records.get(instance).copied().unwrap_or(false),
+            Err(e) => {
+                warn!(instance, error = %e, "the runner table could not be read");
+                false
+            }
+        }
     }
 
     /// An idle runner leaving service is no longer one a queued job may claim: record_metric

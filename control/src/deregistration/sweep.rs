@@ -39,6 +39,9 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
         let until = self.until(deadline);
         let mut summary = Summary::default();
         let groups = &self.settings.groups;
+        // Read before the instances are: a record made after the reading is never taken
+        // for one whose instance is gone.
+        let records = self.records(until, &mut summary).await;
         let in_groups = patience::until(until, || self.lifecycle.instances(groups)).await?;
         let mut pools = Vec::new();
         for group in groups {
@@ -85,6 +88,15 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
             self.sweep_terminating(group, &instances, until, deadline, &mut summary)
                 .await;
         }
+        if pools.len() == groups.len() {
+            let members: BTreeSet<&str> = in_groups
+                .iter()
+                .chain(pools.iter().flat_map(|(_, w)| w.iter()))
+                .map(|i| i.instance_id.as_str())
+                .collect();
+            self.forget_gone(records, &members, until, &mut summary)
+                .await;
+        }
         let calls = self.github.api_calls() - calls_before;
         for (group, _) in &pools {
             let counts = found.iter().find(|f| f.0 == *group).map(|f| (f.1, f.2));
@@ -93,6 +105,49 @@ impl<S: SecretStore, L: Lifecycle, C: Commands, G: RunnerRegistry, M: Metrics>
         }
         info!(?summary, github_calls = calls, "sweep done");
         Ok(summary)
+    }
+
+    /// The runner table's records of this deployment's groups (none without the table, or
+    /// when it cannot be read).
+    async fn records(&self, until: Instant, summary: &mut Summary) -> Vec<(String, String)> {
+        let Some(occupancy) = self.occupancy.as_deref() else {
+            return vec![];
+        };
+        match patience::until(until, || occupancy.recorded()).await {
+            Ok(records) => records
+                .into_iter()
+                .filter(|(_, group)| self.settings.groups.contains(group))
+                .collect(),
+            Err(e) => {
+                summary.failed("read the runner table", &e.into());
+                vec![]
+            }
+        }
+    }
+
+    /// Deletes the records of instances that are neither in their group nor in its pool
+    /// (the instances of every group listed: one whose pool could not be read is not
+    /// judged): at a thousand short jobs a minute they would otherwise pile up for a month,
+    /// and record_metric reads them all every minute.
+    async fn forget_gone(
+        &self,
+        records: Vec<(String, String)>,
+        members: &BTreeSet<&str>,
+        until: Instant,
+        summary: &mut Summary,
+    ) {
+        let Some(occupancy) = self.occupancy.as_deref() else {
+            return;
+        };
+        for (instance, _) in records {
+            if members.contains(instance.as_str()) {
+                continue;
+            }
+            match patience::until(until, || occupancy.forget(&instance)).await {
+                Ok(()) => summary.records_deleted += 1,
+                Err(e) => summary.failed("delete a runner record", &e.into()),
+            }
+        }
     }
 
     /// Reads GitHub's rate limit (free) and the deployment's account of its window, and

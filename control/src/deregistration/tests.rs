@@ -23,6 +23,7 @@ fn handler() -> Handler {
         metrics: fakes::Cloudwatch::default(),
         spending: None,
         claims: None,
+        occupancy: None,
         settings: DeregistrationSettings {
             common: Common {
                 github_url: "https://github.com/acme".into(),
@@ -39,6 +40,7 @@ fn handler() -> Handler {
             registration_grace: Duration::from_secs(900),
             sweep_period: Duration::from_secs(300),
             budget: crate::budget::Budget { share: 0.2 },
+            runner_table: None,
         },
     }
 }
@@ -204,6 +206,14 @@ async fn a_runner_leaving_service_is_no_longer_one_a_queued_job_may_claim() {
         lifecycle_state: "Terminating:Wait".into(),
         protected_from_scale_in: true,
     }];
+    h.handle(event("scale-in"), soon()).await.unwrap();
+    assert_eq!(claims.idle.lock().unwrap()["runners"], 1);
+    // Nor one the runner table holds busy, protected or not.
+    h.lifecycle.instances.lock().unwrap()[0].protected_from_scale_in = false;
+    h.occupancy = Some(Box::new(fakes::Runners {
+        busy: [(I.to_owned(), true)].into(),
+        ..Default::default()
+    }));
     h.handle(event("scale-in"), soon()).await.unwrap();
     assert_eq!(claims.idle.lock().unwrap()["runners"], 1);
 }
@@ -373,6 +383,35 @@ async fn the_sweep_reconciles_both_ways_and_survives_a_failing_item() {
     assert_eq!(s.marked_unhealthy, 1);
     assert_eq!(*h.lifecycle.unhealthy.lock().unwrap(), ["i-stuck"]);
     assert_eq!((s.listing, s.orphan_runners), (Listing::Listed, 4));
+}
+
+#[tokio::test]
+async fn the_sweep_deletes_the_runner_records_of_instances_gone_and_keeps_the_rest() {
+    let mut h = handler();
+    at(&h, "i-live", "InService");
+    at(&h, "i-warm", "Warmed:Hibernated");
+    let record = |i: &str, g: &str| (i.to_owned(), g.to_owned());
+    h.occupancy = Some(Box::new(fakes::Runners {
+        groups: [
+            record("i-live", "runners"),
+            record("i-warm", "runners"),
+            record("i-gone", "runners"),
+            // Another deployment's group sharing the table: not this sweep's to judge.
+            record("i-elsewhere", "other"),
+        ]
+        .into(),
+        ..Default::default()
+    }));
+    let s = h.sweep(soon()).await.unwrap();
+    assert_eq!(s.records_deleted, 1, "{s:?}");
+    let runners = h.occupancy.as_deref().unwrap();
+    assert_eq!(runners.recorded().await.unwrap().len(), 3);
+    assert!(!runners
+        .recorded()
+        .await
+        .unwrap()
+        .iter()
+        .any(|(i, _)| i == "i-gone"));
 }
 
 fn published(h: &Handler) -> Vec<(String, Vec<(String, f64)>)> {

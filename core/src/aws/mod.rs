@@ -8,12 +8,14 @@ mod autoscaling;
 mod cloudwatch;
 mod dynamodb;
 mod github_spending;
+mod occupancy;
 mod secrets;
 mod ssm;
 
 pub use autoscaling::AutoScaling;
 pub use cloudwatch::CloudWatch;
 pub use dynamodb::JobTable;
+pub use occupancy::RunnerTable;
 pub use secrets::SecretsManager;
 pub use ssm::Ssm;
 

@@ -20,7 +20,7 @@ use crate::github::{
     control::NewJob,
     state::{JobRec, Outcome},
 };
-use crate::world::{Spec, World, ORG};
+use crate::world::{Spec, World, ORG, RUNNER_TABLE, TERMINATION_POLICY_FUNCTION};
 use anyhow::{bail, Context};
 use aws_sdk_autoscaling::types::{InstanceReusePolicy, StepAdjustment, WarmPoolState};
 use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, Statistic};
@@ -194,6 +194,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
         github_url,
         deployment: DEPLOYMENT.into(),
         labels: fleet.labels(),
+        runner_table: fleet.runner_table.then(|| RUNNER_TABLE.to_owned()),
         extra_config: format!("mode = \"{}\"\n{timeouts}", fleet.runner_mode.as_str()),
         env: String::new(),
         runner_user: None,
@@ -229,6 +230,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<i32> {
     }
     spec.webhook = fleet.webhook;
     spec.claim_idle = fleet.webhook && fleet.claim_idle;
+    spec.runner_table = fleet.runner_table;
     spec.lifecycle_rules = true;
     spec.schedules = true;
     spec.instance_command = Some(format!("sh {}", script.display()));
@@ -426,6 +428,14 @@ async fn create_fleet(demo: &Demo) -> anyhow::Result<()> {
         // warms up (so an alarm acting on a count from before a burst cannot take the
         // instances the burst's jobs brought in).
         .default_instance_warmup(f.instance_warmup.as_secs() as i32)
+        // As the module with use_runner_table: the termination-policy function chooses
+        // which instances a scale-in takes.
+        .set_termination_policies(f.runner_table.then(|| {
+            vec![
+                crate::aws::lambda::function_arn(TERMINATION_POLICY_FUNCTION),
+                "Default".to_owned(),
+            ]
+        }))
         .set_lifecycle_hook_specification_list(Some(lifecycle_hooks(&[
             naming::HOOK_REGISTRATION,
             naming::HOOK_BOOTSTRAP,
@@ -751,6 +761,10 @@ async fn collect(demo: &Demo, jobs: &[JobRec]) -> anyhow::Result<report::Report>
         scale_outs: caused("triggered policy scale-out"),
         scale_ins: caused("triggered policy scale-in"),
         webhook_scale_outs: caused(&format!("policy {}", naming::POLICY_JOB_QUEUED)),
+        termination_policy_asks: effects
+            .iter()
+            .filter(|e| e["effect"].get("ChooseTermination").is_some())
+            .count(),
     };
     let requests: Vec<serde_json::Value> = demo.world.github_control("requests").await?;
     let webhook = if demo.fleet.webhook {

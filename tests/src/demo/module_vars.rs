@@ -57,6 +57,7 @@ const SHAPING: &[&str] = &[
     "spot",
     "instance_types",
     "webhook_claims_idle_runners",
+    "use_runner_table",
 ];
 
 /// The fleet `base` (its testbed settings and workload) shaped by the module's inputs in
@@ -137,6 +138,7 @@ fn shape(given: &Map<String, Value>, mut fleet: Fleet) -> anyhow::Result<(Fleet,
     };
     fleet.warm_pool.reuse_on_scale_in = flag("warm_pool_reuse_on_scale_in")?;
     fleet.claim_idle = flag("webhook_claims_idle_runners")?;
+    fleet.runner_table = flag("use_runner_table")?;
     fleet.check()?;
     Ok((fleet, ignored))
 }

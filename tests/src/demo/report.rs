@@ -112,6 +112,9 @@ pub struct ScalingCounts {
     pub scale_ins: usize,
     /// One instance each, by the webhook receiver for a queued job.
     pub webhook_scale_outs: usize,
+    /// Times a scale-in asked the group's custom termination policy which instances to
+    /// take (`runner_table`; 0 without).
+    pub termination_policy_asks: usize,
 }
 
 #[derive(Debug, Default, Serialize)]

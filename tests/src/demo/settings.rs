@@ -87,6 +87,10 @@ pub struct Fleet {
     /// The receiver claims the idle runners record_metric counted before adding instances
     /// (the module's `webhook_claims_idle_runners`).
     pub claim_idle: bool,
+    /// Agents record their jobs in the runner table instead of protecting their instances,
+    /// and the group's custom termination policy (the termination-policy function) takes only
+    /// idle runners (the module's `use_runner_table`).
+    pub runner_table: bool,
     pub warm_pool: WarmPool,
     /// A rollout of a new launch template version while the workload runs (`rollout.rs`).
     pub refresh: Refresh,
@@ -175,6 +179,7 @@ impl Default for Fleet {
             hibernate_delay: Duration::from_secs(10),
             webhook: true,
             claim_idle: false,
+            runner_table: false,
             warm_pool: WarmPool::default(),
             refresh: Refresh::default(),
             workload: Workload::default(),

@@ -96,6 +96,24 @@ impl Plane {
     /// The job table `name` in moto's DynamoDB, as the module creates it, and a client
     /// for it.
     pub async fn job_table(&self, name: &str) -> aws_sdk_dynamodb::Client {
+        let config = self.moto().await;
+        warmfleet_testbed::world::create_job_table(&config, name)
+            .await
+            .unwrap();
+        aws_sdk_dynamodb::Client::new(&config)
+    }
+
+    /// Creates the runner table `name` in moto, as the module does.
+    pub async fn runner_table(&self, name: &str) -> warmfleet_core::aws::RunnerTable {
+        let config = self.moto().await;
+        warmfleet_testbed::world::create_runner_table(&config, name)
+            .await
+            .unwrap();
+        warmfleet_core::aws::RunnerTable::new(&config, name)
+    }
+
+    /// The SDK configuration that reaches moto (DynamoDB, Secrets Manager).
+    async fn moto(&self) -> aws_config::SdkConfig {
         let endpoints: Value = reqwest::get(format!("{}/_testbed/aws/endpoints", self.aws.url))
             .await
             .unwrap()
@@ -103,11 +121,7 @@ impl Plane {
             .await
             .unwrap();
         let moto = endpoints["secretsmanager"].as_str().unwrap();
-        let config = self.aws.config.to_builder().endpoint_url(moto).build();
-        warmfleet_testbed::world::create_job_table(&config, name)
-            .await
-            .unwrap();
-        aws_sdk_dynamodb::Client::new(&config)
+        self.aws.config.to_builder().endpoint_url(moto).build()
     }
 
     /// Starts the world with these functions and rules; `github_args` go to the GitHub fake.
