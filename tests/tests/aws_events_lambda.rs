@@ -350,6 +350,25 @@ async fn the_invoke_api_answers_with_the_function_result_or_its_error() {
     assert_eq!(failed.headers()["x-amz-function-error"], "Unhandled");
     let body: Value = failed.json().await.unwrap();
     assert_eq!(body["errorMessage"], "asked to fail");
+    // Lambda takes up to 6 MB: 3 MB goes through (and back), 7 MB is refused as AWS does.
+    let big = |bytes: usize| {
+        http.post(format!("{}/2015-03-31/functions/echo/invocations", aws.url))
+            .body(json!({ "padding": "x".repeat(bytes) }).to_string())
+            .send()
+    };
+    let ok = big(3 << 20).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let body: Value = ok.json().await.unwrap();
+    assert_eq!(
+        body["event"]["padding"].as_str().map(str::len),
+        Some(3 << 20)
+    );
+    let refused = big(7 << 20).await.unwrap();
+    assert_eq!(refused.status(), 413);
+    assert_eq!(
+        refused.headers()["x-amzn-errortype"],
+        "RequestTooLargeException"
+    );
     let missing = invoke("nope").await.unwrap();
     assert_eq!(missing.status(), 404);
     assert_eq!(

@@ -159,6 +159,11 @@ pub async fn serve(
         .route("/_testbed/aws/deliveries", get(delivery_list))
         .route("/_testbed/aws/rules", get(rule_list))
         .route("/_testbed/aws/calls", get(call_counts))
+        // Lambda takes requests up to 6 MB (axum stops at 2 MB); larger ones get Lambda's
+        // own refusal from the handlers, up to this.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            2 * lambda::function_url::MAX_REQUEST_BYTES,
+        ))
         .route("/_testbed/aws/faults/throttle", put(set_throttle))
         .route(
             "/_testbed/aws/faults/events",
@@ -233,6 +238,15 @@ async fn lambda_invoke(
     };
     if !world.lambda.exists(&name) {
         return not_found();
+    }
+    if body.len() > lambda::function_url::MAX_REQUEST_BYTES {
+        let e = JsonError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "RequestTooLargeException",
+            message: "Request must be smaller than 6291456 bytes for the InvokeFunction operation"
+                .to_owned(),
+        };
+        return protocol::json::error("1.1", &e);
     }
     let payload: Value = if body.is_empty() {
         json!({})

@@ -618,6 +618,10 @@ impl Env {
             )
             .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
             .route("/2018-06-01/runtime/init/error", post(init_error))
+            // A function's answer may be as large as Lambda's 6 MB (axum stops at 2 MB).
+            .layer(axum::extract::DefaultBodyLimit::max(
+                function_url::MAX_REQUEST_BYTES,
+            ))
             .with_state(shared.clone());
         let until = server.clone().cancelled_owned();
         tokio::spawn(async move {
