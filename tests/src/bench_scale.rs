@@ -266,16 +266,19 @@ impl World {
 }
 
 /// Auto Scaling's question to the group's custom termination policy: `capacity` of these
-/// instances, in one zone, on a scale-in.
+/// instances, in one zone, on a scale-in; as AWS, at most 30,000 of them, and
+/// `HasMoreInstances` when there are more.
 fn termination_request(ids: &[String], capacity: usize) -> Value {
+    const AT_MOST: usize = 30_000;
     json!({
         "AutoScalingGroupName": GROUP,
         "CapacityToTerminate": [{"AvailabilityZone": crate::aws::ZONE, "Capacity": capacity,
             "InstanceMarketOption": "on-demand"}],
-        "Instances": ids.iter().map(|id| json!({"AvailabilityZone": crate::aws::ZONE,
+        "Instances": ids.iter().take(AT_MOST).map(|id| json!({"AvailabilityZone": crate::aws::ZONE,
             "InstanceId": id, "InstanceType": "m7g.large", "InstanceMarketOption": "on-demand"}))
             .collect::<Vec<_>>(),
         "Cause": "SCALE_IN",
+        "HasMoreInstances": ids.len() > AT_MOST,
     })
 }
 
