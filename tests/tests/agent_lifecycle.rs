@@ -646,13 +646,7 @@ async fn a_job_that_starts_while_its_runner_lingers_protected_asks_auto_scaling_
         !f.protected(&instance).await
     })
     .await;
-    let calls: std::collections::BTreeMap<String, u64> =
-        reqwest::get(format!("{}/_testbed/aws/calls", f.plane.aws.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let calls = f.plane.aws.calls().await;
     // On for the first job; the second started protected; off after its linger.
     assert_eq!(
         calls["autoscaling:SetInstanceProtection"],
@@ -694,13 +688,7 @@ async fn with_a_runner_table_a_job_is_recorded_there_and_auto_scaling_is_asked_n
         recorded().await == Some(false)
     })
     .await;
-    let calls: std::collections::BTreeMap<String, u64> =
-        reqwest::get(format!("{}/_testbed/aws/calls", f.plane.aws.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let calls = f.plane.aws.calls().await;
     assert_eq!(
         calls.get("autoscaling:SetInstanceProtection"),
         None,

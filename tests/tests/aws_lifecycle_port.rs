@@ -147,13 +147,7 @@ async fn a_throttled_protection_lands_through_the_sdks_retries_and_patience() {
             .unwrap()
             .protected_from_scale_in
     );
-    let calls: std::collections::BTreeMap<String, u64> =
-        reqwest::get(format!("{}/_testbed/aws/calls", aws.url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let calls = aws.calls().await;
     // 1 + 2 throttled, then 3 throttled, 2 more throttled and the one that landed.
     assert_eq!(calls["autoscaling:SetInstanceProtection"], 9, "{calls:?}");
 }

@@ -118,8 +118,9 @@ pub struct Deregistration<S, L, C, G, M> {
     /// Where queued jobs claim idle runners (the webhook receiver's job table; none: not
     /// kept up).
     pub claims: Option<Box<dyn JobLedger>>,
-    /// Where agents record their jobs (the runner table): the group's termination policy
-    /// reads it, and the sweep deletes the records of instances gone (none: no table).
+    /// Where agents record their jobs (the runner table): a runner leaving service that it
+    /// holds busy was never one to claim, and the sweep deletes the records of instances
+    /// gone (none: no table).
     pub occupancy: Option<Box<dyn Occupancy>>,
     pub settings: DeregistrationSettings,
 }

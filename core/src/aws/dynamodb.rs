@@ -4,13 +4,13 @@
 //! instance, one acts, and a delivery repeated before its action was done acts again. Items
 //! expire (the table's TTL attribute `expires_at`) a week after they were recorded.
 
-use super::sdk_error;
+use super::{epoch_seconds, sdk_error};
 use crate::ports::{JobLedger, JobStage, PortError};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 pub(super) const SERVICE: &str = "DynamoDB";
 /// The item holding each group's idle runners (`idle_<group>`): GitHub's job ids start at 1.
@@ -94,13 +94,6 @@ fn applied<T, R: std::fmt::Debug>(
         }
         Err(e) => Err(sdk_error(SERVICE, "UpdateItem", item, &e)),
     }
-}
-
-fn epoch_seconds(at: SystemTime) -> String {
-    at.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-        .to_string()
 }
 
 #[async_trait]

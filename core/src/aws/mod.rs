@@ -45,6 +45,14 @@ fn loader() -> aws_config::ConfigLoader {
     aws_config::defaults(aws_config::BehaviorVersion::latest()).http_client(http)
 }
 
+/// A time as DynamoDB's numbers (and its TTL attribute) hold it: seconds since the epoch.
+fn epoch_seconds(at: std::time::SystemTime) -> String {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+        .to_string()
+}
+
 /// A port error from an aws-sdk error, saying whether trying again later can help
 /// (throttling, service-side failures, the network).
 fn sdk_error<E, R>(

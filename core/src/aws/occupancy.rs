@@ -3,12 +3,12 @@
 //! was last recorded; items expire (the table's TTL attribute `expires_at`) a month after
 //! their last record, so that the items of instances long gone do not pile up.
 
-use super::sdk_error;
+use super::{epoch_seconds, sdk_error};
 use crate::ports::{Occupancy, PortError};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 const SERVICE: &str = "DynamoDB";
 /// How long an instance's record outlives its last change: longer than any instance stays
@@ -134,13 +134,6 @@ fn busy(item: &HashMap<String, AttributeValue>) -> bool {
         .and_then(|v| v.as_bool().ok())
         .copied()
         .unwrap_or(false)
-}
-
-fn epoch_seconds(at: SystemTime) -> String {
-    at.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-        .to_string()
 }
 
 #[async_trait]

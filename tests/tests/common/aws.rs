@@ -247,6 +247,16 @@ impl Aws {
         }
     }
 
+    /// The world's calls so far, by `service:Operation`.
+    pub async fn calls(&self) -> std::collections::BTreeMap<String, u64> {
+        reqwest::get(format!("{}/_testbed/aws/calls", self.url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// A list from the world's control API (`/_testbed/aws/<what>`).
     pub async fn control(&self, what: &str) -> Vec<Value> {
         reqwest::get(format!("{}/_testbed/aws/{what}", self.url))
